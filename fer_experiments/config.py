@@ -1,0 +1,60 @@
+"""Typed, frozen configuration objects: built once by the CLI from its options, passed down unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fer_experiments.params import ModelParams, TrainParams
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data to load and how much of Training to use."""
+
+    path: str
+    #: Stratified subset of this many Training rows (None = all).
+    limit: int | None = None
+    #: Seed of the subset (independent of the training seed so both can vary alone).
+    subset_seed: int = 42
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where runs (and registered models) go."""
+
+    tracking_uri: str
+    experiment: str = "fer-exp"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One tracked training run (``fer-exp train``)."""
+
+    data: DataConfig
+    tracking: TrackingConfig
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    preset: str | None = None
+    objective: str = "val_accuracy"
+    run_name: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One ``fer-exp search`` (or ``worker``) command."""
+
+    data: DataConfig
+    tracking_uri: str
+    study: str
+    storage: str
+    #: The YAML space; None to join an existing study and use the space it stores.
+    space_path: str | None
+    #: The study's total of finished (COMPLETE + PRUNED) trials to reach.
+    n_trials: int
+    #: MLflow experiment; None = the study's (its name when it is created).
+    experiment: str | None = None
+    timeout_seconds: float | None = None
+    enqueue: tuple[str, ...] = ()
+    max_consecutive_failures: int = 5
+    model_name: str = "fer-cnn"

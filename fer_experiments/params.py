@@ -1,0 +1,148 @@
+"""Parameters of the CNN family (architecture) and of training: plain frozen data, validated on creation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fer_experiments.errors import ConfigError
+
+BatchNormPlacement = Literal["none", "before_activation", "after_activation", "dense_only"]
+BATCHNORM_PLACEMENTS: tuple[str, ...] = ("none", "before_activation", "after_activation", "dense_only")
+HEADS: tuple[str, ...] = ("flatten", "global_avg")
+ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "swish")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Architecture of one CNN of the family (see ``fer_experiments.models.builder.build_model``)."""
+
+    conv_blocks: int = 3
+    convs_per_block: int = 2
+    filters: int = 32
+    #: Filters are multiplied by this after each block (32, 64, 128 for growth 2).
+    filter_growth: float = 2.0
+    kernel_size: int = 3
+    batchnorm: str = "none"
+    activation: str = "relu"
+    #: Dropout after each conv block's max-pool.
+    conv_dropout: float = 0.25
+    dense_layers: int = 1
+    dense_units: int = 256
+    dense_dropout: float = 0.5
+    head: str = "flatten"
+    l2: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (1 <= self.conv_blocks <= 5, f"conv_blocks must be 1-5, got {self.conv_blocks}"),
+            (1 <= self.convs_per_block <= 3, f"convs_per_block must be 1-3, got {self.convs_per_block}"),
+            (self.filters >= 1, f"filters must be >= 1, got {self.filters}"),
+            (self.filter_growth > 0, f"filter_growth must be > 0, got {self.filter_growth}"),
+            (self.kernel_size in (1, 3, 5, 7), f"kernel_size must be 1, 3, 5 or 7, got {self.kernel_size}"),
+            (self.batchnorm in BATCHNORM_PLACEMENTS,
+             f"batchnorm must be one of {', '.join(BATCHNORM_PLACEMENTS)}; got {self.batchnorm!r}"),
+            (self.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}"),
+            (0.0 <= self.conv_dropout < 1.0, f"conv_dropout must be in [0, 1), got {self.conv_dropout}"),
+            (0 <= self.dense_layers <= 6, f"dense_layers must be 0-6, got {self.dense_layers}"),
+            (self.dense_units >= 1, f"dense_units must be >= 1, got {self.dense_units}"),
+            (0.0 <= self.dense_dropout < 1.0, f"dense_dropout must be in [0, 1), got {self.dense_dropout}"),
+            (self.head in HEADS, f"head must be one of {', '.join(HEADS)}; got {self.head!r}"),
+            (self.l2 >= 0.0, f"l2 must be >= 0, got {self.l2}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def block_filters(self) -> list[int]:
+        """Filters of each conv block."""
+        return [max(1, int(round(self.filters * self.filter_growth**i))) for i in range(self.conv_blocks)]
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """How one model is trained: optimisation, augmentation, class weighting, stopping."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    #: "none", "plateau" (ReduceLROnPlateau on PublicTest loss) or "cosine" (cosine decay over the epochs).
+    lr_schedule: str = "plateau"
+    #: Stop when PublicTest accuracy has not improved for this many epochs (0 disables early stopping).
+    early_stopping_patience: int = 0
+    class_weight: str = "none"
+    augment_flip: bool = False
+    #: keras.layers.RandomRotation factor: a fraction of a full turn (0.05 = +-18 degrees).
+    augment_rotation: float = 0.0
+    augment_translation: float = 0.0
+    augment_zoom: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}"),
+            (self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0"),
+            (self.class_weight in CLASS_WEIGHTS,
+             f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}; got {self.class_weight!r}"),
+            (0.0 <= self.augment_rotation <= 0.5, f"augment_rotation must be in [0, 0.5], got {self.augment_rotation}"),
+            (0.0 <= self.augment_translation <= 0.5, f"augment_translation must be in [0, 0.5], got {self.augment_translation}"),
+            (0.0 <= self.augment_zoom <= 0.5, f"augment_zoom must be in [0, 0.5], got {self.augment_zoom}"),
+            (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def augments(self) -> bool:
+        """Whether any augmentation layer is switched on."""
+        return self.augment_flip or self.augment_rotation > 0 or self.augment_translation > 0 or self.augment_zoom > 0
+
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCHEDULES: tuple[str, ...] = ("none", "plateau", "cosine")
+CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+
+#: Parameters with a fixed set of allowed values, for search-space validation.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "batchnorm": BATCHNORM_PLACEMENTS,
+    "head": HEADS,
+    "activation": ACTIVATIONS,
+    "optimizer": OPTIMIZERS,
+    "lr_schedule": LR_SCHEDULES,
+    "class_weight": CLASS_WEIGHTS,
+}
+
+MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelParams))
+TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainParams))
+#: Every parameter name a search space or a preset may set.
+ALL_FIELDS: tuple[str, ...] = MODEL_FIELDS + TRAIN_FIELDS
+
+
+def split_params(values: dict[str, Any], base_model: ModelParams | None = None,
+                 base_train: TrainParams | None = None) -> tuple[ModelParams, TrainParams]:
+    """Split a flat ``{name: value}`` dict into (ModelParams, TrainParams) over the given defaults.
+
+    Unknown names are a ConfigError naming the key; invalid values raise the dataclasses' ConfigError.
+    """
+    unknown = sorted(set(values) - set(ALL_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s): {', '.join(unknown)} (known: {', '.join(ALL_FIELDS)})")
+    model = dataclasses.replace(base_model or ModelParams(), **{k: v for k, v in values.items() if k in MODEL_FIELDS})
+    train = dataclasses.replace(base_train or TrainParams(), **{k: v for k, v in values.items() if k in TRAIN_FIELDS})
+    return model, train
+
+
+def flat_params(model: ModelParams, train: TrainParams) -> dict[str, Any]:
+    """The flat ``{name: value}`` view of both parameter sets (what is logged to MLflow)."""
+    return {**dataclasses.asdict(model), **dataclasses.asdict(train)}
+
+

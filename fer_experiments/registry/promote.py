@@ -1,0 +1,246 @@
+"""``fer-exp promote`` / ``models`` / ``rollback``: move the ``champion`` alias safely.
+
+Order of operations, chosen so that a crash anywhere is completed by simply running the command again:
+evaluate on PrivateTest (skipped if the run already holds that evaluation) -> register (idempotent: one version
+per run) -> record the previous target -> move the alias (one atomic registry update, so readers of
+``models:/fer-cnn@champion`` always see the old or the new version).
+The guard compares PublicTest accuracy, the selection split; PrivateTest is reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+
+from fer_experiments.errors import ConfigError, DataError, Refused
+
+#: Run metric holding the PublicTest accuracy of the logged (best-epoch) model.
+PUBLIC_ACC = "best_val_accuracy"
+PUBLIC_F1 = "best_val_macro_f1"
+HISTORY_TAG = "fer.alias_history.{alias}"
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    tracking_uri: str
+    data_path: str | None
+    study: str | None = None
+    run_id: str | None = None
+    storage: str = "sqlite:///mlruns/optuna.db"
+    model_name: str = "fer-cnn"
+    alias: str = "champion"
+    force: bool = False
+    dry_run: bool = False
+    min_accuracy: float | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class Candidate:
+    run_id: str
+    study: str | None
+    trial: int | None
+    public_accuracy: float
+    public_macro_f1: float | None
+    data_digest: str | None
+    private_accuracy: float | None = None
+    private_macro_f1: float | None = None
+
+
+@dataclass
+class PromoteResult:
+    candidate: Candidate
+    champion_version: str | None
+    champion_public_accuracy: float | None
+    decision: str
+    version: str | None = None
+    created_version: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _metric(metrics: dict[str, float], key: str, run_id: str) -> float:
+    value = metrics.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise ConfigError(f"run {run_id}: metric {key!r} is missing or NaN; cannot compare it with the champion")
+    return float(value)
+
+
+def resolve_candidate(cfg: PromoteConfig) -> Candidate:
+    """The run to promote: ``--run`` or the best COMPLETE trial of ``--study``, with its PublicTest metrics."""
+    from fer_experiments.tracking import get_run, prepare_store
+
+    prepare_store(cfg.tracking_uri)
+    if (cfg.study is None) == (cfg.run_id is None):
+        raise ConfigError("give exactly one of --study and --run")
+    study = trial = None
+    run_id = cfg.run_id
+    if cfg.study is not None:
+        from fer_experiments.search.study import best_complete_trial
+
+        best = best_complete_trial(cfg.storage, cfg.study)
+        if not best.run_id:
+            raise ConfigError(f"study {cfg.study!r}: trial {best.number} has no MLflow run recorded")
+        study, trial, run_id = best.study, best.number, best.run_id
+    assert run_id is not None
+    try:
+        run = get_run(cfg.tracking_uri, run_id)
+    except Exception as exc:  # noqa: BLE001 - mlflow raises its own type for an unknown run
+        raise ConfigError(f"run {run_id}: not found in the tracking store ({str(exc).splitlines()[0][:200]})") from exc
+    if not any(k.startswith("fer.model_id.") for k in run.tags):
+        raise ConfigError(f"run {run_id} has no logged model (nothing to register)")
+    return Candidate(run_id=run_id, study=study or run.tags.get("optuna_study"),
+                     trial=trial if trial is not None else _int_or_none(run.tags.get("optuna_trial_number")),
+                     public_accuracy=_metric(run.metrics, PUBLIC_ACC, run_id),
+                     public_macro_f1=run.metrics.get(PUBLIC_F1), data_digest=run.tags.get("data_digest"),
+                     private_accuracy=run.metrics.get("test_accuracy"), private_macro_f1=run.metrics.get("test_macro_f1"))
+
+
+def _int_or_none(v: str | None) -> int | None:
+    return int(v) if v not in (None, "") else None
+
+
+def evaluate_on_private_test(cfg: PromoteConfig, cand: Candidate) -> None:
+    """Evaluate the candidate once on PrivateTest and log ``test_*`` metrics and the per-class table to its run."""
+    from fer_experiments.data import load_dataset
+    from fer_experiments.evaluation.metrics import evaluate_probabilities
+    from fer_experiments.experiment import log_evaluation_artifacts
+    from fer_experiments.tracking import TrackedRun, get_run
+    from fer_experiments.tracking.models import load_keras_model
+    from fer_experiments.training.trainer import predict_proba
+
+    run = get_run(cfg.tracking_uri, cand.run_id)
+    if "test_accuracy" in run.metrics and run.tags.get("test_data_digest") == cand.data_digest:
+        return  # already evaluated (a rerun after a crash): do not look at PrivateTest twice
+    if cfg.data_path is None:
+        raise ConfigError("--data is needed to evaluate the candidate on PrivateTest")
+    ds = load_dataset(cfg.data_path, cache_dir=cfg.cache_dir)
+    if cand.data_digest and ds.digest != cand.data_digest:
+        raise DataError(f"{cfg.data_path}: digest {ds.digest[:12]} differs from the candidate's training data "
+                        f"({cand.data_digest[:12]}); point --data at the same data set")
+    test = ds.split("PrivateTest")
+    ev = evaluate_probabilities(test.y, predict_proba(load_keras_model(f"runs:/{cand.run_id}/model", cfg.tracking_uri),
+                                                      test.x), "PrivateTest")
+    tracked = TrackedRun(cand.run_id, cfg.tracking_uri)
+    log_evaluation_artifacts(tracked, ev, prefix="evaluation/test")
+    tracked.log_metrics({**ev.summary_metrics("test"), **ev.per_class_metrics("test")})
+    tracked.set_tags({"test_data_digest": ds.digest})
+    cand.private_accuracy, cand.private_macro_f1 = ev.accuracy, ev.macro_f1
+
+
+def promote(cfg: PromoteConfig) -> PromoteResult:
+    """Promote the candidate behind the guard; see the module docstring."""
+    from fer_experiments.tracking.registry import alias_version, get_run_metric, register_run_model
+
+    cand = resolve_candidate(cfg)
+    champion = alias_version(cfg.tracking_uri, cfg.model_name, cfg.alias)
+    champ_acc = None
+    if champion is not None and champion.run_id:
+        champ_acc = get_run_metric(cfg.tracking_uri, champion.run_id, PUBLIC_ACC)
+    result = PromoteResult(candidate=cand, champion_version=champion.version if champion else None,
+                           champion_public_accuracy=champ_acc, decision="promote")
+    if champion is not None and champion.run_id == cand.run_id:
+        result.decision = "already"
+        result.version = champion.version
+        return result
+    if cfg.min_accuracy is not None and cand.public_accuracy < cfg.min_accuracy and not cfg.force:
+        result.decision = "refused"
+        raise Refused(f"candidate run {cand.run_id}: PublicTest accuracy {cand.public_accuracy:.4f} is below "
+                      f"--min-accuracy {cfg.min_accuracy:.4f}; nothing changed")
+    if champ_acc is not None and cand.public_accuracy <= champ_acc and not cfg.force:
+        result.decision = "refused"
+        raise Refused(f"candidate run {cand.run_id} (PublicTest accuracy {cand.public_accuracy:.4f}) is not better "
+                      f"than {cfg.model_name}@{cfg.alias} version {champion.version} ({champ_acc:.4f}); "  # type: ignore[union-attr]
+                      "nothing changed (use --force to promote anyway)")
+    if cfg.dry_run:
+        result.decision = "dry-run"
+        return result
+    evaluate_on_private_test(cfg, cand)
+    version, created = register_run_model(cfg.tracking_uri, cfg.model_name, cand.run_id, tags={
+        "study": cand.study, "trial": cand.trial, "data_digest": cand.data_digest,
+        "public_accuracy": cand.public_accuracy, "public_macro_f1": cand.public_macro_f1,
+        "private_accuracy": cand.private_accuracy, "private_macro_f1": cand.private_macro_f1})
+    move_alias(cfg.tracking_uri, cfg.model_name, cfg.alias, version.version,
+               previous=champion.version if champion else None)
+    result.version, result.created_version = version.version, created
+    return result
+
+
+def move_alias(uri: str, name: str, alias: str, version: str, previous: str | None) -> None:
+    """Record the alias's history and previous target, then point it at ``version``."""
+    from fer_experiments.tracking.registry import get_model_tag, set_alias, set_model_tag
+
+    history = json.loads(get_model_tag(uri, name, HISTORY_TAG.format(alias=alias)) or "[]")
+    if previous is not None and (not history or history[-1] != previous):
+        history.append(previous)  # a champion set by hand, outside promote
+    if not history or history[-1] != version:
+        history.append(version)
+    set_model_tag(uri, name, HISTORY_TAG.format(alias=alias), json.dumps(history[-100:]))
+    if previous is not None:
+        set_alias(uri, name, f"previous-{alias}", previous)
+    set_alias(uri, name, alias, version)
+
+
+def rollback(uri: str, name: str, alias: str = "champion") -> tuple[str, str]:
+    """Point ``alias`` back at the version it pointed at before; returns (from, to)."""
+    from fer_experiments.tracking.registry import (
+        alias_version,
+        delete_alias,
+        get_model_tag,
+        set_alias,
+        set_model_tag,
+    )
+
+    current = alias_version(uri, name, alias)
+    if current is None:
+        raise ConfigError(f"{name}@{alias} does not exist: nothing to roll back")
+    history = json.loads(get_model_tag(uri, name, HISTORY_TAG.format(alias=alias)) or "[]")
+    while history and history[-1] == current.version:
+        history.pop()
+    if not history:
+        raise ConfigError(f"{name}@{alias} (version {current.version}) has no earlier version to roll back to")
+    target = history[-1]
+    set_model_tag(uri, name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+    if len(history) >= 2:
+        set_alias(uri, name, f"previous-{alias}", history[-2])
+    else:
+        delete_alias(uri, name, f"previous-{alias}")
+    set_alias(uri, name, alias, target)
+    return current.version, target
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    study: str
+    trial: str
+    public_accuracy: float | None
+    public_macro_f1: float | None
+    private_accuracy: float | None
+    private_macro_f1: float | None
+    run_id: str | None
+
+
+def list_models(uri: str, name: str | None = None) -> list[VersionRow]:
+    """Registered versions with aliases, source study/trial and PublicTest / PrivateTest numbers."""
+    from fer_experiments.tracking import get_run
+    from fer_experiments.tracking.registry import list_versions
+
+    rows = []
+    for v in list_versions(uri, name):
+        metrics: dict[str, float] = {}
+        if v.run_id:
+            try:
+                metrics = get_run(uri, v.run_id).metrics
+            except Exception:  # noqa: BLE001 - a deleted run still lists its version
+                metrics = {}
+        rows.append(VersionRow(name=v.name, version=v.version, aliases=v.aliases, study=v.tags.get("study", ""),
+                               trial=v.tags.get("trial", ""), public_accuracy=metrics.get(PUBLIC_ACC),
+                               public_macro_f1=metrics.get(PUBLIC_F1), private_accuracy=metrics.get("test_accuracy"),
+                               private_macro_f1=metrics.get("test_macro_f1"), run_id=v.run_id))
+    return rows
+
+

@@ -1,0 +1,1 @@
+"""The only package that imports optuna: studies, the trial objective, pruning, progress and summaries."""

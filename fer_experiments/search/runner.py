@@ -1,0 +1,190 @@
+"""``fer-exp search``: create or resume a study, run trials until it holds --n-trials finished ones, summarise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from fer_experiments.config import DataConfig, SearchConfig
+from fer_experiments.errors import FatalError, TrialFailed
+from fer_experiments.search.objective import Objective
+from fer_experiments.search.progress import Progress
+from fer_experiments.search.study import (
+    ATTR_CHALLENGER,
+    ATTR_PARENT_RUN,
+    create_or_resume,
+    finished_count,
+    open_storage,
+    storage_lock,
+)
+from fer_experiments.tracking.store import redact_uri
+
+
+@dataclass
+class SearchOutcome:
+    """What a search command did and where the study stands."""
+
+    study: str
+    parent_run_id: str
+    ran: int = 0
+    finished: int = 0
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    best_value: float | None = None
+    best_trial: int | None = None
+    registered_version: str | None = None
+    stopped: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _ensure_parent_run(study: optuna.Study, cfg: SearchConfig, experiment: str, space: Any, digest: str) -> str:
+    """The study's parent MLflow run, created once (under the storage lock) by the first command."""
+    from fer_experiments.tracking import create_run
+    from fer_experiments.tracking.runs import git_commit
+
+    with storage_lock(cfg.storage):
+        attrs = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs  # noqa: SLF001
+        if attrs.get(ATTR_PARENT_RUN):
+            return str(attrs[ATTR_PARENT_RUN])
+        run_id = create_run(cfg.tracking_uri, experiment, f"study-{study.study_name}", tags={
+            "fer.kind": "study", "optuna_study": study.study_name, "optuna_storage": redact_uri(cfg.storage),
+            "space_file": str(space.source), "space_hash": space.content_hash(), "space_name": space.name,
+            "data_digest": digest, "git_commit": git_commit(), "mlflow.source.git.commit": git_commit(),
+            "objective": space.objective})
+        study.set_user_attr(ATTR_PARENT_RUN, run_id)
+        return run_id
+
+
+def run_search(cfg: SearchConfig, progress_stream: Any = None) -> SearchOutcome:
+    """Run the search that ``cfg`` describes; see the module docstring. Raises FatalError after K failures in a row."""
+    from fer_experiments.data import load_dataset
+    from fer_experiments.experiment import load_training_data
+    from fer_experiments.models.presets import get_preset
+    from fer_experiments.spaces import load_space, preset_values_for_space, resolve_space_path
+    from fer_experiments.tracking import TrackedRun, prepare_store, set_status
+
+    space = load_space(resolve_space_path(cfg.space_path)) if cfg.space_path else None
+    prepare_store(cfg.tracking_uri)
+    dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    storage = open_storage(cfg.storage)
+    study, settings, _ = create_or_resume(storage, cfg.storage, cfg.study, space, data_digest=dataset.digest,
+                                          limit=cfg.data.limit, experiment=cfg.experiment)
+    space = settings.space
+    data = load_training_data(DataConfig(path=cfg.data.path, limit=settings.limit, subset_seed=cfg.data.subset_seed,
+                                         cache_dir=cfg.data.cache_dir), dataset)
+    parent_id = _ensure_parent_run(study, cfg, settings.experiment, space, dataset.digest)
+    for name in cfg.enqueue:
+        study.enqueue_trial(preset_values_for_space(space, get_preset(name).values()), skip_if_exists=True)
+
+    outcome = SearchOutcome(study=cfg.study, parent_run_id=parent_id)
+    progress = Progress(cfg.n_trials, progress_stream)
+    _seed_progress(progress, study)
+    parent = TrackedRun(parent_id, cfg.tracking_uri)
+    objective = Objective(space=space, data=data, tracking_uri=cfg.tracking_uri, experiment=settings.experiment,
+                          parent_run_id=parent_id, study_name=cfg.study,
+                          on_epoch=lambda t, e, n, m: progress.epoch(t, e, n, m, space.objective))
+    consecutive = {"failures": 0}
+
+    def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        state = trial.state.name
+        progress.trial_end(trial.number, state, trial.value, trial.user_attrs.get("fail_reason", ""))
+        outcome.ran += 1
+        if trial.state == TrialState.FAIL:
+            consecutive["failures"] += 1
+            if consecutive["failures"] >= cfg.max_consecutive_failures:
+                outcome.stopped = f"{consecutive['failures']} consecutive failed trials"
+                st.stop()
+        else:
+            consecutive["failures"] = 0
+        if trial.state == TrialState.COMPLETE and progress.best is not None:
+            parent.log_metrics({"best_value": progress.best}, step=trial.number)
+
+    remaining = cfg.n_trials - finished_count(study)
+    set_status(cfg.tracking_uri, parent_id, "RUNNING")
+    interrupted = False
+    try:
+        if remaining > 0:
+            study.optimize(objective, timeout=cfg.timeout_seconds, catch=(TrialFailed,), gc_after_trial=True,
+                           callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                                      after_trial])
+        else:
+            outcome.notes.append(f"study {cfg.study!r} already holds {cfg.n_trials} finished trials; "
+                                 "raise --n-trials to add more")
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        set_status(cfg.tracking_uri, parent_id, "KILLED" if interrupted else "FINISHED")
+    _fill_outcome(outcome, study)
+    outcome.notes += _summarise(study, parent, cfg)
+    outcome.registered_version = _register_challenger(study, cfg, outcome)
+    if outcome.stopped:
+        raise FatalError(f"search stopped: {outcome.stopped} (last reason: "
+                         f"{_last_fail_reason(study)}); {format_outcome(outcome)}")
+    return outcome
+
+
+def _seed_progress(progress: Progress, study: optuna.Study) -> None:
+    trials = study.get_trials(deepcopy=False)
+    count = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = max(complete, key=lambda t: t.value) if complete else None  # type: ignore[arg-type, return-value]
+    progress.seed(count[TrialState.COMPLETE] + count[TrialState.PRUNED], count[TrialState.COMPLETE],
+                  count[TrialState.PRUNED], count[TrialState.FAIL], None if best is None else best.value,
+                  None if best is None else best.number)
+
+
+def _fill_outcome(outcome: SearchOutcome, study: optuna.Study) -> None:
+    trials = study.get_trials(deepcopy=False)
+    outcome.complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    outcome.pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    outcome.failed = sum(t.state == TrialState.FAIL for t in trials)
+    outcome.finished = outcome.complete + outcome.pruned
+    if outcome.complete:
+        best = study.best_trial
+        outcome.best_value, outcome.best_trial = best.value, best.number
+
+
+def _last_fail_reason(study: optuna.Study) -> str:
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return failed[-1].user_attrs.get("fail_reason", "unknown") if failed else "none"
+
+
+def _summarise(study: optuna.Study, parent: Any, cfg: SearchConfig) -> list[str]:
+    from fer_experiments.search.summary import write_summary
+
+    try:
+        return write_summary(study, parent, cfg.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - a summary must never lose the trials already run
+        return [f"summary incomplete: {type(exc).__name__}: {exc}"]
+
+
+def _register_challenger(study: optuna.Study, cfg: SearchConfig, outcome: SearchOutcome) -> str | None:
+    """Register the best COMPLETE trial's model as a new ``challenger`` version when it is a new best."""
+    from fer_experiments.tracking.registry import register_run_model, set_alias
+
+    if outcome.best_trial is None:
+        return None
+    best = study.best_trial
+    if study.user_attrs.get(ATTR_CHALLENGER) == best.number:
+        return None
+    run_id = best.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        return None
+    version, _ = register_run_model(cfg.tracking_uri, cfg.model_name, run_id, tags={
+        "study": cfg.study, "trial": best.number, "objective": study.user_attrs.get("fer.space", {}).get("objective"),
+        "objective_value": best.value, "data_digest": study.user_attrs.get("fer.data_digest")})
+    set_alias(cfg.tracking_uri, cfg.model_name, "challenger", version.version)
+    study.set_user_attr(ATTR_CHALLENGER, best.number)
+    return version.version
+
+
+def format_outcome(o: SearchOutcome) -> str:
+    best = "none" if o.best_value is None else f"{o.best_value:.4f} (trial {o.best_trial})"
+    return (f"study {o.study}: {o.finished} finished ({o.complete} complete, {o.pruned} pruned), {o.failed} failed; "
+            f"best {best}")
+

@@ -1,0 +1,252 @@
+"""Optuna studies: storage, create-or-resume with the settings a study keeps, samplers, pruners, listing."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+from fer_experiments.errors import ConfigError, DataError, FatalError
+from fer_experiments.tracking.store import DEFAULT_STORE_DIR, redact_uri
+
+if TYPE_CHECKING:
+    from fer_experiments.spaces import SearchSpace
+
+DEFAULT_STORAGE = f"sqlite:///{DEFAULT_STORE_DIR}/optuna.db"
+
+#: User attributes a study keeps so that every later command (and every worker) searches the same thing.
+ATTR_SPACE = "fer.space"
+ATTR_SPACE_HASH = "fer.space_hash"
+ATTR_SPACE_FILE = "fer.space_file"
+ATTR_DATA_DIGEST = "fer.data_digest"
+ATTR_LIMIT = "fer.limit"
+ATTR_PARENT_RUN = "fer.mlflow_parent_run_id"
+ATTR_EXPERIMENT = "fer.mlflow_experiment"
+ATTR_CHALLENGER = "fer.challenger_trial"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What a study remembers from its first command."""
+
+    space: "SearchSpace"
+    data_digest: str
+    limit: int | None
+    experiment: str
+    parent_run_id: str | None
+
+
+def _lock_path(storage: str) -> Path | None:
+    if storage.startswith("sqlite:///"):
+        return Path(storage[len("sqlite:///"):] + ".lock")
+    return None
+
+
+@contextlib.contextmanager
+def storage_lock(storage: str) -> Iterator[None]:
+    """Serialise study creation (and a fresh SQLite file's table creation) across local processes."""
+    path = _lock_path(storage)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``storage`` (an RDB URL), tables created once under a lock."""
+    if "://" not in storage:
+        raise ConfigError(f"--storage {storage!r} is not a storage URL (e.g. sqlite:///mlruns/optuna.db or "
+                          "postgresql://user@host/db)")
+    try:
+        with storage_lock(storage):
+            return optuna.storages.RDBStorage(storage)
+    except Exception as exc:  # noqa: BLE001 - any failure means the storage is unusable
+        raise FatalError(f"cannot open the Optuna storage {redact_uri(storage)}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+def make_sampler(space: "SearchSpace") -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded."""
+    cfg = dict(space.sampler)
+    name = cfg.pop("name", "tpe")
+    seed = cfg.pop("seed", 42)
+    options = dict(cfg.pop("options", {}) or {})
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **options)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        try:
+            import torch  # noqa: F401 - GPSampler needs it
+        except ImportError:
+            raise ConfigError(f"{space.source}: sampler.name: 'gp' needs PyTorch, which is not installed; "
+                              "use tpe or random, or `pip install torch`") from None
+        return optuna.samplers.GPSampler(seed=seed, **options)
+    raise ConfigError(f"{space.source}: sampler.name: unknown sampler {name!r}")
+
+
+def make_pruner(space: "SearchSpace") -> optuna.pruners.BasePruner:
+    """The space's pruner; Hyperband's max resource is the space's max_epochs."""
+    cfg = dict(space.pruner)
+    name = cfg.pop("name", "median")
+    if name == "median":
+        return optuna.pruners.MedianPruner(**cfg)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(max_resource=space.max_epochs, **cfg)
+    if name == "threshold":
+        return optuna.pruners.ThresholdPruner(**cfg)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"{space.source}: pruner.name: unknown pruner {name!r}")
+
+
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+        return True
+    except KeyError:
+        return False
+
+
+def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, name: str, space: "SearchSpace | None",
+                     *, data_digest: str, limit: int | None, experiment: str | None,
+                     ) -> tuple[optuna.Study, StudySettings, bool]:
+    """Create study ``name`` with ``space`` or resume it; returns (study, settings, created).
+
+    Resuming checks that the space (when given), the data digest and the training limit are the study's own;
+    a different one is refused, since mixing them would make trials incomparable.
+    """
+    from fer_experiments.spaces import SearchSpace
+
+    with storage_lock(storage_url):
+        created = False
+        if not study_exists(storage, name):
+            if space is None:
+                raise ConfigError(f"study {name!r} does not exist in {redact_uri(storage_url)}; create it with "
+                                  "`fer-exp search --space ...` first")
+            study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                        sampler=make_sampler(space), pruner=make_pruner(space))
+            study.set_user_attr(ATTR_SPACE, space.to_dict())
+            study.set_user_attr(ATTR_SPACE_HASH, space.content_hash())
+            study.set_user_attr(ATTR_SPACE_FILE, str(space.source))
+            study.set_user_attr(ATTR_DATA_DIGEST, data_digest)
+            # An explicit --limit wins over the space's train_limit; later commands must agree with it.
+            study.set_user_attr(ATTR_LIMIT, limit if limit is not None else space.train_limit)
+            study.set_user_attr(ATTR_EXPERIMENT, experiment or name)
+            study.set_user_attr("fer.created", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+            created = True
+        attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
+    stored_space = SearchSpace.from_dict(attrs[ATTR_SPACE], source=attrs.get(ATTR_SPACE_FILE, "<study>"))
+    if space is not None and not created and space.content_hash() != attrs[ATTR_SPACE_HASH]:
+        raise ConfigError(
+            f"{space.source}: this search space differs from the one study {name!r} was created with "
+            f"({attrs.get(ATTR_SPACE_FILE)}, hash {attrs[ATTR_SPACE_HASH][:12]}; this one {space.content_hash()[:12]}). "
+            f"Start a new study with another --study name, or rerun with the original space.")
+    if attrs.get(ATTR_DATA_DIGEST) != data_digest:
+        raise DataError(f"study {name!r} was created on data with digest {str(attrs.get(ATTR_DATA_DIGEST))[:12]}, "
+                        f"this data has digest {data_digest[:12]}: point --data at the same data set")
+    if not created and limit is not None and limit != attrs.get(ATTR_LIMIT):
+        raise ConfigError(f"--limit {limit}: study {name!r} trains on limit {attrs.get(ATTR_LIMIT)}; "
+                          "leave --limit out to use the study's, or start a new study")
+    if not created and experiment is not None and experiment != attrs.get(ATTR_EXPERIMENT):
+        raise ConfigError(f"--experiment {experiment!r}: study {name!r} logs to MLflow experiment "
+                          f"{attrs.get(ATTR_EXPERIMENT)!r}")
+    # The sampler and pruner are not stored by Optuna: rebuild them from the study's own space.
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(stored_space),
+                              pruner=make_pruner(stored_space))
+    settings = StudySettings(space=stored_space, data_digest=data_digest, limit=attrs.get(ATTR_LIMIT),
+                             experiment=attrs.get(ATTR_EXPERIMENT, name), parent_run_id=attrs.get(ATTR_PARENT_RUN))
+    return study, settings, created
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count towards --n-trials: COMPLETE and PRUNED (failed ones are replaced)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One line of ``fer-exp studies``."""
+
+    name: str
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    waiting: int
+    best_value: float | None
+    best_trial: int | None
+    objective: str
+    space_file: str
+    created: str
+
+
+def list_studies(storage_url: str) -> list[StudyRow]:
+    """Every study in the storage with its trial counts by state and its best COMPLETE trial."""
+    storage = open_storage(storage_url)
+    rows: list[StudyRow] = []
+    for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
+        study_id = storage.get_study_id_from_name(summary.study_name)
+        trials = storage.get_all_trials(study_id, deepcopy=False)
+        counts = {s: 0 for s in TrialState}
+        best: Any = None
+        for t in trials:
+            counts[t.state] += 1
+            if t.state == TrialState.COMPLETE and t.value is not None and (best is None or t.value > best.value):
+                best = t
+        attrs = summary.user_attrs
+        space = attrs.get(ATTR_SPACE) or {}
+        rows.append(StudyRow(
+            name=summary.study_name, complete=counts[TrialState.COMPLETE], pruned=counts[TrialState.PRUNED],
+            failed=counts[TrialState.FAIL], running=counts[TrialState.RUNNING], waiting=counts[TrialState.WAITING],
+            best_value=None if best is None else float(best.value), best_trial=None if best is None else best.number,
+            objective=str(space.get("objective", "?")), space_file=str(attrs.get(ATTR_SPACE_FILE, "")),
+            created=str(attrs.get("fer.created", "")),
+        ))
+    return rows
+
+
+logging.getLogger("optuna").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """The best COMPLETE trial of a study, as the registry needs it."""
+
+    study: str
+    number: int
+    value: float
+    objective: str
+    run_id: str | None
+    data_digest: str | None
+
+
+def best_complete_trial(storage_url: str, name: str) -> BestTrial:
+    """The study's best COMPLETE trial (pruned and failed trials never qualify); ConfigError if none."""
+    storage = open_storage(storage_url)
+    if not study_exists(storage, name):
+        known = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+        raise ConfigError(f"unknown study {name!r} in {redact_uri(storage_url)} (studies: {', '.join(known) or 'none'})")
+    study = optuna.load_study(study_name=name, storage=storage)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not complete:
+        raise ConfigError(f"study {name!r} has no COMPLETE trial to promote")
+    best = max(complete, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+    space = study.user_attrs.get(ATTR_SPACE) or {}
+    return BestTrial(study=name, number=best.number, value=float(best.value), objective=str(space.get("objective", "")),
+                     run_id=best.user_attrs.get("mlflow_run_id"), data_digest=study.user_attrs.get(ATTR_DATA_DIGEST))

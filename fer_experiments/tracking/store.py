@@ -1,0 +1,123 @@
+"""Where runs go: the embedded SQLite default, a tracking server, creating and upgrading the store once."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+from fer_experiments.errors import ConfigError, FatalError
+
+#: The embedded default: MLflow's and Optuna's SQLite files and MLflow's artifacts all live here.
+DEFAULT_STORE_DIR = "mlruns"
+DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_STORE_DIR}/mlflow.db"
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlruns/mlflow.db`` (relative to the working folder)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifact folder for experiments in a SQLite store: ``<db folder>/artifacts`` as an absolute file URI.
+
+    MLflow would otherwise put artifacts under the working folder *at experiment creation*, which breaks as soon
+    as a command runs from elsewhere. Servers (http) choose their own artifact root.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    return (db.resolve().parent / "artifacts").as_uri()
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without its password (for tags and messages)."""
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+def ui_command(uri: str) -> str:
+    """The exact ``mlflow ui`` command that shows this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_prepared: set[str] = set()
+
+
+def prepare_store(uri: str) -> None:
+    """Create (and migrate) the tracking store once, under a file lock for SQLite.
+
+    Several processes starting on a fresh MLflow SQLite file race in their migrations and leave it broken;
+    the lock makes exactly one of them create it.
+    """
+    if uri in _prepared:
+        return
+    import mlflow
+
+    if not re.match(r"^[a-z][a-z0-9+.-]*:", uri) and not uri.startswith("/"):
+        raise ConfigError(f"--tracking-uri {uri!r} is not a URI (e.g. sqlite:///mlruns/mlflow.db or http://host:5000)")
+    db = sqlite_path(uri)
+    try:
+        if db is not None:
+            with _file_lock(db.with_name(db.name + ".lock")):
+                mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        else:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the store is unusable
+        raise FatalError(f"cannot open the MLflow tracking store {redact_uri(uri)}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    _prepared.add(uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created with an explicit artifact location when missing."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    prepare_store(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+                              "or choose another --experiment")
+        return str(exp.experiment_id)
+    root = artifact_root(uri)
+    location = f"{root}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}" if root else None
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException:
+        # Another process created it between our lookup and create.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)

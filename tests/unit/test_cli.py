@@ -1,0 +1,155 @@
+"""``fer-exp`` as a user runs it: subprocesses, exit codes, one-line errors, a tiny tracked training."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_experiments import IMAGE_SIZE, NUM_CLASSES
+from tests.conftest import run_cli, write_kaggle_csv
+
+TINY_SETS = ("--set", "conv_blocks=1", "--set", "convs_per_block=1", "--set", "filters=4", "--set", "dense_layers=0",
+             "--epochs", "1")
+
+
+def _errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    errors = _errors(proc.stderr)
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """70 / 35 / 35 random images, every class in every split."""
+    rng = np.random.default_rng(0)
+    parts = {}
+    for name, n in (("Training", 70), ("PublicTest", 35), ("PrivateTest", 35)):
+        parts[name] = (rng.integers(0, 256, (n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8), np.arange(n) % NUM_CLASSES)
+    return write_kaggle_csv(tmp_path_factory.mktemp("cli-data") / "tiny.csv", parts)
+
+
+def test_help_is_fast() -> None:
+    exe = Path(sys.executable).parent / "fer-exp"
+    assert exe.is_file(), f"console script not installed next to {sys.executable}"
+    t0 = time.monotonic()
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: fer-exp" in proc.stdout
+    for command in ("train", "evaluate", "presets", "search"):
+        assert command in proc.stdout
+    assert elapsed < 2.0, f"fer-exp --help took {elapsed:.2f}s (heavy imports at start-up?)"
+
+
+def test_presets_lists_three_with_param_counts() -> None:
+    from fer_experiments.models.builder import build_model
+    from fer_experiments.models.presets import PRESETS
+
+    proc = run_cli("presets", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {m.group(1): int(m.group(2).replace(",", ""))
+            for m in re.finditer(r"^(seed-[\w-]+)\s+([\d,]+)\s+\S", proc.stdout, re.MULTILINE)}
+    assert set(rows) == {"seed-base", "seed-deep", "seed-deep-bn"}
+    for name, count in rows.items():
+        assert count == build_model(PRESETS[name].model).count_params(), name
+
+
+def test_train_missing_data_exits_3(tmp_path: Path) -> None:
+    proc = run_cli("train", "--data", "missing.csv", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    _assert_one_line_error(proc, "missing.csv")
+
+
+def test_train_unknown_preset_exits_2(tiny_csv: Path, tmp_path: Path) -> None:
+    proc = run_cli("train", "--preset", "nope", "--data", str(tiny_csv), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    _assert_one_line_error(proc, "nope", "seed-base")
+    assert not (tmp_path / "mlruns").exists()  # rejected before anything was written
+
+
+def test_train_unknown_set_exits_2(tiny_csv: Path, tmp_path: Path) -> None:
+    proc = run_cli("train", "--data", str(tiny_csv), "--set", "foo=1", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    _assert_one_line_error(proc, "foo")
+
+
+def test_train_bad_set_value_exits_2(tmp_path: Path) -> None:
+    proc = run_cli("train", "--data", "missing.csv", "--set", "dense_layers=9", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    _assert_one_line_error(proc, "dense_layers")
+
+
+@pytest.mark.parametrize("value", ["1e-3", "3e-4"])
+def test_set_accepts_exponent_floats(tmp_path: Path, value: str) -> None:
+    """``--set learning_rate=1e-3`` is a float, as ``--learning-rate 1e-3`` is (the data error comes after parsing)."""
+    proc = run_cli("train", "--data", "missing.csv", "--set", f"learning_rate={value}", cwd=tmp_path, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 3, proc.stderr
+    _assert_one_line_error(proc, "missing.csv")
+
+
+def test_evaluate_missing_model_exits_2(tiny_csv: Path, tmp_path: Path) -> None:
+    proc = run_cli("evaluate", str(tmp_path / "no-such-model.keras"), "--data", str(tiny_csv), cwd=tmp_path,
+                   timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    _assert_one_line_error(proc, "no-such-model.keras")
+
+
+def _runs(uri: str) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_train_end_to_end(tiny_csv: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    proc = run_cli("train", "--data", str(tiny_csv), *TINY_SETS, "--tracking-uri", uri, "--experiment", "cli-e2e",
+                   cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    m = re.search(r"^run: ([0-9a-f]{32})$", proc.stdout, re.MULTILINE)
+    assert m, proc.stdout
+    assert "epoch 1/1" in proc.stdout and "precision" in proc.stdout
+    runs = _runs(uri)
+    assert [r.info.run_id for r in runs] == [m.group(1)]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["filters"] == "4" and run.data.params["epochs"] == "1"
+    assert run.data.params["n_train"] == "70" and run.data.params["n_val"] == "35"
+    assert "best_val_accuracy" in run.data.metrics and "val_precision_angry" in run.data.metrics
+    assert "failure_reason" not in run.data.tags
+    # artifacts live beside the database, not in the working folder
+    assert run.info.artifact_uri.startswith((tmp_path / "store" / "artifacts").as_uri())
+    assert not (tmp_path / "mlruns").exists()
+    import mlflow
+
+    names = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id)}
+    assert {"learning_curves.png", "history.csv"} <= names
+
+
+def test_train_nan_exits_4_and_run_failed(tiny_csv: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    proc = run_cli("train", "--data", str(tiny_csv), *TINY_SETS, "--batch-size", "16", "--learning-rate", "1e30",
+                   "--set", "optimizer=sgd", "--tracking-uri", uri, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    _assert_one_line_error(proc, "nan")
+    runs = _runs(uri)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FAILED"
+    assert "nan" in run.data.tags["failure_reason"].lower()
+    assert run.info.end_time is not None
