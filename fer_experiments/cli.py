@@ -131,8 +131,6 @@ def presets() -> None:
 
 # --------------------------------------------------------------------------------------------------- train
 def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    import yaml
-
     from fer_experiments.errors import ConfigError
 
     out: dict[str, Any] = {}
@@ -140,8 +138,20 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: expected NAME=VALUE")
-        out[key.strip()] = yaml.safe_load(raw)  # YAML scalars: 3 -> int, 0.5 -> float, true -> bool
+        out[key.strip()] = _scalar(raw)
     return out
+
+
+def _scalar(raw: str) -> Any:
+    """'3' -> 3, '1e-3' -> 0.001 (YAML 1.1 would keep that a string), 'true' -> True, else YAML's reading."""
+    import yaml
+
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    return yaml.safe_load(raw)
 
 
 @cli.command()
@@ -178,7 +188,7 @@ def train(data_path: str, preset: str, epochs: int | None, batch_size: int | Non
     uri = tracking_uri or default_tracking_uri()
     cfg = TrainConfig(data=DataConfig(path=data_path, limit=limit, cache_dir=cache_dir),
                       tracking=TrackingConfig(tracking_uri=uri, experiment=experiment),
-                      model=model_params, train=train_params, preset=preset if not values else f"{preset}+overrides",
+                      model=model_params, train=train_params, preset=preset,
                       objective=objective, run_name=run_name)
     from fer_experiments.evaluation.metrics import format_report
     from fer_experiments.experiment import load_training_data, run_training
@@ -238,6 +248,22 @@ _storage_option = click.option("--storage", envvar="FER_EXP_STORAGE", default="s
                                help="Optuna storage URL (PostgreSQL for many workers).")
 
 
+def _worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every process that runs trials shares: GPU pinning and Optuna heartbeats."""
+    f = click.option("--grace-period", type=click.IntRange(min=1), default=180, show_default=True,
+                     help="Seconds without a heartbeat before a trial's worker counts as dead (its trial is retried).")(f)
+    f = click.option("--heartbeat-interval", type=click.IntRange(min=1), default=60, show_default=True,
+                     help="Seconds between a running trial's heartbeats in the Optuna storage.")(f)
+    return click.option("--gpu", type=click.IntRange(min=0), default=None,
+                        help="Pin this process to one GPU (sets CUDA_VISIBLE_DEVICES); tagged on each trial.")(f)
+
+
+def _pin_gpu(gpu: int | None) -> None:
+    # Must happen before the backend (TensorFlow/JAX/torch) is imported, which the commands do lazily.
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+
+
 def _parse_duration(text: str | None) -> float | None:
     """'90', '90s', '15m', '6h' -> seconds."""
     from fer_experiments.errors import ConfigError
@@ -268,21 +294,70 @@ def _parse_duration(text: str | None) -> float | None:
 @_storage_option
 @_tracking_option
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None)
+@_worker_options
 def search(data_path: str, space_path: str, study: str, n_trials: int, timeout: str | None, enqueue: tuple[str, ...],
            limit: int | None, max_consecutive_failures: int, model_name: str, experiment: str | None, storage: str,
-           tracking_uri: str | None, cache_dir: str | None) -> None:
+           tracking_uri: str | None, cache_dir: str | None, gpu: int | None, heartbeat_interval: int,
+           grace_period: int) -> None:
     """Search the CNN family with Optuna; every trial is an MLflow child run of the study's parent run."""
     from fer_experiments.config import DataConfig, SearchConfig
     from fer_experiments.tracking import default_tracking_uri, ui_command
 
+    _pin_gpu(gpu)
     uri = tracking_uri or default_tracking_uri()
     cfg = SearchConfig(data=DataConfig(path=data_path, limit=limit, cache_dir=cache_dir), tracking_uri=uri,
                        study=study, storage=storage, space_path=space_path, n_trials=n_trials,
                        experiment=experiment, timeout_seconds=_parse_duration(timeout), enqueue=enqueue,
-                       max_consecutive_failures=max_consecutive_failures, model_name=model_name)
+                       max_consecutive_failures=max_consecutive_failures, model_name=model_name, gpu=gpu,
+                       heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     _run_search(cfg, resume_hint=f"fer-exp search --data {data_path} --space {space_path} --study {study} "
                                  f"--n-trials {n_trials}" + (f" --storage {storage}" if "sqlite" not in storage else ""))
     click.echo(f"see it with: {ui_command(uri)}")
+
+
+@cli.command()
+@_data_option()
+@click.option("--study", required=True, help="The study to join (created by `fer-exp search`).")
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Override the study's total of finished trials [default: the study's].")
+@click.option("--timeout", default=None, help="Stop starting new trials after this long (e.g. 6h).")
+@click.option("--max-consecutive-failures", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--model-name", default="fer-cnn", show_default=True)
+@_storage_option
+@_tracking_option
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None)
+@_worker_options
+def worker(data_path: str, study: str, n_trials: int | None, timeout: str | None, max_consecutive_failures: int,
+           model_name: str, storage: str, tracking_uri: str | None, cache_dir: str | None, gpu: int | None,
+           heartbeat_interval: int, grace_period: int) -> None:
+    """Join an existing study: its space, Training subset, epochs and objective come from the study itself."""
+    from fer_experiments.config import DataConfig, SearchConfig
+    from fer_experiments.tracking import default_tracking_uri
+
+    _pin_gpu(gpu)
+    cfg = SearchConfig(data=DataConfig(path=data_path, cache_dir=cache_dir),
+                       tracking_uri=tracking_uri or default_tracking_uri(), study=study, storage=storage,
+                       space_path=None, n_trials=n_trials, timeout_seconds=_parse_duration(timeout),
+                       max_consecutive_failures=max_consecutive_failures, model_name=model_name, gpu=gpu,
+                       heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    _run_search(cfg, resume_hint=f"fer-exp worker --data {data_path} --study {study} --storage {storage}")
+
+
+@cli.command()
+@click.option("--study", required=True)
+@_storage_option
+@_tracking_option
+@click.option("--grace-period", type=click.IntRange(min=1), default=180, show_default=True,
+              help="Seconds without a heartbeat after which a RUNNING trial's worker counts as dead.")
+def reconcile(study: str, storage: str, tracking_uri: str | None, grace_period: int) -> None:
+    """Fail trials whose worker died and mark their orphaned MLflow runs KILLED (workers also do this at start)."""
+    from fer_experiments.search.runner import reconcile_study
+    from fer_experiments.tracking import default_tracking_uri
+
+    notes = reconcile_study(storage, study, tracking_uri or default_tracking_uri(), grace_period)
+    for note in notes:
+        click.echo(note)
+    click.echo(f"reconciled study {study}: {len(notes)} change(s)")
 
 
 def _run_search(cfg: Any, resume_hint: str) -> None:

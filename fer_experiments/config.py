@@ -50,11 +50,16 @@ class SearchConfig:
     storage: str
     #: The YAML space; None to join an existing study and use the space it stores.
     space_path: str | None
-    #: The study's total of finished (COMPLETE + PRUNED) trials to reach.
-    n_trials: int
+    #: The study's total of finished (COMPLETE + PRUNED) trials to reach; None = the study's own (workers).
+    n_trials: int | None
     #: MLflow experiment; None = the study's (its name when it is created).
     experiment: str | None = None
     timeout_seconds: float | None = None
     enqueue: tuple[str, ...] = ()
     max_consecutive_failures: int = 5
     model_name: str = "fer-cnn"
+    #: Optuna heartbeat (seconds) and grace period: a dead worker's trial is failed and retried after the grace.
+    heartbeat_interval: int = 60
+    grace_period: int = 180
+    #: GPU index this worker is pinned to (tagged on its runs), or None.
+    gpu: int | None = None

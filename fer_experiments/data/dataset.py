@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -83,24 +85,29 @@ def load_dataset(
     """Load FER2013 from a Kaggle CSV (``.csv``/``.csv.gz``) or an image tree, through an npz cache keyed by content.
 
     The digest is always computed from the content (never from mtime), so a changed source misses the cache.
-    ``use_cache=False`` neither reads nor writes the cache.
+    ``cache_dir`` defaults to ``default_cache_dir()``; ``use_cache=False`` neither reads nor writes the cache.
+    Every problem with the input raises DataError (exit code 3) naming the file, line or image.
     """
     # Imported here: the parsers import Split/FerDataset from this module.
     from fer_experiments.data import cache, fer2013, folders
 
     source = str(path)
     p = Path(path).expanduser()
+    parse: Callable[[], tuple[dict[str, Split], tuple[str, ...]]]
     if p.is_dir():
-        files = folders.scan_tree(p, source)
-        digest = folders.tree_digest(p, files)
-        reader = lambda: folders.read_tree(p, files, source)  # noqa: E731
+        scan = folders.scan_tree(p, source)
+        digest = folders.tree_digest(p, scan)
+        parse = functools.partial(folders.read_tree, p, scan, source)
     elif p.is_file():
         try:
-            data = p.read_bytes()
+            data = p.read_bytes()  # read once: hashed here, parsed below on a cache miss
         except OSError as exc:
             raise DataError(f"{source}: cannot read file ({exc.strerror or exc})") from exc
         digest = cache.bytes_digest(data)
-        reader = lambda: (fer2013.parse_csv_bytes(data, source), ())  # noqa: E731
+
+        def parse() -> tuple[dict[str, Split], tuple[str, ...]]:
+            return fer2013.parse_csv_bytes(data, source), ()
+
     elif p.exists():
         raise DataError(f"{source}: neither a file nor a folder")
     else:
@@ -113,7 +120,7 @@ def load_dataset(
             splits, notes = hit
             return FerDataset(splits=splits, source=source, digest=digest, notes=notes)
 
-    splits, notes = reader()
+    splits, notes = parse()
     if use_cache:
         cache.write_cache(target, splits, notes)
     return FerDataset(splits=splits, source=source, digest=digest, notes=tuple(notes))

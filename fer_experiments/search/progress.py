@@ -39,6 +39,10 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def note(self, text: str) -> None:
+        self.stream.write(("\r\x1b[2K" if self.tty else "") + f"note: {text}\n")
+        self.stream.flush()
+
     def trial_end(self, trial: int, state: str, value: float | None, note: str = "") -> None:
         key = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(state)
         if key:

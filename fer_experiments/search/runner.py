@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,15 +10,17 @@ import optuna
 from optuna.trial import TrialState
 
 from fer_experiments.config import DataConfig, SearchConfig
-from fer_experiments.errors import FatalError, TrialFailed
+from fer_experiments.errors import ConfigError, FatalError, TrialFailed
 from fer_experiments.search.objective import Objective
 from fer_experiments.search.progress import Progress
+from fer_experiments.search.reconcile import reconcile
 from fer_experiments.search.study import (
     ATTR_CHALLENGER,
     ATTR_PARENT_RUN,
     create_or_resume,
     finished_count,
     open_storage,
+    sole_sqlite_writer,
     storage_lock,
 )
 from fer_experiments.tracking.store import redact_uri
@@ -61,6 +64,11 @@ def _ensure_parent_run(study: optuna.Study, cfg: SearchConfig, experiment: str, 
 
 def run_search(cfg: SearchConfig, progress_stream: Any = None) -> SearchOutcome:
     """Run the search that ``cfg`` describes; see the module docstring. Raises FatalError after K failures in a row."""
+    with sole_sqlite_writer(cfg.storage):
+        return _run_search(cfg, progress_stream)
+
+
+def _run_search(cfg: SearchConfig, progress_stream: Any) -> SearchOutcome:
     from fer_experiments.data import load_dataset
     from fer_experiments.experiment import load_training_data
     from fer_experiments.models.presets import get_preset
@@ -70,10 +78,13 @@ def run_search(cfg: SearchConfig, progress_stream: Any = None) -> SearchOutcome:
     space = load_space(resolve_space_path(cfg.space_path)) if cfg.space_path else None
     prepare_store(cfg.tracking_uri)
     dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
-    storage = open_storage(cfg.storage)
+    storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
     study, settings, _ = create_or_resume(storage, cfg.storage, cfg.study, space, data_digest=dataset.digest,
-                                          limit=cfg.data.limit, experiment=cfg.experiment)
+                                          limit=cfg.data.limit, experiment=cfg.experiment, n_trials=cfg.n_trials)
     space = settings.space
+    n_trials = cfg.n_trials if cfg.n_trials is not None else settings.n_trials
+    if n_trials is None:
+        raise ConfigError(f"study {cfg.study!r} has no --n-trials target yet; give --n-trials")
     data = load_training_data(DataConfig(path=cfg.data.path, limit=settings.limit, subset_seed=cfg.data.subset_seed,
                                          cache_dir=cfg.data.cache_dir), dataset)
     parent_id = _ensure_parent_run(study, cfg, settings.experiment, space, dataset.digest)
@@ -81,11 +92,13 @@ def run_search(cfg: SearchConfig, progress_stream: Any = None) -> SearchOutcome:
         study.enqueue_trial(preset_values_for_space(space, get_preset(name).values()), skip_if_exists=True)
 
     outcome = SearchOutcome(study=cfg.study, parent_run_id=parent_id)
-    progress = Progress(cfg.n_trials, progress_stream)
+    outcome.notes += reconcile(study, cfg.tracking_uri, settings.experiment)
+    progress = Progress(n_trials, progress_stream)
     _seed_progress(progress, study)
     parent = TrackedRun(parent_id, cfg.tracking_uri)
     objective = Objective(space=space, data=data, tracking_uri=cfg.tracking_uri, experiment=settings.experiment,
                           parent_run_id=parent_id, study_name=cfg.study,
+                          tags={"gpu": _gpu_label(cfg), "optuna_storage": redact_uri(cfg.storage)},
                           on_epoch=lambda t, e, n, m: progress.epoch(t, e, n, m, space.objective))
     consecutive = {"failures": 0}
 
@@ -102,23 +115,27 @@ def run_search(cfg: SearchConfig, progress_stream: Any = None) -> SearchOutcome:
             consecutive["failures"] = 0
         if trial.state == TrialState.COMPLETE and progress.best is not None:
             parent.log_metrics({"best_value": progress.best}, step=trial.number)
+        for note in reconcile(st, cfg.tracking_uri, settings.experiment):
+            progress.note(note)
 
-    remaining = cfg.n_trials - finished_count(study)
+    remaining = n_trials - finished_count(study)
     set_status(cfg.tracking_uri, parent_id, "RUNNING")
     interrupted = False
     try:
         if remaining > 0:
             study.optimize(objective, timeout=cfg.timeout_seconds, catch=(TrialFailed,), gc_after_trial=True,
-                           callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
                                       after_trial])
         else:
-            outcome.notes.append(f"study {cfg.study!r} already holds {cfg.n_trials} finished trials; "
+            outcome.notes.append(f"study {cfg.study!r} already holds {n_trials} finished trials; "
                                  "raise --n-trials to add more")
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
         set_status(cfg.tracking_uri, parent_id, "KILLED" if interrupted else "FINISHED")
+        if not interrupted:
+            outcome.notes += reconcile(study, cfg.tracking_uri, settings.experiment)
     _fill_outcome(outcome, study)
     outcome.notes += _summarise(study, parent, cfg)
     outcome.registered_version = _register_challenger(study, cfg, outcome)
@@ -126,6 +143,11 @@ def run_search(cfg: SearchConfig, progress_stream: Any = None) -> SearchOutcome:
         raise FatalError(f"search stopped: {outcome.stopped} (last reason: "
                          f"{_last_fail_reason(study)}); {format_outcome(outcome)}")
     return outcome
+
+
+def _gpu_label(cfg: SearchConfig) -> str | None:
+    """The GPU a worker runs on: --gpu, or FER_EXP_GPU_LABEL where a container runtime already pinned the device."""
+    return str(cfg.gpu) if cfg.gpu is not None else os.environ.get("FER_EXP_GPU_LABEL")
 
 
 def _seed_progress(progress: Progress, study: optuna.Study) -> None:
@@ -188,3 +210,17 @@ def format_outcome(o: SearchOutcome) -> str:
     return (f"study {o.study}: {o.finished} finished ({o.complete} complete, {o.pruned} pruned), {o.failed} failed; "
             f"best {best}")
 
+
+
+def reconcile_study(storage_url: str, name: str, tracking_uri: str, grace_period: int) -> list[str]:
+    """``fer-exp reconcile``: fail dead workers' trials (after ``grace_period``) and end their MLflow runs KILLED."""
+    from fer_experiments.search.study import ATTR_EXPERIMENT, study_exists
+    from fer_experiments.tracking import prepare_store
+
+    prepare_store(tracking_uri)
+    # The heartbeat interval only matters to the process that beats; the grace period decides staleness here.
+    storage = open_storage(storage_url, heartbeat_interval=max(1, grace_period // 3), grace_period=grace_period)
+    if not study_exists(storage, name):
+        raise ConfigError(f"unknown study {name!r} in {redact_uri(storage_url)}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    return reconcile(study, tracking_uri, study.user_attrs.get("fer.mlflow_experiment", name))

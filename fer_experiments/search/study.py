@@ -30,6 +30,7 @@ ATTR_LIMIT = "fer.limit"
 ATTR_PARENT_RUN = "fer.mlflow_parent_run_id"
 ATTR_EXPERIMENT = "fer.mlflow_experiment"
 ATTR_CHALLENGER = "fer.challenger_trial"
+ATTR_N_TRIALS = "fer.n_trials"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -43,6 +44,7 @@ class StudySettings:
     limit: int | None
     experiment: str
     parent_run_id: str | None
+    n_trials: int | None = None
 
 
 def _lock_path(storage: str) -> Path | None:
@@ -53,28 +55,89 @@ def _lock_path(storage: str) -> Path | None:
 
 @contextlib.contextmanager
 def storage_lock(storage: str) -> Iterator[None]:
-    """Serialise study creation (and a fresh SQLite file's table creation) across local processes."""
+    """Serialise study creation (tables, study, parent run) across processes sharing ``storage``.
+
+    SQLite: an flock on a file beside the database. PostgreSQL: a session advisory lock, so that workers on
+    different hosts starting at the same moment create one study and one parent run.
+    """
+    path = _lock_path(storage)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    if storage.startswith(("postgresql", "postgres")):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _ADVISORY_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_KEY})
+        finally:
+            engine.dispose()
+        return
+    yield
+
+
+# Any fixed 64-bit number; only fer-exp takes this advisory lock.
+_ADVISORY_KEY = 0x0FE2E3B2
+
+
+@contextlib.contextmanager
+def sole_sqlite_writer(storage: str) -> Iterator[None]:
+    """Refuse a second search/worker process on one SQLite file instead of failing later with "database is locked".
+
+    SQLite takes one writer at a time; Optuna's heartbeats and trial updates from several processes collide.
+    """
     path = _lock_path(storage)
     if path is None:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with open(path.with_suffix(".workers"), "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another fer-exp search or worker is already using the SQLite storage {storage}; SQLite takes one "
+                "worker process at a time. For several workers use PostgreSQL (--storage postgresql://user@host/db) "
+                "or Optuna's journal storage.") from None
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def open_storage(storage: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``storage`` (an RDB URL), tables created once under a lock."""
+#: Heartbeat defaults: a worker killed mid-trial is noticed after the grace period by the next worker to ask.
+HEARTBEAT_INTERVAL = 60
+GRACE_PERIOD = 180
+
+
+def open_storage(storage: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 ) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage for ``storage``, tables created once under a lock.
+
+    With a heartbeat, a trial whose worker died (SIGKILL, lost host) is marked FAIL once its heartbeat is older than
+    the grace period, and Optuna's retry callback enqueues a new trial with the same params.
+    """
     if "://" not in storage:
         raise ConfigError(f"--storage {storage!r} is not a storage URL (e.g. sqlite:///mlruns/optuna.db or "
                           "postgresql://user@host/db)")
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval:
+        kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period or 3 * heartbeat_interval,
+                  "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
     try:
         with storage_lock(storage):
-            return optuna.storages.RDBStorage(storage)
+            return optuna.storages.RDBStorage(storage, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure means the storage is unusable
         raise FatalError(f"cannot open the Optuna storage {redact_uri(storage)}: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
@@ -124,7 +187,7 @@ def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
 
 def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, name: str, space: "SearchSpace | None",
-                     *, data_digest: str, limit: int | None, experiment: str | None,
+                     *, data_digest: str, limit: int | None, experiment: str | None, n_trials: int | None = None,
                      ) -> tuple[optuna.Study, StudySettings, bool]:
     """Create study ``name`` with ``space`` or resume it; returns (study, settings, created).
 
@@ -148,9 +211,13 @@ def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, nam
             # An explicit --limit wins over the space's train_limit; later commands must agree with it.
             study.set_user_attr(ATTR_LIMIT, limit if limit is not None else space.train_limit)
             study.set_user_attr(ATTR_EXPERIMENT, experiment or name)
+            study.set_user_attr(ATTR_N_TRIALS, n_trials)
             study.set_user_attr("fer.created", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
             created = True
-        attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
+        loaded = optuna.load_study(study_name=name, storage=storage)
+        if not created and n_trials is not None and loaded.user_attrs.get(ATTR_N_TRIALS) != n_trials:
+            loaded.set_user_attr(ATTR_N_TRIALS, n_trials)  # a search command sets the study's target for all workers
+        attrs = loaded.user_attrs
     stored_space = SearchSpace.from_dict(attrs[ATTR_SPACE], source=attrs.get(ATTR_SPACE_FILE, "<study>"))
     if space is not None and not created and space.content_hash() != attrs[ATTR_SPACE_HASH]:
         raise ConfigError(
@@ -159,7 +226,8 @@ def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, nam
             f"Start a new study with another --study name, or rerun with the original space.")
     if attrs.get(ATTR_DATA_DIGEST) != data_digest:
         raise DataError(f"study {name!r} was created on data with digest {str(attrs.get(ATTR_DATA_DIGEST))[:12]}, "
-                        f"this data has digest {data_digest[:12]}: point --data at the same data set")
+                        f"this data has digest {data_digest[:12]}: point --data at this host's copy of the same "
+                        "data set")
     if not created and limit is not None and limit != attrs.get(ATTR_LIMIT):
         raise ConfigError(f"--limit {limit}: study {name!r} trains on limit {attrs.get(ATTR_LIMIT)}; "
                           "leave --limit out to use the study's, or start a new study")
@@ -170,7 +238,8 @@ def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, nam
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(stored_space),
                               pruner=make_pruner(stored_space))
     settings = StudySettings(space=stored_space, data_digest=data_digest, limit=attrs.get(ATTR_LIMIT),
-                             experiment=attrs.get(ATTR_EXPERIMENT, name), parent_run_id=attrs.get(ATTR_PARENT_RUN))
+                             experiment=attrs.get(ATTR_EXPERIMENT, name), parent_run_id=attrs.get(ATTR_PARENT_RUN),
+                             n_trials=attrs.get(ATTR_N_TRIALS))
     return study, settings, created
 
 

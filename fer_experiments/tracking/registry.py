@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -100,8 +101,14 @@ def list_versions(uri: str, name: str | None = None) -> list[ModelVersion]:
     prepare_store(uri)
     client = _client(uri)
     flt = f"name = '{name}'" if name else ""
-    found = _retry(lambda: client.search_model_versions(flt, max_results=10000))
-    return sorted((_to_version(v) for v in found), key=lambda v: (v.name, -int(v.version)))
+    found = [_to_version(v) for v in _retry(lambda: client.search_model_versions(flt, max_results=10000))]
+    # search_model_versions leaves aliases out: take them from each registered model.
+    aliases: dict[tuple[str, str], list[str]] = {}
+    for model_name in {v.name for v in found}:
+        for alias, version in (_retry(lambda n=model_name: client.get_registered_model(n)).aliases or {}).items():
+            aliases.setdefault((model_name, str(version)), []).append(alias)
+    found = [dataclasses.replace(v, aliases=tuple(sorted(aliases.get((v.name, v.version), [])))) for v in found]
+    return sorted(found, key=lambda v: (v.name, -int(v.version)))
 
 
 def get_run_metric(uri: str, run_id: str, key: str) -> float | None:

@@ -55,7 +55,7 @@ class TrackedRun:
     def _client(self) -> Any:
         import mlflow
 
-        return mlflow.MlflowClient(self.uri)
+        return _client(self.uri)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (values stringified; None as "None")."""
@@ -282,7 +282,8 @@ def git_commit() -> str | None:
 def _client(uri: str) -> Any:
     import mlflow
 
-    return mlflow.MlflowClient(uri)
+    # Explicit registry URI: MlflowClient would otherwise take a registry URI set globally for another store.
+    return mlflow.MlflowClient(uri, registry_uri=uri)
 
 
 def _to_info(run: Any) -> RunInfo:

@@ -77,9 +77,13 @@ def prepare_store(uri: str) -> None:
     Several processes starting on a fresh MLflow SQLite file race in their migrations and leave it broken;
     the lock makes exactly one of them create it.
     """
-    if uri in _prepared:
-        return
     import mlflow
+
+    if uri in _prepared:
+        # Fluent calls (start_run, log_model) use the global URIs: point them at this store every time.
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        return
 
     if not re.match(r"^[a-z][a-z0-9+.-]*:", uri) and not uri.startswith("/"):
         raise ConfigError(f"--tracking-uri {uri!r} is not a URI (e.g. sqlite:///mlruns/mlflow.db or http://host:5000)")
@@ -87,9 +91,9 @@ def prepare_store(uri: str) -> None:
     try:
         if db is not None:
             with _file_lock(db.with_name(db.name + ".lock")):
-                mlflow.MlflowClient(uri).search_experiments(max_results=1)
+                mlflow.MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
         else:
-            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+            mlflow.MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means the store is unusable
         raise FatalError(f"cannot open the MLflow tracking store {redact_uri(uri)}: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
@@ -104,7 +108,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     prepare_store(uri)
-    client = mlflow.MlflowClient(uri)
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":

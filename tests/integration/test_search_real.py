@@ -44,7 +44,7 @@ def _search(work: Path, csv: Path, space: Path, n: int, study: str = "t", *extra
 def _mlflow_runs(work: Path) -> list:
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    client = mlflow.MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db", registry_uri=f"sqlite:///{work}/mlruns/mlflow.db")
     exps = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(exps, max_results=1000)
 
@@ -113,7 +113,7 @@ def test_summary_artifacts_and_challenger(searched: dict) -> None:
     import mlflow
 
     work = searched["work"]
-    client = mlflow.MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    client = mlflow.MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db", registry_uri=f"sqlite:///{work}/mlruns/mlflow.db")
     parent = next(r for r in _mlflow_runs(work) if r.data.tags.get("fer.kind") == "study")
     files = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert {"summary/trials.csv", "summary/optimization_history.png", "summary/per_class_top5_vs_2018.csv",

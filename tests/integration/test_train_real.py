@@ -39,7 +39,7 @@ def test_train_prints_report_and_ui_command(trained: dict) -> None:
 def test_run_has_params_metrics_artifacts_and_input(trained: dict) -> None:
     import mlflow
 
-    client = mlflow.MlflowClient(trained["uri"])
+    client = mlflow.MlflowClient(trained["uri"], registry_uri=trained["uri"])
     run = client.get_run(trained["run_id"])
     assert run.info.status == "FINISHED"
     p = run.data.params
@@ -76,6 +76,7 @@ def test_reloaded_model_gives_same_probabilities(trained: dict, real_dataset) ->
     from fer_experiments.training.trainer import as_model_input
 
     mlflow.set_tracking_uri(trained["uri"])
+    mlflow.set_registry_uri(trained["uri"])
     x = real_dataset.split("PrivateTest").x[:32]
     uri = f"runs:/{trained['run_id']}/model"
     k = np.asarray(mlflow.keras.load_model(uri).predict(as_model_input(x).astype("float32"), verbose=0))

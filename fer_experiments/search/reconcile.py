@@ -1,0 +1,32 @@
+"""Reconcile Optuna and MLflow after a crash: fail stale trials, end their orphaned MLflow runs as KILLED."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+
+def reconcile(study: optuna.Study, tracking_uri: str, experiment: str) -> list[str]:
+    """Fail trials whose worker stopped beating (Optuna's retry callback re-enqueues their params), then mark
+    every RUNNING MLflow run of this study whose trial is no longer RUNNING as KILLED. Returns what it did."""
+    from fer_experiments.tracking import end_run, find_runs
+
+    done: list[str] = []
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    # Acts only when the storage has a heartbeat; stale = no beat for the grace period.
+    optuna.storages.fail_stale_trials(study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for t in trials.values():
+        if t.state == TrialState.FAIL and t.number not in before:
+            done.append(f"trial {t.number}: its worker stopped (stale heartbeat), marked FAIL")
+    running = find_runs(tracking_uri, experiment, filter_string=(
+        f"tags.optuna_study = '{study.study_name}' and tags.`fer.kind` = 'trial' and attributes.status = 'RUNNING'"))
+    for run in running:
+        number = int(run.tags.get("optuna_trial_number", -1))
+        trial = trials.get(number)
+        if trial is None or trial.state == TrialState.RUNNING:
+            continue
+        end_run(tracking_uri, run.run_id, "KILLED",
+                reason=f"trial {number} is {trial.state.name} in Optuna: its worker died before ending this run")
+        done.append(f"MLflow run {run.run_id} of trial {number}: RUNNING -> KILLED")
+    return done
