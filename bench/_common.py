@@ -73,6 +73,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
+    # Optuna's ExperimentalWarning (heartbeats, fail_stale_trials) is a plain Warning: match its text.
+    warnings.filterwarnings("ignore", message=r".*(is experimental|an experimental feature).*")
     for name in ("mlflow", "alembic", "optuna", "tensorflow", "absl"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

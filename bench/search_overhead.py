@@ -2,23 +2,24 @@
 
 Part 1 - the same fixed configurations trained bare and as trials of a real study.
   A space YAML (written to a temp folder) fixes every parameter except ``filters``, a categorical with the N
-  configurations' values; a study is created on it and each value is enqueued (``study.enqueue_trial``), then
-  ``fer_experiments.search.runner.run_search`` runs exactly those N trials against a temporary Optuna SQLite
-  storage and a temporary MLflow SQLite store: params, per-epoch and per-class metrics, artifacts, the model,
-  the median pruner's per-epoch report/should_prune, the study summary and the challenger registration.
-  "Bare" is ``train_model(...)`` alone on the same params and the same data (the study's Training subset and
-  PublicTest), no MLflow and no Optuna; it runs once before the search and once after (``--bare-rounds``),
-  and its mean is the reference.
+  configurations' values; a study is created on it and each value is enqueued (``study.enqueue_trial``). Each trial
+  then runs through ``fer_experiments.search.runner.run_search`` (one resumed command per trial, --n-trials 1, 2, ...)
+  against a temporary Optuna SQLite storage and a temporary MLflow SQLite store: params, per-epoch and per-class
+  metrics, artifacts, the model, the median pruner's per-epoch report/should_prune, reconcile, the study summary and
+  the challenger registration. "Bare" is ``train_model(...)`` alone on the same params and the same data (the
+  study's Training subset and PublicTest), no MLflow and no Optuna, run right before and right after its trial
+  (the mean is the reference), so that load from other processes hits both sides alike. An uncounted warm-up
+  trial (its own command, on the fresh stores) absorbs the process's one-off costs first.
   Printed: per trial, bare vs trial seconds (Optuna's datetime_start -> datetime_complete), the overhead in seconds
-  and as a fraction of the trial, what happens between trials (gc, callbacks), the overhead extrapolated to a
-  60-second trial (target <= 3%), and the fixed part of the command (set-up, summary, registration).
+  and as a fraction of the trial, what runs after a trial (gc, callbacks), the per-trial overhead extrapolated to a
+  60-second trial (target <= 3%), and per command the fixed part (set-up, summary, registration).
 Part 2 - `fer-exp studies` with a 200-trial study in the store.
   A study with 200 finished trials (COMPLETE/PRUNED/FAIL, intermediate values, user attrs, the fer.* study
   attrs) is made with ask/tell; then `python -m fer_experiments.cli studies --storage URL` is timed as a
   subprocess (median of 3) and ``list_studies(URL)`` in-process.
 
     python bench/search_overhead.py [--data PATH] [--filters 8,12,16] [--train-limit 1500] [--epochs 2]
-                                    [--bare-rounds 2] [--studies-trials 200] [--skip-part1] [--skip-part2] [--strict]
+                                    [--studies-trials 200] [--skip-part1] [--skip-part2] [--strict]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import _common  # noqa: I001 - first: sets the environment before TensorFlow/MLf
 import argparse
 import dataclasses
 import datetime as dt
+import gc
 import io
 import os
 import statistics
@@ -94,7 +96,7 @@ def part1(args: argparse.Namespace) -> bool:
     n = len(filters)
     space_file = _common.TMP / "bench-overhead.yaml"
     space_file.write_text(SPACE_TEMPLATE.format(
-        epochs=args.epochs, train_limit=args.train_limit, n=n, choices=", ".join(map(str, filters)),
+        epochs=args.epochs, train_limit=args.train_limit, n=n + 1, choices=", ".join(map(str, filters)),
         conv_blocks=args.conv_blocks, convs_per_block=args.convs_per_block, batchnorm=args.batchnorm, head=args.head,
         dense_layers=args.dense_layers, dense_units=args.dense_units, batch_size=args.batch_size))
     space = load_space(space_file)
@@ -112,10 +114,12 @@ def part1(args: argparse.Namespace) -> bool:
     mp0, tp0 = configs[filters[0]]
     print(f"space: {space_file.name}: conv_blocks {mp0.conv_blocks} x {mp0.convs_per_block} convs, batchnorm "
           f"{mp0.batchnorm}, head {mp0.head}, dense {mp0.dense_layers}x{mp0.dense_units}, batch {tp0.batch_size}, "
-          f"lr schedule {tp0.lr_schedule}, filters {filters}; {tp0.epochs} epochs; pruner median")
+          f"lr schedule {tp0.lr_schedule}, filters {filters}; {tp0.epochs} epochs; pruner median (never prunes here)")
     print(f"data: Training subset {len(data.train):,} rows (train_limit), PublicTest {len(data.val):,} rows "
           f"(evaluated after every epoch on both sides)")
     print(f"stores: MLflow {tracking_uri}, Optuna {storage_url}")
+    print("order: warm-up trial (own command), then per configuration: bare, trial (one resumed run_search "
+          "command each), bare")
 
     def bare(f: int) -> float:
         mp, tp = configs[f]
@@ -125,30 +129,20 @@ def part1(args: argparse.Namespace) -> bool:
 
     # Warm-up, not counted: the process's first fit pays one-off TensorFlow start-up costs.
     mp, tp = configs[filters[0]]
-    warm, _ = _timed(lambda: train_model(mp, dataclasses.replace(tp, epochs=1),
-                                         stratified_subset(data.train, 256), stratified_subset(data.val, 256)))
+    warm, _ = _timed(lambda: train_model(mp, dataclasses.replace(tp, epochs=1), stratified_subset(data.train, 256),
+                                         stratified_subset(data.val, 256)))
     print(f"warm-up fit (not counted): {warm:.1f} s")
 
-    bare_times: dict[int, list[float]] = {f: [] for f in filters}
-
-    def bare_round(label: str) -> None:
-        for f in filters:
-            bare_times[f].append(bare(f))
-        print(f"bare round {label}: " + ", ".join(f"filters {f} {bare_times[f][-1]:.1f} s" for f in filters),
-              flush=True)
-
-    bare_round("1 (before the search)")
-
-    # The study is created on the same space (exactly as run_search would create it) so that the N
-    # configurations can be enqueued before run_search resumes it and runs them.
+    # The study is created on the same space (exactly as run_search would create it) so that the
+    # configurations can be enqueued in order; each run_search command then resumes it and runs the next one.
     storage = open_storage(storage_url)
     study, _, _ = create_or_resume(storage, storage_url, study_name, space, data_digest=dataset.digest, limit=None,
                                    experiment=None)
-    for f in filters:
+    for f in [filters[0], *filters]:  # the first is the warm-up trial
         study.enqueue_trial({"filters": f})
 
-    # Time the end-of-command parts by wrapping them (the library is not modified).
-    parts: dict[str, float] = {}
+    # Time parts of run_search by wrapping module-level functions (the library is not modified).
+    calls: list[tuple[str, float]] = []
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def inner(*a: Any, **kw: Any) -> Any:
@@ -156,79 +150,171 @@ def part1(args: argparse.Namespace) -> bool:
             try:
                 return fn(*a, **kw)
             finally:
-                parts[name] = parts.get(name, 0.0) + time.perf_counter() - start
+                calls.append((name, time.perf_counter() - start))
         return inner
 
-    originals = {name: getattr(runner, name) for name in ("_summarise", "_register_challenger", "_fill_outcome")}
-    for name, fn in originals.items():
-        setattr(runner, name, wrap(name, fn))
-    cfg = SearchConfig(data=DataConfig(path=args.data, limit=None, cache_dir=args.cache_dir),
-                       tracking_uri=tracking_uri, study=study_name, storage=storage_url,
-                       space_path=str(space_file), n_trials=n)
-    progress = io.StringIO()
-    started = dt.datetime.now()
-    try:
-        total, outcome = _timed(lambda: runner.run_search(cfg, progress_stream=progress))
-    finally:
+    wrapped = [name for name in ("_summarise", "_register_challenger", "_fill_outcome", "reconcile")
+               if hasattr(runner, name)]
+    originals = {name: getattr(runner, name) for name in wrapped}
+    # Inside a trial: what tracking costs (diagnostics for where the overhead goes).
+    from fer_experiments import experiment
+    from fer_experiments.tracking import TrackedRun
+
+    inner_targets = [(experiment, "log_result", "log_result"), (TrackedRun, "log_keras_model", "model"),
+                     (TrackedRun, "log_figure", "figures"), (TrackedRun, "log_metrics", "metrics"),
+                     (TrackedRun, "log_params", "params"), (TrackedRun, "log_dataset", "dataset"),
+                     (TrackedRun, "log_text", "text"), (TrackedRun, "log_dict", "text")]
+    from fer_experiments.search.objective import Objective
+
+    inner_targets = [(Objective, "__call__", "trial")] + [t for t in inner_targets if hasattr(t[0], t[1])]
+
+    def command(n_trials: int) -> dict[str, Any]:
+        """One `fer-exp search` (resumed) that runs one more trial; its timeline and parts."""
+        cfg = SearchConfig(data=DataConfig(path=args.data, limit=None, cache_dir=args.cache_dir),
+                           tracking_uri=tracking_uri, study=study_name, storage=storage_url,
+                           space_path=str(space_file), n_trials=n_trials)
+        progress = io.StringIO()
+        del calls[:]
         for name, fn in originals.items():
-            setattr(runner, name, fn)
-    ended = started + dt.timedelta(seconds=total)
-    if args.show_progress:
-        print(progress.getvalue(), end="")
+            setattr(runner, name, wrap(name, fn))
+        saved = [(owner, attr, owner.__dict__[attr]) for owner, attr, _ in inner_targets]
+        depth = {"log_result": 0, "trial": 0}
+        for owner, attr, label in inner_targets:
+            setattr(owner, attr, _inner_wrap(label, getattr(owner, attr), calls, depth))
+        gc_collect = gc.collect
+        gc.collect = wrap("gc", gc_collect)  # Optuna's gc_after_trial
+        started = dt.datetime.now()
+        try:
+            total, outcome = _timed(lambda: runner.run_search(cfg, progress_stream=progress))
+        finally:
+            gc.collect = gc_collect
+            for name, fn in originals.items():
+                setattr(runner, name, fn)
+            for owner, attr, fn in saved:
+                setattr(owner, attr, fn)
+        if args.show_progress:
+            print(progress.getvalue(), end="")
+        trial = optuna.load_study(study_name=study_name, storage=storage_url).get_trials(deepcopy=False)[n_trials - 1]
+        if trial.state != TrialState.COMPLETE or outcome.ran != 1:
+            raise RuntimeError(f"trial {trial.number} is {trial.state.name} (ran {outcome.ran}); progress:\n"
+                               f"{progress.getvalue()}")
+        ended = started + dt.timedelta(seconds=total)
+        part = {name: sum(s for c, s in calls if c == name) for name in wrapped}
+        recon = [s for c, s in calls if c == "reconcile"]
+        trial_s = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        end_parts = part.get("_summarise", 0.0) + part.get("_register_challenger", 0.0) + part.get("_fill_outcome", 0.0)
+        inner = {}
+        for c, sec in calls:
+            if c.startswith("inner:"):
+                inner[c[6:]] = inner.get(c[6:], 0.0) + sec
+        return {"trial": trial, "trial_s": trial_s, "total": total, "outcome": outcome, "inner": inner,
+                "setup": (trial.datetime_start - started).total_seconds(),
+                "after": (ended - trial.datetime_complete).total_seconds() - end_parts,
+                "end": end_parts, "summary": part.get("_summarise", 0.0),
+                "register": part.get("_register_challenger", 0.0), "reconcile": recon,
+                "gc": sum(sec for c, sec in calls if c == "gc")}
 
-    for r in range(2, args.bare_rounds + 1):
-        bare_round(f"{r} (after the search)")
+    warm_cmd = command(1)
+    print(f"warm-up trial (not counted; own command on fresh stores, first tracking in the process): trial "
+          f"{warm_cmd['trial_s']:.1f} s, set-up {warm_cmd['setup']:.1f} s, command {warm_cmd['total']:.1f} s")
 
-    trials = optuna.load_study(study_name=study_name, storage=storage_url).get_trials(deepcopy=False)
-    by_filters = {t.params.get("filters"): t for t in trials}
-    bad = [t for t in trials if t.state != TrialState.COMPLETE]
-    if bad or sorted(by_filters) != sorted(filters):
-        print(f"UNEXPECTED: trials {[(t.number, t.state.name, t.params) for t in trials]}")
-        print(progress.getvalue())
-        return False
+    rows = []
+    print(f"\n{'trial':>5} {'filters':>7} {'bare s':>8} {'trial s':>8} {'overhead s':>11} {'of trial':>9}  "
+          f"{'bare before, after':>18}  {'after-trial s':>13}", flush=True)
+    for i, f in enumerate(filters):
+        before = bare(f)
+        cmd = command(i + 2)
+        after = bare(f)
+        bare_s = (before + after) / 2
+        over = cmd["trial_s"] - bare_s
+        rows.append((f, bare_s, over, cmd))
+        print(f"{cmd['trial'].number:>5} {f:>7} {bare_s:8.2f} {cmd['trial_s']:8.2f} {over:11.2f} "
+              f"{over / cmd['trial_s']:9.1%}  {before:8.2f}, {after:8.2f}  {cmd['after']:13.2f}", flush=True)
 
-    print(f"\n{'trial':>5} {'filters':>7} {'bare s':>8} {'trial s':>8} {'overhead s':>11} {'of trial':>9}  bare rounds s")
-    overheads, trial_secs = [], []
-    for f in filters:
-        t = by_filters[f]
-        trial_s = (t.datetime_complete - t.datetime_start).total_seconds()
-        bare_s = statistics.fmean(bare_times[f])
-        over = trial_s - bare_s
-        overheads.append(over)
-        trial_secs.append(trial_s)
-        print(f"{t.number:>5} {f:>7} {bare_s:8.2f} {trial_s:8.2f} {over:11.2f} {over / trial_s:9.1%}  "
-              f"{', '.join(f'{b:.2f}' for b in bare_times[f])}")
-    ordered = sorted(trials, key=lambda t: t.number)
-    setup = (ordered[0].datetime_start - started).total_seconds()
-    between = [(b.datetime_start - a.datetime_complete).total_seconds() for a, b in zip(ordered, ordered[1:])]
-    after_last = (ended - ordered[-1].datetime_complete).total_seconds()
-    end_parts = sum(parts.values())
-    # After the last trial: its gc + callbacks, then _fill_outcome, the summary and the registration.
-    last_between = after_last - end_parts
-    between_all = between + [last_between]
-    between_mean = statistics.fmean(between_all)
-    over_mean = statistics.fmean(overheads)
-    per_trial = over_mean + between_mean
-    print(f"mean per-trial overhead inside the trial: {over_mean:.2f} s ({over_mean / statistics.fmean(trial_secs):.1%} "
-          f"of a {statistics.fmean(trial_secs):.1f} s trial); median {statistics.median(overheads):.2f} s")
-    print(f"between trials (gc after the trial, Optuna callbacks, next trial's start): "
-          f"{', '.join(f'{b:.2f}' for b in between_all)} s, mean {between_mean:.2f} s")
+    trial_secs = [c["trial_s"] for _, _, _, c in rows]
+    overs = [o for _, _, o, _ in rows]
+    afters = [c["after"] for _, _, _, c in rows]
+    mean_trial = statistics.fmean(trial_secs)
+    over_mean, after_mean = statistics.fmean(overs), statistics.fmean(afters)
+    per_trial = over_mean + after_mean
+    print(f"overhead inside the trial (trial - mean of its two bare runs): mean {over_mean:.2f} s "
+          f"({over_mean / mean_trial:.1%} of a {mean_trial:.1f} s trial), median {statistics.median(overs):.2f} s")
+    recon_after = [c["reconcile"][1] for _, _, _, c in rows if len(c["reconcile"]) >= 3]
+    gc_mean = statistics.fmean(c["gc"] for _, _, _, c in rows)
+    print(f"after the trial (gc, Optuna callbacks incl. reconcile, set_status, the end-of-command reconcile): "
+          f"mean {after_mean:.2f} s; of which gc.collect {gc_mean:.2f} s"
+          + (f", reconcile after the trial {statistics.fmean(recon_after):.2f} s" if recon_after else ""))
     fraction = per_trial / TRIAL_SECONDS_REF
     ok = fraction <= TARGET_FRACTION_60S
-    print(f"per-trial overhead (inside + between): {per_trial:.2f} s -> on a {TRIAL_SECONDS_REF:.0f} s trial "
+    print(f"per-trial overhead (inside + after): {per_trial:.2f} s -> on a {TRIAL_SECONDS_REF:.0f} s trial "
           f"{fraction:.1%}  target <= {TARGET_FRACTION_60S:.0%}  {'ok' if ok else 'MISSED'}")
-    sum_trials = sum(trial_secs)
-    print(f"\nrun_search total {total:.1f} s = trials {sum_trials:.1f} s + outside the trials {total - sum_trials:.1f} s:")
-    print(f"  set-up before the first trial (store, data digest/cache, study resume, parent run): {setup:.2f} s")
-    print(f"  between trials, incl. after the last: {sum(between_all):.2f} s")
-    print(f"  end of command (fixed part): {end_parts:.2f} s = summary {parts.get('_summarise', 0):.2f} s + "
-          f"challenger registration {parts.get('_register_challenger', 0):.2f} s + outcome "
-          f"{parts.get('_fill_outcome', 0):.2f} s")
-    print(f"outcome: {runner.format_outcome(outcome)}; registered version {outcome.registered_version}; notes: "
-          f"{'; '.join(outcome.notes) or 'none'}")
-    _check_tracking(tracking_uri, [by_filters[f].user_attrs.get("mlflow_run_id") for f in filters],
-                    outcome.parent_run_id)
+    # The subtraction above carries the noise of two trainings; the tracking calls timed directly inside the
+    # trial (plus the after-trial part) are a noise-free lower bound of the same overhead.
+    direct = statistics.fmean(sum(c["inner"].get(k, 0.0) for k in ("log_result", "epoch metrics", "params", "dataset"))
+                              for _, _, _, c in rows) + after_mean
+    print(f"cross-check, timed directly: tracking calls inside the trial + after the trial = {direct:.2f} s -> on a "
+          f"{TRIAL_SECONDS_REF:.0f} s trial {direct / TRIAL_SECONDS_REF:.1%} (a lower bound: run start/end, suggest, "
+          f"report/should_prune not included)")
+    print("\nwhere a trial's tracking time goes (s; log_result = end-of-trial logging, which includes the model, "
+          "figures, text and the per-class metrics):")
+    keys = ["log_result", "model", "figures", "text", "epoch metrics", "params", "dataset"]
+    print(f"{'trial':>5} {'overhead':>9} " + " ".join(f"{k:>10}" for k in keys) + f" {'rest':>7}")
+    for _, _, over, c in rows:
+        inner = c["inner"]
+        # Everything tracked, once: log_result, plus what is logged outside it (per-epoch metrics, params, dataset).
+        outside = inner.get("params", 0) + inner.get("dataset", 0) + inner.get("epoch metrics", 0)
+        print(f"{c['trial'].number:>5} {over:9.2f} " + " ".join(f"{inner.get(k, 0.0):10.2f}" for k in keys)
+              + f" {over - inner.get('log_result', 0.0) - outside:7.2f}")
+    print("(epoch metrics = log_metrics calls during training; rest = overhead - log_result - params - dataset - "
+          "epoch metrics: Optuna's report/should_prune, run start/end and tags, suggest, heartbeat, and any "
+          "difference (noise) in the training itself)")
+
+    print("\nfixed part per command (resumed run_search, one trial each):")
+    print(f"{'command':>7} {'total s':>8} {'set-up s':>9} {'trial s':>8} {'after s':>8} {'end s':>6} "
+          f"{'summary s':>10} {'register s':>11}")
+    for label, c in [("warm-up", warm_cmd)] + [(str(c["trial"].number), c) for _, _, _, c in rows]:
+        print(f"{label:>7} {c['total']:8.2f} {c['setup']:9.2f} {c['trial_s']:8.2f} {c['after']:8.2f} "
+              f"{c['end']:6.2f} {c['summary']:10.2f} {c['register']:11.2f}")
+    cmds = [c for _, _, _, c in rows]
+    print(f"median of the counted commands: set-up {statistics.median(c['setup'] for c in cmds):.2f} s (store, data "
+          f"digest + cache, study resume, parent run, reconcile), end of command {statistics.median(c['end'] for c in cmds):.2f} s "
+          f"(summary {statistics.median(c['summary'] for c in cmds):.2f} s + challenger registration "
+          f"{statistics.median(c['register'] for c in cmds):.2f} s when a new best)")
+    last = cmds[-1]
+    print(f"outcome: {runner.format_outcome(last['outcome'])}; registered versions "
+          f"{[c['outcome'].registered_version for c in [warm_cmd, *cmds]]}")
+    _check_tracking(tracking_uri, [c["trial"].user_attrs.get("mlflow_run_id") for c in cmds],
+                    last["outcome"].parent_run_id)
     return ok
+
+
+def _inner_wrap(label: str, fn: Callable[..., Any], calls: list[tuple[str, float]],
+                depth: dict[str, int]) -> Callable[..., Any]:
+    """Time ``fn`` into ``calls`` as "inner:<label>"; log_metrics outside log_result counts as "epoch metrics"."""
+    def inner(*a: Any, **kw: Any) -> Any:
+        if label == "trial":
+            depth["trial"] += 1
+            try:
+                return fn(*a, **kw)
+            finally:
+                depth["trial"] -= 1
+        if not depth["trial"]:
+            return fn(*a, **kw)  # outside a trial (the parent run's summary): not a trial's cost
+        name = label
+        if label == "metrics":
+            if depth["log_result"]:
+                return fn(*a, **kw)  # the per-class metrics: part of log_result's time
+            name = "epoch metrics"
+        if label == "log_result":
+            depth["log_result"] += 1
+        start = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            calls.append(("inner:" + name, time.perf_counter() - start))
+            if label == "log_result":
+                depth["log_result"] -= 1
+    return inner
 
 
 def _check_tracking(tracking_uri: str, run_ids: list[str | None], parent_id: str) -> None:
@@ -317,11 +403,14 @@ def part2(args: argparse.Namespace) -> None:
             print(f"UNEXPECTED: `{' '.join(cmd)}` exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
             return
     helps = [cli("--help")[0] for _ in range(args.repeat)]
+    import_floor = [_timed(lambda: subprocess.run([sys.executable, "-c", "import fer_experiments.search.study"],
+                                                  cwd=_common.TMP, env=env, check=True))[0] for _ in range(args.repeat)]
     print("its output:\n  " + "\n  ".join(runs[0][1].stdout.rstrip().splitlines()))
     cli_times = [t for t, _ in runs]
     print(f"`python -m fer_experiments.cli studies --storage {url}`: median {statistics.median(cli_times):.2f} s "
           f"({', '.join(f'{t:.2f}' for t in cli_times)}); `fer-exp --help` (start-up floor) median "
-          f"{statistics.median(helps):.2f} s")
+          f"{statistics.median(helps):.2f} s, `python -c 'import fer_experiments.search.study'` (import floor) "
+          f"median {statistics.median(import_floor):.2f} s")
 
     first, rows = _timed(lambda: list_studies(url))
     again = [_timed(lambda: list_studies(url))[0] for _ in range(args.repeat)]
@@ -344,14 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--train-limit", type=int, default=1500, help="Training subset rows (default %(default)s)")
     g.add_argument("--epochs", type=int, default=2, help="epochs per trial (default %(default)s)")
     g.add_argument("--conv-blocks", type=int, default=3)
-    g.add_argument("--convs-per-block", type=int, default=1)
+    g.add_argument("--convs-per-block", type=int, default=2)
     g.add_argument("--batchnorm", default="after_activation")
     g.add_argument("--head", default="flatten")
     g.add_argument("--dense-layers", type=int, default=1)
     g.add_argument("--dense-units", type=int, default=64)
     g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--bare-rounds", type=int, default=2,
-                   help="bare runs of each configuration: 1 before the search, the rest after (default %(default)s)")
     g.add_argument("--show-progress", action="store_true", help="print run_search's progress lines")
     g = ap.add_argument_group("part 2 (`fer-exp studies`)")
     g.add_argument("--studies-trials", type=int, default=200, help="trials in the big study (default %(default)s)")

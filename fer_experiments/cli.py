@@ -43,6 +43,7 @@ def _quiet() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import logging
     import warnings
 
@@ -294,12 +295,16 @@ def _parse_duration(text: str | None) -> float | None:
 @_storage_option
 @_tracking_option
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--engine", type=click.Choice(["optuna", "keras-tuner"]), default="optuna", show_default=True,
+              help="Search engine; both log the same MLflow layout.")
+@click.option("--tuner", type=click.Choice(["hyperband", "bayesian", "random"]), default="hyperband",
+              show_default=True, help="keras-tuner's tuner (with --engine keras-tuner).")
 @_worker_options
 def search(data_path: str, space_path: str, study: str, n_trials: int, timeout: str | None, enqueue: tuple[str, ...],
            limit: int | None, max_consecutive_failures: int, model_name: str, experiment: str | None, storage: str,
-           tracking_uri: str | None, cache_dir: str | None, gpu: int | None, heartbeat_interval: int,
-           grace_period: int) -> None:
-    """Search the CNN family with Optuna; every trial is an MLflow child run of the study's parent run."""
+           tracking_uri: str | None, cache_dir: str | None, engine: str, tuner: str, gpu: int | None,
+           heartbeat_interval: int, grace_period: int) -> None:
+    """Search the CNN family (Optuna or keras-tuner); every trial is an MLflow child run of the study's parent run."""
     from fer_experiments.config import DataConfig, SearchConfig
     from fer_experiments.tracking import default_tracking_uri, ui_command
 
@@ -310,9 +315,43 @@ def search(data_path: str, space_path: str, study: str, n_trials: int, timeout: 
                        experiment=experiment, timeout_seconds=_parse_duration(timeout), enqueue=enqueue,
                        max_consecutive_failures=max_consecutive_failures, model_name=model_name, gpu=gpu,
                        heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    if engine == "keras-tuner":
+        _run_kt_search(cfg, tuner)
+        click.echo(f"see it with: {ui_command(uri)}")
+        return
     _run_search(cfg, resume_hint=f"fer-exp search --data {data_path} --space {space_path} --study {study} "
                                  f"--n-trials {n_trials}" + (f" --storage {storage}" if "sqlite" not in storage else ""))
     click.echo(f"see it with: {ui_command(uri)}")
+
+
+def _run_kt_search(cfg: Any, tuner: str) -> None:
+    from fer_experiments.errors import ConfigError
+    from fer_experiments.ktsearch.engine import run_kt_search
+    from fer_experiments.search.progress import Progress
+
+    if cfg.enqueue:
+        raise ConfigError("--enqueue works with the Optuna engine only")
+    progress = Progress(cfg.n_trials)
+    seen = {"n": 0}
+
+    def on_trial(o: Any) -> None:
+        progress.counts = {"complete": o.complete, "pruned": 0, "failed": o.failed}
+        progress.best, progress.best_trial, progress.finished = o.best_value, o.best_trial, o.complete + o.failed
+        seen["n"] += 1
+        click.echo(f"trial done [{progress.finished}/{cfg.n_trials}] epochs spent {o.epochs_spent} | "
+                   f"{progress._status()}")  # noqa: SLF001
+
+    def on_epoch(trial: int, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        progress.epoch(trial, epoch, epochs, metrics, "val_accuracy" if "val_accuracy" in metrics else "val_loss")
+
+    out = run_kt_search(cfg, tuner, on_epoch=on_epoch, on_trial=on_trial)
+    for note in out.notes:
+        click.echo(f"note: {note}")
+    best = "none" if out.best_value is None else f"{out.best_value:.4f} (trial {out.best_trial})"
+    click.echo(f"keras-tuner study {cfg.study}: {out.complete} complete, {out.failed} failed; best {best}")
+    if out.registered_version:
+        click.echo(f"registered {cfg.model_name} version {out.registered_version} (alias challenger) "
+                   f"from trial {out.best_trial}")
 
 
 @cli.command()
@@ -438,10 +477,10 @@ def promote(study: str | None, run_id: str | None, data_path: str | None, model_
     r = do_promote(cfg)
     c = r.candidate
     source = f"study {c.study} trial {c.trial}" if c.study else "run"
-    click.echo(f"{'':<12} {'version':>8} {'PublicTest acc':>15} {'PrivateTest acc':>16}  source")
-    click.echo(f"{'candidate':<12} {r.version or '-':>8} {_fmt(c.public_accuracy):>15} {_fmt(c.private_accuracy):>16}  "
+    click.echo(f"{'':<20} {'version':>8} {'PublicTest acc':>15} {'PrivateTest acc':>16}  source")
+    click.echo(f"{'candidate':<20} {r.version or '-':>8} {_fmt(c.public_accuracy):>15} {_fmt(c.private_accuracy):>16}  "
                f"{source} (run {c.run_id})")
-    click.echo(f"{model_name + '@' + alias:<12} {r.champion_version or '-':>8} "
+    click.echo(f"{model_name + '@' + alias:<20} {r.champion_version or '-':>8} "
                f"{_fmt(r.champion_public_accuracy):>15} {'':>16}")
     if r.decision == "already":
         click.echo(f"run {c.run_id} is already {model_name}@{alias} (version {r.version}); nothing changed")

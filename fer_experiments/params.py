@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -136,9 +137,31 @@ def split_params(values: dict[str, Any], base_model: ModelParams | None = None,
     unknown = sorted(set(values) - set(ALL_FIELDS))
     if unknown:
         raise ConfigError(f"unknown parameter(s): {', '.join(unknown)} (known: {', '.join(ALL_FIELDS)})")
+    values = {k: _coerce(k, v) for k, v in values.items()}
     model = dataclasses.replace(base_model or ModelParams(), **{k: v for k, v in values.items() if k in MODEL_FIELDS})
     train = dataclasses.replace(base_train or TrainParams(), **{k: v for k, v in values.items() if k in TRAIN_FIELDS})
     return model, train
+
+
+# Annotations are strings under `from __future__ import annotations`: resolve them once.
+_TYPES: dict[str, type] = {**typing.get_type_hints(ModelParams), **typing.get_type_hints(TrainParams)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert ``value`` to the field's type (an int for a float field, "3" for an int); ConfigError naming it else."""
+    kind = _TYPES[name]
+    if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        return value
+    try:
+        if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, (float, str)) and float(value) == int(float(value)):
+            return int(float(value))
+        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
 
 
 def flat_params(model: ModelParams, train: TrainParams) -> dict[str, Any]:

@@ -77,12 +77,7 @@ def resolve_candidate(cfg: PromoteConfig) -> Candidate:
     study = trial = None
     run_id = cfg.run_id
     if cfg.study is not None:
-        from fer_experiments.search.study import best_complete_trial
-
-        best = best_complete_trial(cfg.storage, cfg.study)
-        if not best.run_id:
-            raise ConfigError(f"study {cfg.study!r}: trial {best.number} has no MLflow run recorded")
-        study, trial, run_id = best.study, best.number, best.run_id
+        study, trial, run_id = _best_of_study(cfg)
     assert run_id is not None
     try:
         run = get_run(cfg.tracking_uri, run_id)
@@ -90,11 +85,45 @@ def resolve_candidate(cfg: PromoteConfig) -> Candidate:
         raise ConfigError(f"run {run_id}: not found in the tracking store ({str(exc).splitlines()[0][:200]})") from exc
     if not any(k.startswith("fer.model_id.") for k in run.tags):
         raise ConfigError(f"run {run_id} has no logged model (nothing to register)")
-    return Candidate(run_id=run_id, study=study or run.tags.get("optuna_study"),
-                     trial=trial if trial is not None else _int_or_none(run.tags.get("optuna_trial_number")),
+    return Candidate(run_id=run_id, study=study or run.tags.get("optuna_study") or run.tags.get("study"),
+                     trial=trial if trial is not None else _int_or_none(
+                         run.tags.get("optuna_trial_number", run.tags.get("trial_number"))),
                      public_accuracy=_metric(run.metrics, PUBLIC_ACC, run_id),
                      public_macro_f1=run.metrics.get(PUBLIC_F1), data_digest=run.tags.get("data_digest"),
                      private_accuracy=run.metrics.get("test_accuracy"), private_macro_f1=run.metrics.get("test_macro_f1"))
+
+
+def _best_of_study(cfg: PromoteConfig) -> tuple[str, int, str]:
+    """(study, trial, run_id) of the best COMPLETE trial: from Optuna's storage, or for a keras-tuner study (which
+    Optuna does not know) from its trials' MLflow runs."""
+    from fer_experiments.search.study import best_complete_trial
+
+    assert cfg.study is not None
+    try:
+        best = best_complete_trial(cfg.storage, cfg.study)
+    except ConfigError as optuna_error:
+        if "unknown study" not in str(optuna_error):
+            raise
+        found = _best_keras_tuner_trial(cfg)
+        if found is None:
+            raise
+        return found
+    if not best.run_id:
+        raise ConfigError(f"study {cfg.study!r}: trial {best.number} has no MLflow run recorded")
+    return best.study, best.number, best.run_id
+
+
+def _best_keras_tuner_trial(cfg: PromoteConfig) -> tuple[str, int, str] | None:
+    from fer_experiments.tracking import find_runs
+
+    study_filter = f"tags.study = '{cfg.study}' and tags.`fer.engine` = 'keras-tuner'"
+    if not find_runs(cfg.tracking_uri, None, filter_string=f"{study_filter} and tags.`fer.kind` = 'study'"):
+        return None
+    complete = find_runs(cfg.tracking_uri, None, filter_string=f"{study_filter} and tags.trial_state = 'COMPLETE'")
+    if not complete:
+        raise ConfigError(f"study {cfg.study!r} has no COMPLETE trial to promote")
+    best = max(complete, key=lambda r: float(r.tags.get("objective_value", "-inf")))
+    return str(cfg.study), int(best.tags["trial_number"]), best.run_id
 
 
 def _int_or_none(v: str | None) -> int | None:

@@ -40,7 +40,8 @@ class Objective:
         values = suggest(self.space, trial)
         epochs = epochs_for(self.space, values)
         tags = base_tags(self.data) | self.tags | {
-            "fer.kind": "trial", "optuna_study": self.study_name, "optuna_trial_number": trial.number,
+            "fer.kind": "trial", "fer.engine": "optuna", "study": self.study_name, "trial_number": trial.number,
+            "optuna_study": self.study_name, "optuna_trial_number": trial.number,
             "host": socket.gethostname()}
         outcome: BaseException | None = None
         reached = {"epoch": 0}

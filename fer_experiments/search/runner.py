@@ -54,7 +54,7 @@ def _ensure_parent_run(study: optuna.Study, cfg: SearchConfig, experiment: str, 
         if attrs.get(ATTR_PARENT_RUN):
             return str(attrs[ATTR_PARENT_RUN])
         run_id = create_run(cfg.tracking_uri, experiment, f"study-{study.study_name}", tags={
-            "fer.kind": "study", "optuna_study": study.study_name, "optuna_storage": redact_uri(cfg.storage),
+            "fer.kind": "study", "fer.engine": "optuna", "study": study.study_name, "optuna_study": study.study_name, "optuna_storage": redact_uri(cfg.storage),
             "space_file": str(space.source), "space_hash": space.content_hash(), "space_name": space.name,
             "data_digest": digest, "git_commit": git_commit(), "mlflow.source.git.commit": git_commit(),
             "objective": space.objective})

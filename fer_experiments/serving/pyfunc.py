@@ -1,0 +1,84 @@
+"""What the MLflow pyfunc wrapper runs: image bytes in, the same JSON as ``POST /predict`` out (one per image).
+
+MLflow itself is imported only in ``fer_experiments.tracking.serving_support`` (``FerServicePyfunc`` wraps this
+class), so this module stays free of it. Inputs accepted: a DataFrame with an ``image`` column (or a single
+column) of bytes or base64 strings, as ``mlflow models serve`` passes them
+(``{"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}``), a list, a dict of lists, or one value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from fer_experiments.serving.detector import DEFAULT_MARGIN, DetectorConfig, FaceDetector
+from fer_experiments.serving.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected
+from fer_experiments.serving.predictor import Classifier, Limits, LoadedModel, Predictor
+
+
+class ServiceModel:
+    """A loaded model with its detector, answering lists of images."""
+
+    def __init__(self, loaded: LoadedModel, limits: Limits = Limits()) -> None:
+        self.loaded = loaded
+        self.limits = limits
+
+    @classmethod
+    def from_keras(cls, keras_model: Any, *, model_name: str, model_version: str | None, detector: str = "haar",
+                   detect_size: int = 320, min_face: int = 32, margin: float = DEFAULT_MARGIN,
+                   max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   model_uri: str | None = None, **_: Any) -> "ServiceModel":
+        """Build from a Keras model and the ``model_config`` stored with the pyfunc (unknown keys are ignored so
+        that a newer config still loads)."""
+        det = FaceDetector(DetectorConfig(spec=detector, detect_size=int(detect_size), min_face=int(min_face)))
+        version = None if model_version is None else str(model_version)
+        uri = model_uri or (f"models:/{model_name}/{version}" if version else model_name)
+        loaded = LoadedModel(model_name, version, uri, Predictor(Classifier(keras_model), det, float(margin)))
+        return cls(loaded, Limits(int(max_bytes), int(max_pixels)))
+
+    def predict(self, model_input: Any, detect: bool = True) -> list[dict[str, Any]]:
+        """One ``/predict`` JSON per input image; a bad image gives ``{"error", "detail", "status"}`` in its place."""
+        out = []
+        for value in input_values(model_input):
+            try:
+                out.append(self.loaded.answer_bytes(to_bytes(value), self.limits, detect))
+            except ImageRejected as exc:
+                out.append({"error": exc.code, "detail": str(exc), "status": exc.status})
+        return out
+
+
+def input_values(model_input: Any) -> list[Any]:
+    """The image values of a pyfunc input (DataFrame, Series, dict, list, array or one value)."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - mlflow always brings pandas
+        pd = None
+    if pd is not None and isinstance(model_input, pd.DataFrame):
+        column = "image" if "image" in model_input.columns else model_input.columns[0]
+        return list(model_input[column])
+    if pd is not None and isinstance(model_input, pd.Series):
+        return list(model_input)
+    if isinstance(model_input, dict):
+        value = model_input.get("image", next(iter(model_input.values()), None))
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(model_input, (bytes, bytearray, memoryview, str)):
+        return [model_input]
+    try:
+        return list(model_input)
+    except TypeError:
+        return [model_input]
+
+
+def to_bytes(value: Any) -> bytes:
+    """Bytes as they are; a string as base64 (MLflow's JSON encoding of binary columns)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode("".join(value.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageRejected(422, "bad_base64", "image string is not valid base64") from None
+    if value is None:
+        return b""
+    raise ImageRejected(422, "bad_input", f"expected image bytes or a base64 string, got {type(value).__name__}")
