@@ -212,7 +212,7 @@ def part1(args: argparse.Namespace) -> bool:
                 "after": (ended - trial.datetime_complete).total_seconds() - end_parts,
                 "end": end_parts, "summary": part.get("_summarise", 0.0),
                 "register": part.get("_register_challenger", 0.0), "reconcile": recon,
-                "gc": sum(sec for c, sec in calls if c == "gc")}
+                "gc": sum(sec for c, sec in calls if c == "gc"), "gc_calls": sum(c == "gc" for c, _ in calls)}
 
     warm_cmd = command(1)
     print(f"warm-up trial (not counted; own command on fresh stores, first tracking in the process): trial "
@@ -242,7 +242,8 @@ def part1(args: argparse.Namespace) -> bool:
     recon_after = [c["reconcile"][1] for _, _, _, c in rows if len(c["reconcile"]) >= 3]
     gc_mean = statistics.fmean(c["gc"] for _, _, _, c in rows)
     print(f"after the trial (gc, Optuna callbacks incl. reconcile, set_status, the end-of-command reconcile): "
-          f"mean {after_mean:.2f} s; of which gc.collect {gc_mean:.2f} s"
+          f"mean {after_mean:.2f} s; of which gc.collect {gc_mean:.2f} s "
+          f"({statistics.fmean(c['gc_calls'] for _, _, _, c in rows):.0f} call(s) per command)"
           + (f", reconcile after the trial {statistics.fmean(recon_after):.2f} s" if recon_after else ""))
     fraction = per_trial / TRIAL_SECONDS_REF
     ok = fraction <= TARGET_FRACTION_60S

@@ -441,6 +441,31 @@ def studies(storage: str, as_json: bool) -> None:
                    f"{r.objective:<13} {r.space_file}")
 
 
+@cli.command("compare-engines")
+@_data_option()
+@click.option("--space", "space_path", type=click.Path(dir_okay=False, path_type=str), required=True)
+@click.option("--budget-epochs", type=click.IntRange(min=1), required=True,
+              help="Total epochs each engine may train per seed.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
+@_limit_option
+@_storage_option
+@_tracking_option
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None)
+def compare_engines_command(data_path: str, space_path: str, budget_epochs: int, seeds: int, limit: int | None,
+                            storage: str, tracking_uri: str | None, cache_dir: str | None) -> None:
+    """Optuna (TPE + Hyperband pruner) vs keras-tuner (Hyperband): best PublicTest accuracy per epochs spent."""
+    from fer_experiments.compare import compare_engines
+    from fer_experiments.config import DataConfig, SearchConfig
+    from fer_experiments.tracking import default_tracking_uri
+
+    base = SearchConfig(data=DataConfig(path=data_path, limit=limit, cache_dir=cache_dir),
+                        tracking_uri=tracking_uri or default_tracking_uri(), study="compare", storage=storage,
+                        space_path=space_path, n_trials=None)
+    result = compare_engines(base, budget_epochs, seeds, echo=click.echo)
+    click.echo(result.table())
+    click.echo(f"table and plot: compare/ artifacts of MLflow run {result.parent_run_id} (experiment compare-engines)")
+
+
 # ---------------------------------------------------------------------------------------------- registry
 _model_name_option = click.option("--model-name", default="fer-cnn", show_default=True, help="Registered model.")
 _alias_option = click.option("--alias", default="champion", show_default=True, help="Alias to move.")
@@ -533,6 +558,9 @@ def models(model_name: str | None, as_json: bool, tracking_uri: str | None) -> N
                    f"{r.trial or '-':>5} {_fmt(r.public_accuracy):>8} {_fmt(r.public_macro_f1):>8} "
                    f"{_fmt(r.private_accuracy):>8} {_fmt(r.private_macro_f1):>8}")
 
+
+from fer_experiments.serving.commands import predict as _predict, serve as _serve  # noqa: E402 (click only)
+cli.add_command(_predict); cli.add_command(_serve)  # noqa: E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()

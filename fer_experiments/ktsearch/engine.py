@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from fer_experiments.spaces import SearchSpace
 
 TUNERS: tuple[str, ...] = ("hyperband", "bayesian", "random")
+
+# keras-tuner prints every failed trial's traceback while this is on (its default); fer-exp reports failures
+# itself, one line each, in MLflow and in the summary.
+from keras_tuner.src import config as _kt_config  # noqa: E402 - no public switch for it
+
+_kt_config.DEBUG = False
 ENGINE = "keras-tuner"
 
 
@@ -186,7 +192,7 @@ def _parent_run(cfg: SearchConfig, experiment: str, space: "SearchSpace", digest
 def run_kt_search(cfg: SearchConfig, tuner: str = "hyperband", *, space: "SearchSpace | None" = None,
                   epoch_budget: int | None = None, seed: int | None = None, overwrite: bool = False,
                   on_epoch: Callable[[int, int, int, dict[str, float]], None] | None = None,
-                  on_trial: Callable[[KtOutcome], None] | None = None) -> KtOutcome:
+                  on_trial: Callable[[KtOutcome], None] | None = None, register: bool = True) -> KtOutcome:
     """Run a keras-tuner search of ``cfg.n_trials`` trials (or until ``epoch_budget`` epochs) over the space."""
     from fer_experiments.data import load_dataset
     from fer_experiments.experiment import load_training_data
@@ -231,6 +237,12 @@ def run_kt_search(cfg: SearchConfig, tuner: str = "hyperband", *, space: "Search
         pass
     except keras_tuner.errors.FatalError as exc:
         outcome.notes.append(f"keras-tuner stopped: {str(exc).splitlines()[0][:300]}")
+    except RuntimeError as exc:
+        if "consecutive failures" not in str(exc):
+            raise
+        # keras-tuner's own consecutive-failure limit: report it as ours (a fatal stop with the reason).
+        raise FatalError(f"keras-tuner search {cfg.study!r} stopped after {cfg.max_consecutive_failures} consecutive "
+                         f"failed trials (last reason: {_last_failure(kt)})") from None
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -247,7 +259,8 @@ def run_kt_search(cfg: SearchConfig, tuner: str = "hyperband", *, space: "Search
         # keras-tuner would still name a "best" trial here; an all-failed search is a failure.
         raise FatalError(f"keras-tuner search {cfg.study!r}: no trial completed ({outcome.failed} failed; "
                          f"last reason: {_last_failure(kt)})")
-    outcome.registered_version = _register_challenger(cfg, outcome, parent)
+    if register:
+        outcome.registered_version = _register_challenger(cfg, outcome, parent)
     return outcome
 
 
@@ -262,8 +275,9 @@ def _last_failure(kt: Any) -> str:
     failed = [t for t in kt.oracle.trials.values() if str(t.status) in ("FAILED", "INVALID")]
     if not failed:
         return "none"
+    # keras-tuner keeps the traceback; its last line is "FailedTrialError: trial N: <reason>".
     message = (failed[-1].message or "").strip().splitlines()
-    return message[-1][:300] if message else "unknown"
+    return message[-1].split("FailedTrialError: ", 1)[-1][:300] if message else "unknown"
 
 
 def _best_from_oracle(kt: Any, outcome: KtOutcome, cfg: SearchConfig, experiment: str) -> None:

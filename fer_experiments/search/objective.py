@@ -31,12 +31,16 @@ class Objective:
     study_name: str
     tags: dict[str, Any] = field(default_factory=dict)
     on_epoch: EpochHook | None = None
+    #: Called first thing in every trial (the runner releases its trial-start lock there).
+    on_start: Callable[[], None] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         from fer_experiments.experiment import base_tags, tracked_training
         from fer_experiments.spaces import epochs_for, suggest
         from fer_experiments.tracking import start_run
 
+        if self.on_start is not None:
+            self.on_start()
         values = suggest(self.space, trial)
         epochs = epochs_for(self.space, values)
         tags = base_tags(self.data) | self.tags | {

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 from optuna.trial import TrialState
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Mark trials whose heartbeat is older than the grace period FAIL (the retry callback re-enqueues them).
+
+    Acts only when the storage has a heartbeat.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def reconcile(study: optuna.Study, tracking_uri: str, experiment: str) -> list[str]:
@@ -13,8 +25,7 @@ def reconcile(study: optuna.Study, tracking_uri: str, experiment: str) -> list[s
 
     done: list[str] = []
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-    # Acts only when the storage has a heartbeat; stale = no beat for the grace period.
-    optuna.storages.fail_stale_trials(study)
+    fail_stale(study)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for t in trials.values():
         if t.state == TrialState.FAIL and t.number not in before:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,12 +14,13 @@ from fer_experiments.config import DataConfig, SearchConfig
 from fer_experiments.errors import ConfigError, FatalError, TrialFailed
 from fer_experiments.search.objective import Objective
 from fer_experiments.search.progress import Progress
-from fer_experiments.search.reconcile import reconcile
+from fer_experiments.search.reconcile import fail_stale, reconcile
 from fer_experiments.search.study import (
     ATTR_CHALLENGER,
     ATTR_PARENT_RUN,
     create_or_resume,
     finished_count,
+    TrialGate,
     open_storage,
     sole_sqlite_writer,
     storage_lock,
@@ -42,6 +44,10 @@ class SearchOutcome:
     registered_version: str | None = None
     stopped: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Epochs trained by this command's trials (pruned ones count what they ran).
+    epochs_spent: int = 0
+    #: (cumulative epochs, best COMPLETE value so far) after each trial, for engine comparisons
+    curve: list[tuple[int, float | None]] = field(default_factory=list)
 
 
 def _ensure_parent_run(study: optuna.Study, cfg: SearchConfig, experiment: str, space: Any, digest: str) -> str:
@@ -62,20 +68,26 @@ def _ensure_parent_run(study: optuna.Study, cfg: SearchConfig, experiment: str, 
         return run_id
 
 
-def run_search(cfg: SearchConfig, progress_stream: Any = None) -> SearchOutcome:
-    """Run the search that ``cfg`` describes; see the module docstring. Raises FatalError after K failures in a row."""
+def run_search(cfg: SearchConfig, progress_stream: Any = None, *, space: Any = None, epoch_budget: int | None = None,
+               register: bool = True) -> SearchOutcome:
+    """Run the search that ``cfg`` describes; see the module docstring. Raises FatalError after K failures in a row.
+
+    ``space`` replaces the YAML file (engine comparisons vary its sampler and pruner); ``epoch_budget`` stops the
+    search once its trials have trained that many epochs; ``register=False`` leaves the registry alone.
+    """
     with sole_sqlite_writer(cfg.storage):
-        return _run_search(cfg, progress_stream)
+        return _run_search(cfg, progress_stream, space, epoch_budget, register)
 
 
-def _run_search(cfg: SearchConfig, progress_stream: Any) -> SearchOutcome:
+def _run_search(cfg: SearchConfig, progress_stream: Any, space_override: Any, epoch_budget: int | None,
+                register: bool) -> SearchOutcome:
     from fer_experiments.data import load_dataset
     from fer_experiments.experiment import load_training_data
     from fer_experiments.models.presets import get_preset
     from fer_experiments.spaces import load_space, preset_values_for_space, resolve_space_path
     from fer_experiments.tracking import TrackedRun, prepare_store, set_status
 
-    space = load_space(resolve_space_path(cfg.space_path)) if cfg.space_path else None
+    space = space_override or (load_space(resolve_space_path(cfg.space_path)) if cfg.space_path else None)
     prepare_store(cfg.tracking_uri)
     dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
     storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
@@ -101,16 +113,20 @@ def _run_search(cfg: SearchConfig, progress_stream: Any) -> SearchOutcome:
                           tags={"gpu": _gpu_label(cfg), "optuna_storage": redact_uri(cfg.storage)},
                           on_epoch=lambda t, e, n, m: progress.epoch(t, e, n, m, space.objective))
     consecutive = {"failures": 0}
+    stop = {"requested": False}
 
     def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         state = trial.state.name
         progress.trial_end(trial.number, state, trial.value, trial.user_attrs.get("fail_reason", ""))
         outcome.ran += 1
+        outcome.epochs_spent += len(trial.intermediate_values)
+        outcome.curve.append((outcome.epochs_spent, progress.best))
+        if epoch_budget is not None and outcome.epochs_spent >= epoch_budget:
+            stop["requested"] = True
         if trial.state == TrialState.FAIL:
             consecutive["failures"] += 1
             if consecutive["failures"] >= cfg.max_consecutive_failures:
                 outcome.stopped = f"{consecutive['failures']} consecutive failed trials"
-                st.stop()
         else:
             consecutive["failures"] = 0
         if trial.state == TrialState.COMPLETE and progress.best is not None:
@@ -118,31 +134,50 @@ def _run_search(cfg: SearchConfig, progress_stream: Any) -> SearchOutcome:
         for note in reconcile(st, cfg.tracking_uri, settings.experiment):
             progress.note(note)
 
-    remaining = n_trials - finished_count(study)
     set_status(cfg.tracking_uri, parent_id, "RUNNING")
     interrupted = False
+    gate = TrialGate(cfg.storage)
+    objective.on_start = gate.release
+    deadline = None if cfg.timeout_seconds is None else time.monotonic() + cfg.timeout_seconds
+    ran_any = False
     try:
-        if remaining > 0:
-            study.optimize(objective, timeout=cfg.timeout_seconds, catch=(TrialFailed,), gc_after_trial=True,
-                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
-                                      after_trial])
-        else:
+        while not outcome.stopped and not stop["requested"] and (deadline is None or time.monotonic() < deadline):
+            # Count and start under one cross-process lock (released by the trial as soon as it exists), so that
+            # workers together start exactly the trials the study still needs: --n-trials is the study's total.
+            gate.acquire()
+            try:
+                fail_stale(study)  # a dead worker's RUNNING trial must not hold a slot
+                if _taken(study) >= n_trials:
+                    break
+                ran_any = True
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True,
+                               callbacks=[after_trial])
+            finally:
+                gate.release()
+        if not ran_any and finished_count(study) >= n_trials:
             outcome.notes.append(f"study {cfg.study!r} already holds {n_trials} finished trials; "
                                  "raise --n-trials to add more")
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
+        gate.close()
         set_status(cfg.tracking_uri, parent_id, "KILLED" if interrupted else "FINISHED")
         if not interrupted:
             outcome.notes += reconcile(study, cfg.tracking_uri, settings.experiment)
     _fill_outcome(outcome, study)
     outcome.notes += _summarise(study, parent, cfg)
-    outcome.registered_version = _register_challenger(study, cfg, outcome)
+    if register:
+        outcome.registered_version = _register_challenger(study, cfg, outcome)
     if outcome.stopped:
         raise FatalError(f"search stopped: {outcome.stopped} (last reason: "
                          f"{_last_fail_reason(study)}); {format_outcome(outcome)}")
     return outcome
+
+
+def _taken(study: optuna.Study) -> int:
+    """Trials that use up --n-trials: finished ones and those running now (in any worker)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
 
 
 def _gpu_label(cfg: SearchConfig) -> str | None:

@@ -87,8 +87,49 @@ def storage_lock(storage: str) -> Iterator[None]:
     yield
 
 
-# Any fixed 64-bit number; only fer-exp takes this advisory lock.
+# Any fixed 64-bit numbers; only fer-exp takes these advisory locks.
 _ADVISORY_KEY = 0x0FE2E3B2
+_TRIAL_GATE_KEY = 0x0FE2E3B3
+
+
+class TrialGate:
+    """A cross-process lock around "count the study's trials, then start one" (PostgreSQL advisory lock).
+
+    Unlike ``storage_lock`` it is acquired and released in different places: the runner acquires it before
+    asking for a trial and the trial releases it once it exists. SQLite needs none (one worker process per file).
+    """
+
+    def __init__(self, storage: str) -> None:
+        self._engine: Any = None
+        self._conn: Any = None
+        if storage.startswith(("postgresql", "postgres")):
+            import sqlalchemy
+
+            self._engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+
+    def acquire(self) -> None:
+        if self._engine is None or self._conn is not None:
+            return
+        import sqlalchemy
+
+        self._conn = self._engine.connect()
+        self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _TRIAL_GATE_KEY})
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        import sqlalchemy
+
+        conn, self._conn = self._conn, None
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _TRIAL_GATE_KEY})
+        finally:
+            conn.close()  # closing the session also drops the lock, whatever happened above
+
+    def close(self) -> None:
+        self.release()
+        if self._engine is not None:
+            self._engine.dispose()
 
 
 @contextlib.contextmanager

@@ -230,9 +230,12 @@ def create_app(holder: ModelHolder, limits: Limits = Limits()) -> Any:
             return error_response(503, "no_model", holder.not_ready_reason or "no model loaded", metrics)
         try:
             data = await read_image_bytes(request, limits)
-            image = await anyio.to_thread.run_sync(
-                lambda: decode_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels))
-            body = await anyio.to_thread.run_sync(lambda: model.answer(image, detect, started=t0))
+
+            def work() -> dict[str, Any]:  # one hop to a worker thread: decode, detect and classify together
+                image = decode_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
+                return model.answer(image, detect, started=t0)
+
+            body = await anyio.to_thread.run_sync(work)
         except ImageRejected as exc:
             return error_response(exc.status, exc.code, str(exc), metrics)
         except Exception as exc:  # noqa: BLE001 - one bad request must never take the server down

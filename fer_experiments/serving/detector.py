@@ -105,7 +105,11 @@ class FaceDetector:
         if cascade is None:
             import cv2
 
-            cascade = cv2.CascadeClassifier(str(self.path))
+            try:
+                cascade = cv2.CascadeClassifier(str(self.path))
+            except (cv2.error, SystemError) as exc:  # OpenCV raises on XML it cannot parse
+                raise ConfigError(f"--detector {self.config.spec!r}: {self.path} is not a loadable cascade XML "
+                                  f"({str(exc).strip().splitlines()[-1][:200]})") from None
             if cascade.empty():
                 raise ConfigError(f"--detector {self.config.spec!r}: {self.path} is not a loadable cascade XML")
             self._local.cascade = cascade

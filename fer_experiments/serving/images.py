@@ -11,6 +11,7 @@ Faces reach the model through ``to_gray`` + ``to_face_input``, the steps of ``fe
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -134,8 +135,10 @@ def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             header = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise ImageRejected(413, "image_too_large", f"image dimensions are too large ({exc})") from None
+        except Image.DecompressionBombError as exc:  # Pillow's own hard limit (~179 MP), far above ours
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+            raise ImageRejected(413, "image_too_large", f"image is {size}; the limit is {max_pixels:,}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise ImageRejected(415, "unsupported_media_type", "not a supported image (expected "
                                 + ", ".join(SUPPORTED_FORMATS) + ")") from None
@@ -157,8 +160,10 @@ def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels:
     if img.shape[0] * img.shape[1] > max_pixels:  # a header that lied about its size
         raise ImageRejected(413, "image_too_large", f"image is {img.shape[1]}x{img.shape[0]} pixels; the limit "
                             f"is {max_pixels:,}")
-    gray = apply_orientation(to_gray(img), orientation)
-    bgr = apply_orientation(to_bgr(img), orientation) if keep_colour else None
+    # TIFF readers (OpenCV's and Pillow's) already return the pixels upright; every other format needs turning.
+    turn = 1 if fmt == "TIFF" else orientation
+    gray = apply_orientation(to_gray(img), turn)
+    bgr = apply_orientation(to_bgr(img), turn) if keep_colour else None
     return DecodedImage(gray=gray, bgr=bgr, format=fmt, orientation=orientation)
 
 
