@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fer_experiments.errors import ConfigError, DataError, FatalError
+from fer_experiments.io import file_lock
 from fer_experiments.tracking.store import DEFAULT_STORE_DIR, redact_uri
 
 if TYPE_CHECKING:
@@ -62,13 +62,8 @@ def storage_lock(storage: str) -> Iterator[None]:
     """
     path = _lock_path(storage)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(path):
+            yield
         return
     if storage.startswith(("postgresql", "postgres")):
         import sqlalchemy
@@ -142,19 +137,15 @@ def sole_sqlite_writer(storage: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".workers"), "a+") as fh:
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stack.enter_context(file_lock(path.with_suffix(".workers"), blocking=False))
         except BlockingIOError:
             raise ConfigError(
                 f"another fer-exp search or worker is already using the SQLite storage {storage}; SQLite takes one "
                 "worker process at a time. For several workers use PostgreSQL (--storage postgresql://user@host/db) "
                 "or Optuna's journal storage.") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
 
 
 #: Heartbeat defaults: a worker killed mid-trial is noticed after the grace period by the next worker to ask.

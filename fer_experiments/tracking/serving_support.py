@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ class FerServicePyfunc(mlflow.pyfunc.PythonModel):
         keras_model = mlflow.keras.load_model(context.artifacts["keras_model"])
         self._service = ServiceModel.from_keras(keras_model, **dict(context.model_config or {}))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    # No type hint on model_input, on purpose: MLflow would treat it as a schema for validation and warn.
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
         detect = True if not params else bool(params.get("detect", True))
         return self._service.predict(model_input, detect=detect)
 
@@ -100,7 +102,10 @@ def log_service_model(uri: str, model_name: str, version: str, *, detector: str 
               "margin": DEFAULT_MARGIN if margin is None else margin}
     tags = {"fer.kind": "service", SOURCE_MODEL_TAG: model_name, SOURCE_VERSION_TAG: str(version),
             "source_run_id": source.run_id}
-    with start_run(uri, SERVING_EXPERIMENT, run_name=f"{service}-v{version}", tags=tags) as run:
+    with start_run(uri, SERVING_EXPERIMENT, run_name=f"{service}-v{version}", tags=tags) as run, \
+            warnings.catch_warnings():
+        # An input example would make MLflow load the Keras model once more just to validate it (seconds).
+        warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="service", python_model=FerServicePyfunc(),
             artifacts={"keras_model": f"models:/{model_name}/{version}"}, model_config=config,

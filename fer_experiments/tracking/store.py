@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from fer_experiments.errors import ConfigError, FatalError
+from fer_experiments.io import file_lock
 
 #: The embedded default: MLflow's and Optuna's SQLite files and MLflow's artifacts all live here.
 DEFAULT_STORE_DIR = "mlruns"
@@ -57,17 +55,6 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 _prepared: set[str] = set()
 
 
@@ -90,7 +77,7 @@ def prepare_store(uri: str) -> None:
     db = sqlite_path(uri)
     try:
         if db is not None:
-            with _file_lock(db.with_name(db.name + ".lock")):
+            with file_lock(db.with_name(db.name + ".lock")):
                 mlflow.MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
         else:
             mlflow.MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
