@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = ratio >= TARGET_RATIO
     print(f"\nmedian images/s: fer-exp train_model {f_med:.1f}, bare model.fit {b_med:.1f}")
     print(f"fer / bare (medians): {ratio:.3f}  target >= {TARGET_RATIO}  {'ok' if ok else 'MISSED'}")
-    print(f"per-round ratios: {', '.join(f'{f / b:.3f}' for f, b in rows)}")
+    print(f"per-round ratios: {', '.join(f'{f / b:.3f}' for f, b in rows)} (median "
+          f"{_common.median([f / b for f, b in rows]):.3f})")
     print(f"CPU-time cross-check (process CPU seconds, less sensitive to other work on the cores): bare/fer median "
           f"{_common.median(cpu_ratios):.3f} (the same as fer/bare in images per CPU-second)")
     print("training phase = epoch begin -> its validation pass, summed over epochs (diagnostic: the rest of each "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -165,10 +166,14 @@ def open_storage(storage: str, heartbeat_interval: int | None = None, grace_peri
                           "postgresql://user@host/db)")
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
         kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period or 3 * heartbeat_interval,
-                  "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+                  "heartbeat_stale_trial_callback": retry}
     try:
-        with storage_lock(storage):
+        with storage_lock(storage), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat API "experimental"
             return optuna.storages.RDBStorage(storage, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure means the storage is unusable
         raise FatalError(f"cannot open the Optuna storage {redact_uri(storage)}: {type(exc).__name__}: "

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
+
+if TYPE_CHECKING:
+    import socket
 
 DEFAULT_MODEL = "models:/fer-cnn@champion"
 
@@ -174,11 +177,8 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
     (or at once on POST /reload); requests in flight finish on the old one. With no version behind the alias yet
     it starts anyway: /health says not ready and /predict answers 503 until one is promoted.
     """
-    import socket
-
     import uvicorn
 
-    from fer_experiments.errors import ConfigError
     from fer_experiments.serving.app import create_app
     from fer_experiments.serving.predictor import Limits, ModelHolder
 
@@ -189,7 +189,21 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
         click.echo(f"warning: {holder.not_ready_reason}; /predict answers 503 until then", err=True)
     else:
         click.echo(f"model: {holder.current.name} version {holder.current.version} ({holder.current.uri})", err=True)
-    # Bind here so that a port in use is a one-line error (exit 2), not a uvicorn traceback.
+    sock = listen_socket(host, port)  # bound here: a port in use is a one-line error (exit 2), not a traceback
+    bound = sock.getsockname()[1]
+    click.echo(f"serving on http://{host}:{bound} (docs: http://{host}:{bound}/docs)", err=True)
+    app = create_app(holder, Limits(max_bytes, max_pixels))
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
+                            timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def listen_socket(host: str, port: int) -> "socket.socket":
+    """A listening TCP socket with TCP_NODELAY; ConfigError when the address cannot be used."""
+    import socket
+
+    from fer_experiments.errors import ConfigError
+
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -202,9 +216,4 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound = sock.getsockname()[1]
-    click.echo(f"serving on http://{host}:{bound} (docs: http://{host}:{bound}/docs)", err=True)
-    app = create_app(holder, Limits(max_bytes, max_pixels))
-    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
-                            timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    return sock

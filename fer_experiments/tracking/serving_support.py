@@ -42,21 +42,25 @@ def service_model_name(model_name: str) -> str:
     return f"{model_name}-service"
 
 
-class FerServicePyfunc(mlflow.pyfunc.PythonModel):
-    """The pyfunc: ``predict`` takes image bytes (base64 strings in JSON) and returns one ``/predict`` JSON each."""
+# MLflow inspects predict's type hints when the class is created and warns that there are none; validation by type
+# hints would turn the DataFrame MLflow's server builds into something else, so there are none on purpose.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
 
-    def load_context(self, context: Any) -> None:
-        import mlflow.keras
+    class FerServicePyfunc(mlflow.pyfunc.PythonModel):
+        """The pyfunc: ``predict`` takes image bytes (base64 strings in JSON) and returns one ``/predict`` JSON each."""
 
-        from fer_experiments.serving.pyfunc import ServiceModel
+        def load_context(self, context: Any) -> None:
+            import mlflow.keras
 
-        keras_model = mlflow.keras.load_model(context.artifacts["keras_model"])
-        self._service = ServiceModel.from_keras(keras_model, **dict(context.model_config or {}))
+            from fer_experiments.serving.pyfunc import ServiceModel
 
-    # No type hint on model_input, on purpose: MLflow would treat it as a schema for validation and warn.
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-        detect = True if not params else bool(params.get("detect", True))
-        return self._service.predict(model_input, detect=detect)
+            keras_model = mlflow.keras.load_model(context.artifacts["keras_model"])
+            self._service = ServiceModel.from_keras(keras_model, **dict(context.model_config or {}))
+
+        def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+            detect = True if not params else bool(params.get("detect", True))
+            return self._service.predict(model_input, detect=detect)
 
 
 def _requirements() -> list[str]:

@@ -108,6 +108,9 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
     if len(train_split.y) == 0 or len(val_split.y) == 0:
         raise ConfigError("training and PublicTest splits must not be empty")
+    # Drop Keras's global state from earlier models (a search builds hundreds); no gc.collect here: it scans every
+    # live object and costs ~1 s per trial, while Python's own collector frees the cycles soon enough.
+    keras.backend.clear_session(free_memory=False)
     seed_everything(train_params.seed)
     model = build_model(model_params, train_params)
     steps = math.ceil(len(train_split.y) / train_params.batch_size)
