@@ -332,14 +332,11 @@ def _run_kt_search(cfg: Any, tuner: str) -> None:
     if cfg.enqueue:
         raise ConfigError("--enqueue works with the Optuna engine only")
     progress = Progress(cfg.n_trials)
-    seen = {"n": 0}
 
     def on_trial(o: Any) -> None:
-        progress.counts = {"complete": o.complete, "pruned": 0, "failed": o.failed}
-        progress.best, progress.best_trial, progress.finished = o.best_value, o.best_trial, o.complete + o.failed
-        seen["n"] += 1
-        click.echo(f"trial done [{progress.finished}/{cfg.n_trials}] epochs spent {o.epochs_spent} | "
-                   f"{progress._status()}")  # noqa: SLF001
+        progress.seed(o.complete + o.failed, o.complete, 0, o.failed, o.best_value, o.best_trial)
+        click.echo(f"trial done [{progress.finished}/{progress.total}] epochs spent {o.epochs_spent} | "
+                   f"{progress.status()}")
 
     def on_epoch(trial: int, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         progress.epoch(trial, epoch, epochs, metrics, "val_accuracy" if "val_accuracy" in metrics else "val_loss")

@@ -26,18 +26,20 @@ class Progress:
         self.counts = {"complete": complete, "pruned": pruned, "failed": failed}
 
     @property
-    def _total(self) -> str:
+    def total(self) -> str:
+        """The trial target as shown, '?' when an epoch budget bounds the search."""
         # An epoch budget rather than a trial count bounds some searches (engine comparisons).
         return str(self.n_trials) if self.n_trials and self.n_trials < 10**6 else "?"
 
-    def _status(self) -> str:
+    def status(self) -> str:
+        """Best so far and the counts of complete, pruned and failed trials."""
         best = "-" if self.best is None else f"{self.best:.4f} (trial {self.best_trial})"
         c = self.counts
         return f"best {best} | complete {c['complete']} pruned {c['pruned']} failed {c['failed']}"
 
     def epoch(self, trial: int, epoch: int, epochs: int, metrics: dict[str, float], objective: str) -> None:
-        line = (f"trial {trial} ({self.finished + 1}/{self._total}) epoch {epoch}/{epochs}: "
-                f"{objective} {metrics[objective]:.4f} | {self._status()}")
+        line = (f"trial {trial} ({self.finished + 1}/{self.total}) epoch {epoch}/{epochs}: "
+                f"{objective} {metrics[objective]:.4f} | {self.status()}")
         if self.tty:
             self.stream.write("\r\x1b[2K" + line)
         else:
@@ -60,5 +62,5 @@ class Progress:
         prefix = "\r\x1b[2K" if self.tty else ""
         elapsed = time.monotonic() - self._started
         self.stream.write(f"{prefix}trial {trial} {state}{shown}{(' - ' + note) if note else ''} "
-                          f"[{self.finished}/{self._total} finished, {elapsed:.0f}s] | {self._status()}\n")
+                          f"[{self.finished}/{self.total} finished, {elapsed:.0f}s] | {self.status()}\n")
         self.stream.flush()

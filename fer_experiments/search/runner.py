@@ -50,17 +50,20 @@ class SearchOutcome:
     curve: list[tuple[int, float | None]] = field(default_factory=list)
 
 
-def _ensure_parent_run(study: optuna.Study, cfg: SearchConfig, experiment: str, space: Any, digest: str) -> str:
+def _ensure_parent_run(study: optuna.Study, storage: Any, cfg: SearchConfig, experiment: str, space: Any,
+                       digest: str) -> str:
     """The study's parent MLflow run, created once (under the storage lock) by the first command."""
     from fer_experiments.tracking import create_run
     from fer_experiments.tracking.runs import git_commit
 
     with storage_lock(cfg.storage):
-        attrs = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs  # noqa: SLF001
+        # Re-read under the lock: another worker may have created it since this one loaded the study.
+        attrs = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs
         if attrs.get(ATTR_PARENT_RUN):
             return str(attrs[ATTR_PARENT_RUN])
         run_id = create_run(cfg.tracking_uri, experiment, f"study-{study.study_name}", tags={
-            "fer.kind": "study", "fer.engine": "optuna", "study": study.study_name, "optuna_study": study.study_name, "optuna_storage": redact_uri(cfg.storage),
+            "fer.kind": "study", "fer.engine": "optuna", "study": study.study_name, "optuna_study": study.study_name,
+            "optuna_storage": redact_uri(cfg.storage),
             "space_file": str(space.source), "space_hash": space.content_hash(), "space_name": space.name,
             "data_digest": digest, "git_commit": git_commit(), "mlflow.source.git.commit": git_commit(),
             "objective": space.objective})
@@ -99,7 +102,7 @@ def _run_search(cfg: SearchConfig, progress_stream: Any, space_override: Any, ep
         raise ConfigError(f"study {cfg.study!r} has no --n-trials target yet; give --n-trials")
     data = load_training_data(DataConfig(path=cfg.data.path, limit=settings.limit, subset_seed=cfg.data.subset_seed,
                                          cache_dir=cfg.data.cache_dir), dataset)
-    parent_id = _ensure_parent_run(study, cfg, settings.experiment, space, dataset.digest)
+    parent_id = _ensure_parent_run(study, storage, cfg, settings.experiment, space, dataset.digest)
     for name in cfg.enqueue:
         study.enqueue_trial(preset_values_for_space(space, get_preset(name).values()), skip_if_exists=True)
 

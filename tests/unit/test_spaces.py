@@ -110,8 +110,8 @@ def test_shipped_spaces_match_the_design() -> None:
     assert seed.get("batchnorm").choices == ("none", "before_activation", "after_activation", "dense_only")
 
     quick = load_space(ROOT / "search_spaces" / "cpu-quick.yaml")
-    assert (quick.max_epochs, quick.train_limit) == (3, 3000)
-    assert quick.get("filters").choices == (8, 16)
+    assert (quick.max_epochs, quick.train_limit) == (5, 6000)
+    assert quick.get("filters").choices == (8, 16, 24)
     assert quick.pruner == {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1}
 
     full = load_space(ROOT / "search_spaces" / "gpu-full.yaml")
@@ -473,7 +473,7 @@ def test_epochs_for() -> None:
     assert epochs_for(seed, {"epochs": 30}) == 30
     assert epochs_for(seed, {}) == 60
     assert epochs_for(seed, {"epochs": 100}) == 60
-    assert epochs_for(load_space(ROOT / "search_spaces" / "cpu-quick.yaml"), {"filters": 8}) == 3
+    assert epochs_for(load_space(ROOT / "search_spaces" / "cpu-quick.yaml"), {"filters": 8}) == 5
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -673,9 +673,9 @@ def test_kt_declares_types_ranges_and_scopes(kt: Any) -> None:
     assert (hps["conv_blocks"].min_value, hps["conv_blocks"].max_value, hps["conv_blocks"].step,
             hps["conv_blocks"].sampling) == (2, 3, 1, "linear")
     lr = hps["learning_rate"]
-    assert isinstance(lr, kth.Float) and (lr.min_value, lr.max_value, lr.sampling) == (3e-4, 3e-3, "log")
-    assert isinstance(hps["filters"], kth.Choice) and list(hps["filters"].values) == [8, 16]
-    assert isinstance(hps["batchnorm"], kth.Choice) and list(hps["batchnorm"].values) == ["none", "after_activation"]
+    assert isinstance(lr, kth.Float) and (lr.min_value, lr.max_value, lr.sampling) == (5e-4, 3e-3, "log")
+    assert isinstance(hps["filters"], kth.Choice) and list(hps["filters"].values) == [8, 16, 24]
+    assert isinstance(hps["batchnorm"], kth.Choice) and list(hps["batchnorm"].values) == ["none", "after_activation", "before_activation"]
     assert isinstance(hps["filter_growth"], kth.Fixed) and hps["filter_growth"].value == 2.0
     assert isinstance(hps["kernel_size"], kth.Fixed) and hps["kernel_size"].value == 3
     assert _conditions(hps["dense_units"]) == [("dense_layers", [1])]
