@@ -513,6 +513,8 @@ def promote(study: str | None, run_id: str | None, data_path: str | None, model_
         click.echo(f"{made} {model_name} version {r.version}; {model_name}@{alias} -> version {r.version}"
                    + (f" (was {r.champion_version})" if r.champion_version else ""))
         click.echo(f"load it as models:/{model_name}@{alias}")
+    for note in r.notes:
+        click.echo(f"note: {note}")
 
 
 @cli.command()

@@ -172,6 +172,7 @@ def promote(cfg: PromoteConfig) -> PromoteResult:
     if champion is not None and champion.run_id == cand.run_id:
         result.decision = "already"
         result.version = champion.version
+        _sync_service(cfg.tracking_uri, cfg.model_name, cfg.alias, result.notes)  # completes a crashed promotion
         return result
     if cfg.min_accuracy is not None and cand.public_accuracy < cfg.min_accuracy and not cfg.force:
         result.decision = "refused"
@@ -193,7 +194,19 @@ def promote(cfg: PromoteConfig) -> PromoteResult:
     move_alias(cfg.tracking_uri, cfg.model_name, cfg.alias, version.version,
                previous=champion.version if champion else None)
     result.version, result.created_version = version.version, created
+    _sync_service(cfg.tracking_uri, cfg.model_name, cfg.alias, result.notes)
     return result
+
+
+def _sync_service(uri: str, name: str, alias: str, notes: list[str] | None) -> None:
+    """Keep ``<name>-service@<alias>`` (the pyfunc for ``mlflow models serve``) on the wrapper of ``<name>@<alias>``."""
+    from fer_experiments.tracking.serving_support import sync_service_alias
+
+    try:
+        sync_service_alias(uri, name, alias)
+    except Exception as exc:  # noqa: BLE001 - the promotion itself has succeeded; say what is missing
+        if notes is not None:
+            notes.append(f"could not register the MLflow-serving wrapper {name}-service: {exc}")
 
 
 def move_alias(uri: str, name: str, alias: str, version: str, previous: str | None) -> None:
@@ -236,6 +249,7 @@ def rollback(uri: str, name: str, alias: str = "champion") -> tuple[str, str]:
     else:
         delete_alias(uri, name, f"previous-{alias}")
     set_alias(uri, name, alias, target)
+    _sync_service(uri, name, alias, None)
     return current.version, target
 
 
@@ -260,6 +274,8 @@ def list_models(uri: str, name: str | None = None) -> list[VersionRow]:
 
     rows = []
     for v in list_versions(uri, name):
+        if name is None and v.name.endswith("-service"):
+            continue  # the serving wrappers mirror their model's aliases; list them with --model-name
         metrics: dict[str, float] = {}
         if v.run_id:
             try:

@@ -2,9 +2,10 @@
 
 ``haar`` (haarcascade_frontalface_default, the default), ``haar-alt`` (haarcascade_frontalface_alt2) or a path to
 any cascade XML. Detection runs on a copy of the image downscaled so its longer side is at most ``detect_size``
-pixels, with a coarser scale step than OpenCV's example: on this 2-core CPU a 640x480 photo takes ~10 ms instead
-of ~120 ms at full size with scaleFactor 1.1, and finds the same faces of 48 px and up (measured on FER2013 faces
-pasted into photos: 142 vs 150 of 200 found; bench/serve_latency.py prints the timings).
+pixels, with a coarser scale step than OpenCV's example: on this 2-core CPU a 640x480 photo takes ~6-9 ms instead
+of ~40 ms at full size with scaleFactor 1.1 / minNeighbors 5 (~120 ms on a busy machine), and finds nearly the same
+faces of 48 px and up (FER2013 faces pasted into photos at 140 px: 142 vs 150 of 200 found, no false positives;
+bench/serve_latency.py prints the timings).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import numpy as np
 
 from fer_experiments import EXPRESSIONS, IMAGE_SIZE, NUM_CLASSES
 from fer_experiments.errors import ConfigError
-from fer_experiments.serving.detector import DEFAULT_MARGIN, Box, DetectorConfig, FaceDetector
+from fer_experiments.serving.detector import DEFAULT_MARGIN, Box, FaceDetector
 from fer_experiments.serving.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -320,8 +320,3 @@ class ModelHolder:
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             self.try_refresh()
-
-
-def build_detector(spec: str = "haar", detect_size: int = 320, min_face: int = 32) -> FaceDetector:
-    """A FaceDetector from CLI options."""
-    return FaceDetector(DetectorConfig(spec=spec, detect_size=detect_size, min_face=min_face))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 from fer_experiments.tracking.registry import ModelVersion, alias_version, get_version, list_versions, set_alias
 from fer_experiments.tracking.runs import _client, _retry, model_requirements, start_run
@@ -42,25 +43,23 @@ def service_model_name(model_name: str) -> str:
     return f"{model_name}-service"
 
 
-# MLflow inspects predict's type hints when the class is created and warns that there are none; validation by type
-# hints would turn the DataFrame MLflow's server builds into something else, so there are none on purpose.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
+class FerServicePyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc: ``predict`` takes image bytes (base64 strings in JSON) and returns one ``/predict`` JSON each."""
 
-    class FerServicePyfunc(mlflow.pyfunc.PythonModel):
-        """The pyfunc: ``predict`` takes image bytes (base64 strings in JSON) and returns one ``/predict`` JSON each."""
+    def load_context(self, context: Any) -> None:
+        import mlflow.keras
 
-        def load_context(self, context: Any) -> None:
-            import mlflow.keras
+        from fer_experiments.serving.pyfunc import ServiceModel
 
-            from fer_experiments.serving.pyfunc import ServiceModel
+        keras_model = mlflow.keras.load_model(context.artifacts["keras_model"])
+        self._service = ServiceModel.from_keras(keras_model, **dict(context.model_config or {}))
 
-            keras_model = mlflow.keras.load_model(context.artifacts["keras_model"])
-            self._service = ServiceModel.from_keras(keras_model, **dict(context.model_config or {}))
-
-        def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-            detect = True if not params else bool(params.get("detect", True))
-            return self._service.predict(model_input, detect=detect)
+    # The DataFrame hint is one MLflow knows it cannot validate against: no schema validation, no warning, and the
+    # DataFrame its server builds (or a list, dict or bytes from Python callers) reaches us unchanged.
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        detect = True if not params else bool(params.get("detect", True))
+        return self._service.predict(model_input, detect=detect)
 
 
 def _requirements() -> list[str]:

@@ -28,8 +28,6 @@ from test_predict_real import SLOTS_A, build_photos, classify_reported_crops, io
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 class Server:
     """A server subprocess; ``url`` once it printed its address and answers /health."""

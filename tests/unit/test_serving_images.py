@@ -215,3 +215,25 @@ def test_pyfunc_inputs() -> None:
     assert input_values(pd.DataFrame({"image": [raw, raw]})) == [raw, raw]
     assert input_values(pd.DataFrame({"x": [raw]})) == [raw]
     assert input_values({"image": [raw]}) == [raw] and input_values(raw) == [raw] and input_values([raw]) == [raw]
+
+
+# ------------------------------------------------------------------------------------------- server socket
+def test_listen_socket_sets_tcp_nodelay_and_reports_a_busy_port() -> None:
+    """Without TCP_NODELAY every kept-alive request waited ~40 ms for a delayed ACK (bench/serve_latency.py)."""
+    import socket
+
+    from fer_experiments.serving.commands import listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY only on such sockets
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        port = sock.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            conn, _ = sock.accept()
+            with conn:
+                assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listen_socket("127.0.0.1", port)
+    finally:
+        sock.close()
