@@ -45,6 +45,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
         report.longrepr = f"real-data test skipped under FER_EXP_REQUIRE_REAL_DATA=1: {report.longrepr}"
 
 
+_TRACKING_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking_uri():
+    """mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI, which every later subprocess would inherit and
+    log into: clear it after each test so that each test's commands use the store they name or their own default."""
+    yield
+    for var in _TRACKING_VARS:
+        os.environ.pop(var, None)
+
+
 @pytest.fixture(scope="session")
 def real_csv() -> Path:
     if not REAL_CSV.is_file():
@@ -98,6 +110,7 @@ def stores(tmp_path: Path) -> dict[str, str]:
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[str]:
     """Run ``fer-exp ARGS`` in a subprocess (as a user would) and capture its output."""
-    full_env = os.environ | (env or {})
+    # A tracking URI exported by an in-process mlflow call must not redirect the command's runs.
+    full_env = {k: v for k, v in os.environ.items() if k not in _TRACKING_VARS} | (env or {})
     return subprocess.run([sys.executable, "-m", "fer_experiments.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
