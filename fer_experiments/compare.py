@@ -64,7 +64,8 @@ def _figure(runs: list[EngineRun]) -> Any:
         points = [(e, b) for e, b in r.curve if b is not None]
         if points:
             xs, ys = zip(*points)
-            ax.step(xs, ys, where="post", color=colours.get(r.engine), alpha=0.8, label=f"{r.engine} seed {r.seed}")
+            ax.step(xs, ys, where="post", color=colours.get(r.engine), alpha=0.85, marker="o", markersize=3,
+                    linestyle=("-", "--", ":", "-.")[r.seed % 4], label=f"{r.engine} seed {r.seed}")
     ax.set_xlabel("epochs spent")
     ax.set_ylabel("best PublicTest accuracy")
     ax.grid(alpha=0.3)
