@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from fer_experiments.errors import ConfigError, DataError, FatalError
 from fer_experiments.io import file_lock
+from fer_experiments.locks import STUDY_SETUP_KEY, TRIAL_GATE_KEY, advisory_lock, is_postgres, setup_lock, sqlite_file
 from fer_experiments.tracking.store import DEFAULT_STORE_DIR, redact_uri
 
 if TYPE_CHECKING:
@@ -49,43 +50,14 @@ class StudySettings:
 
 
 def _lock_path(storage: str) -> Path | None:
-    if storage.startswith("sqlite:///"):
-        return Path(storage[len("sqlite:///"):] + ".lock")
-    return None
+    db = sqlite_file(storage)
+    return None if db is None else db.with_name(db.name + ".lock")
 
 
-@contextlib.contextmanager
-def storage_lock(storage: str) -> Iterator[None]:
-    """Serialise study creation (tables, study, parent run) across processes sharing ``storage``.
-
-    SQLite: an flock on a file beside the database. PostgreSQL: a session advisory lock, so that workers on
-    different hosts starting at the same moment create one study and one parent run.
-    """
-    path = _lock_path(storage)
-    if path is not None:
-        with file_lock(path):
-            yield
-        return
-    if storage.startswith(("postgresql", "postgres")):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
-        try:
-            with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _ADVISORY_KEY})
-                try:
-                    yield
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_KEY})
-        finally:
-            engine.dispose()
-        return
-    yield
-
-
-# Any fixed 64-bit numbers; only fer-exp takes these advisory locks.
-_ADVISORY_KEY = 0x0FE2E3B2
-_TRIAL_GATE_KEY = 0x0FE2E3B3
+def storage_lock(storage: str) -> contextlib.AbstractContextManager[None]:
+    """Serialise study creation (tables, study, parent run) across processes sharing ``storage``: workers on
+    different hosts starting at the same moment create one study and one parent run."""
+    return setup_lock(storage, STUDY_SETUP_KEY)
 
 
 class TrialGate:
@@ -96,36 +68,23 @@ class TrialGate:
     """
 
     def __init__(self, storage: str) -> None:
-        self._engine: Any = None
-        self._conn: Any = None
-        if storage.startswith(("postgresql", "postgres")):
-            import sqlalchemy
-
-            self._engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        self._lock: contextlib.ExitStack | None = None
+        self._url = storage if is_postgres(storage) else None
 
     def acquire(self) -> None:
-        if self._engine is None or self._conn is not None:
+        if self._url is None or self._lock is not None:
             return
-        import sqlalchemy
-
-        self._conn = self._engine.connect()
-        self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _TRIAL_GATE_KEY})
+        stack = contextlib.ExitStack()
+        stack.enter_context(advisory_lock(self._url, TRIAL_GATE_KEY))
+        self._lock = stack
 
     def release(self) -> None:
-        if self._conn is None:
-            return
-        import sqlalchemy
-
-        conn, self._conn = self._conn, None
-        try:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _TRIAL_GATE_KEY})
-        finally:
-            conn.close()  # closing the session also drops the lock, whatever happened above
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.close()
 
     def close(self) -> None:
         self.release()
-        if self._engine is not None:
-            self._engine.dispose()
 
 
 @contextlib.contextmanager

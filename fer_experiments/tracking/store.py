@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from fer_experiments.errors import ConfigError, FatalError
-from fer_experiments.io import file_lock
+from fer_experiments.locks import STORE_SETUP_KEY, setup_lock, sqlite_file
 
 #: The embedded default: MLflow's and Optuna's SQLite files and MLflow's artifacts all live here.
 DEFAULT_STORE_DIR = "mlruns"
@@ -22,9 +22,7 @@ def default_tracking_uri() -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or None for other stores."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):])
+    return sqlite_file(uri)
 
 
 def artifact_root(uri: str) -> str | None:
@@ -59,9 +57,9 @@ _prepared: set[str] = set()
 
 
 def prepare_store(uri: str) -> None:
-    """Create (and migrate) the tracking store once, under a file lock for SQLite.
+    """Create (and migrate) the tracking store once, under a lock (SQLite file or PostgreSQL database).
 
-    Several processes starting on a fresh MLflow SQLite file race in their migrations and leave it broken;
+    Several processes starting on a fresh MLflow database race in their migrations and leave it broken;
     the lock makes exactly one of them create it.
     """
     import mlflow
@@ -74,12 +72,8 @@ def prepare_store(uri: str) -> None:
 
     if not re.match(r"^[a-z][a-z0-9+.-]*:", uri) and not uri.startswith("/"):
         raise ConfigError(f"--tracking-uri {uri!r} is not a URI (e.g. sqlite:///mlruns/mlflow.db or http://host:5000)")
-    db = sqlite_path(uri)
     try:
-        if db is not None:
-            with file_lock(db.with_name(db.name + ".lock")):
-                mlflow.MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
-        else:
+        with setup_lock(uri, STORE_SETUP_KEY):
             mlflow.MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means the store is unusable
         raise FatalError(f"cannot open the MLflow tracking store {redact_uri(uri)}: {type(exc).__name__}: "

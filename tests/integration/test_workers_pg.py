@@ -279,3 +279,16 @@ def test_worker_with_other_data_is_refused(tiny_real_csv: Path, databases: dict,
                                   databases["optuna"], "--tracking-uri", server.uri), cwd=tmp_path,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_workers_initialise_a_fresh_mlflow_database_once(databases: dict) -> None:
+    """Workers logging straight to PostgreSQL (no tracking server) start together on a fresh database: one of them
+    runs MLflow's migrations under the set-up lock, none fails."""
+    code = "from fer_experiments.tracking import prepare_store; import sys; prepare_store(sys.argv[1]); print('ok')"
+    procs = [subprocess.Popen([sys.executable, "-c", code, databases["mlflow"]], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-500:] for _, err in results]
+    import mlflow
+
+    assert mlflow.MlflowClient(databases["mlflow"], registry_uri=databases["mlflow"]).search_experiments()

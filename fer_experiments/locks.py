@@ -1,0 +1,60 @@
+"""Cross-process locks for first-time store set-up: flock on a file for SQLite, advisory locks for PostgreSQL.
+
+Several processes creating the same fresh database at once (MLflow's or Optuna's migrations, one study) race and
+leave duplicate-key errors or a broken schema; whoever holds the lock creates it, the others then find it made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+from fer_experiments.io import file_lock
+
+# Fixed 64-bit keys; only fer-exp takes these advisory locks.
+STORE_SETUP_KEY = 0x0FE2E3B1
+STUDY_SETUP_KEY = 0x0FE2E3B2
+TRIAL_GATE_KEY = 0x0FE2E3B3
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql", "postgres"))
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL, or None for other URLs."""
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def advisory_lock(url: str, key: int) -> Iterator[None]:
+    """A PostgreSQL session advisory lock on ``key`` for the block (released when the session ends, even if the
+    process dies)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def setup_lock(url: str, key: int) -> Iterator[None]:
+    """Serialise set-up on the database at ``url``: a file lock beside a SQLite file, an advisory lock on
+    PostgreSQL, nothing for other stores (a tracking server sets up its own database)."""
+    db = sqlite_file(url)
+    if db is not None:
+        with file_lock(db.with_name(db.name + ".lock")):
+            yield
+    elif is_postgres(url):
+        with advisory_lock(url, key):
+            yield
+    else:
+        yield
