@@ -12,7 +12,6 @@ import dataclasses
 import difflib
 import hashlib
 import heapq
-import inspect
 import json
 import math
 import os
@@ -644,16 +643,16 @@ class _Validator:
         return self.fail(f"params.{cycle[0]}.when", f"conditions form a cycle: {' -> '.join(cycle)}")
 
 
+#: Plain-data keyword arguments of Optuna 5's samplers (besides seed), listed here so that validating a space
+#: needs no Optuna import (only fer_experiments.search imports it; its make_sampler passes them on).
+_SAMPLER_ARGUMENTS: dict[str, set[str]] = {
+    "tpe": {"consider_prior", "prior_weight", "consider_magic_clip", "consider_endpoints", "n_startup_trials",
+            "n_ei_candidates", "multivariate", "group", "warn_independent_sampling", "constant_liar"},
+    "random": set(),
+    "gp": {"n_startup_trials", "deterministic_objective", "warn_independent_sampling"},
+}
+
+
 def _sampler_arguments(name: str) -> set[str] | None:
-    """Keyword arguments the Optuna sampler accepts (besides seed), or None if Optuna is not importable."""
-    try:
-        import optuna  # lazy: only the search layer needs Optuna at import time
-    except ImportError:  # pragma: no cover - optuna is a dependency
-        return None
-    cls = {"tpe": "TPESampler", "random": "RandomSampler", "gp": "GPSampler"}[name]
-    sampler = getattr(optuna.samplers, cls, None)
-    if sampler is None:  # pragma: no cover
-        return None
-    params = inspect.signature(sampler.__init__).parameters
-    return {p for p in params if p not in ("self", "seed")
-            and params[p].kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    """Keyword arguments the Optuna sampler accepts (besides seed)."""
+    return _SAMPLER_ARGUMENTS.get(name)
