@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import click
 
-from fer_experiments.errors import EXIT_SIGINT, EXIT_SIGTERM, FerError, Terminated
+from fer_experiments.errors import EXIT_SIGINT, EXIT_SIGTERM, FatalError, FerError, Terminated
 
 DATA_ENV = "FER2013_CSV"
 
@@ -79,6 +79,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_SIGINT)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A path that cannot be written or read (chart, --out folder, model file): one line, not a traceback.
+        click.echo(f"error: {exc.filename or ''}: {exc.strerror or exc}".replace(": : ", ": "), err=True)
+        sys.exit(FatalError.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the last resort: say what broke in one line; FER_EXP_DEBUG=1 shows it all
+        if os.environ.get("FER_EXP_DEBUG") == "1":
+            raise
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        click.echo(f"error: unexpected {type(exc).__name__}: {first} (set FER_EXP_DEBUG=1 for the traceback)", err=True)
+        sys.exit(FatalError.exit_code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -319,8 +329,8 @@ def search(data_path: str, space_path: str, study: str, n_trials: int, timeout: 
         _run_kt_search(cfg, tuner)
         click.echo(f"see it with: {ui_command(uri)}")
         return
-    _run_search(cfg, resume_hint=f"fer-exp search --data {data_path} --space {space_path} --study {study} "
-                                 f"--n-trials {n_trials}" + (f" --storage {storage}" if "sqlite" not in storage else ""))
+    _run_search(cfg, resume_hint=_resume_hint(["search", "--data", data_path, "--space", space_path, "--study", study,
+                                               "--n-trials", str(n_trials)], cfg, tracking_uri))
     click.echo(f"see it with: {ui_command(uri)}")
 
 
@@ -376,7 +386,7 @@ def worker(data_path: str, study: str, n_trials: int | None, timeout: str | None
                        space_path=None, n_trials=n_trials, timeout_seconds=_parse_duration(timeout),
                        max_consecutive_failures=max_consecutive_failures, model_name=model_name, gpu=gpu,
                        heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    _run_search(cfg, resume_hint=f"fer-exp worker --data {data_path} --study {study} --storage {storage}")
+    _run_search(cfg, resume_hint=_resume_hint(["worker", "--data", data_path, "--study", study], cfg, tracking_uri))
 
 
 @cli.command()
@@ -394,6 +404,18 @@ def reconcile(study: str, storage: str, tracking_uri: str | None, grace_period: 
     for note in notes:
         click.echo(note)
     click.echo(f"reconciled study {study}: {len(notes)} change(s)")
+
+
+def _resume_hint(args: list[str], cfg: Any, tracking_uri: str | None) -> str:
+    """The command that resumes this search with the same stores and Training subset."""
+    import shlex
+
+    from fer_experiments.search.study import DEFAULT_STORAGE
+
+    extra = [("--storage", cfg.storage if cfg.storage != DEFAULT_STORAGE else None), ("--tracking-uri", tracking_uri),
+             ("--limit", cfg.data.limit), ("--experiment", cfg.experiment), ("--cache-dir", cfg.data.cache_dir)]
+    args += [str(part) for opt, value in extra if value is not None for part in (opt, value)]
+    return "fer-exp " + " ".join(shlex.quote(a) for a in args)
 
 
 def _run_search(cfg: Any, resume_hint: str) -> None:

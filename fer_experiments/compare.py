@@ -32,13 +32,19 @@ class Comparison:
     budget_epochs: int
     runs: list[EngineRun]
     parent_run_id: str
+    objective: str = "val_accuracy"
+
+    @property
+    def label(self) -> str:
+        """The objective in words (``best PublicTest accuracy`` or ``best PublicTest macro-F1``)."""
+        return "best PublicTest " + ("accuracy" if self.objective == "val_accuracy" else "macro-F1")
 
     def table(self) -> str:
         """Per run and per engine (mean and standard deviation over seeds)."""
-        lines = [f"{'engine':<12} {'seed':>4} {'trials':>6} {'epochs':>6} {'best PublicTest acc':>20}"]
+        lines = [f"{'engine':<12} {'seed':>4} {'trials':>6} {'epochs':>6} {self.label:>26}"]
         for r in self.runs:
             best = "-" if r.best is None else f"{r.best:.4f}"
-            lines.append(f"{r.engine:<12} {r.seed:>4} {r.trials:>6} {r.epochs_spent:>6} {best:>20}")
+            lines.append(f"{r.engine:<12} {r.seed:>4} {r.trials:>6} {r.epochs_spent:>6} {best:>26}")
         lines.append("")
         for engine in dict.fromkeys(r.engine for r in self.runs):
             bests = [r.best for r in self.runs if r.engine == engine and r.best is not None]
@@ -48,13 +54,13 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
-        rows = ["engine,seed,study,trials,epochs_spent,best_public_accuracy"]
+        rows = [f"engine,seed,study,trials,epochs_spent,best_{self.objective}"]
         rows += [f"{r.engine},{r.seed},{r.study},{r.trials},{r.epochs_spent},{'' if r.best is None else r.best}"
                  for r in self.runs]
         return "\n".join(rows) + "\n"
 
 
-def _figure(runs: list[EngineRun]) -> Any:
+def _figure(runs: list[EngineRun], label: str) -> Any:
     from fer_experiments.evaluation.plots import _figure as new_figure
 
     fig = new_figure(8, 5)
@@ -67,7 +73,7 @@ def _figure(runs: list[EngineRun]) -> Any:
             ax.step(xs, ys, where="post", color=colours.get(r.engine), alpha=0.85, marker="o", markersize=3,
                     linestyle=("-", "--", ":", "-.")[r.seed % 4], label=f"{r.engine} seed {r.seed}")
     ax.set_xlabel("epochs spent")
-    ax.set_ylabel("best PublicTest accuracy")
+    ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Optuna (TPE + Hyperband pruner) vs keras-tuner (Hyperband)")
@@ -91,11 +97,12 @@ def compare_engines(base: SearchConfig, budget_epochs: int, seeds: int,
     parent_id = create_run(base.tracking_uri, "compare-engines", f"compare-{space.name}-{stamp}", tags={
         "fer.kind": "compare-engines", "space_file": str(space.source), "space_hash": space.content_hash()})
     parent = TrackedRun(parent_id, base.tracking_uri)
-    parent.log_params({"budget_epochs": budget_epochs, "seeds": seeds, "space": space.name,
-                       "limit": base.data.limit if base.data.limit is not None else space.train_limit})
     runs: list[EngineRun] = []
-    status = "KILLED"
+    status = "FAILED"
     try:
+        parent.log_params({"budget_epochs": budget_epochs, "seeds": seeds, "space": space.name,
+                           "objective": space.objective,
+                           "limit": base.data.limit if base.data.limit is not None else space.train_limit})
         for seed in range(seeds):
             study = f"cmp-{stamp}-optuna-s{seed}"
             echo(f"== optuna seed {seed}: study {study}")
@@ -113,12 +120,15 @@ def compare_engines(base: SearchConfig, budget_epochs: int, seeds: int,
             runs.append(EngineRun("keras-tuner", seed, study, k.complete + k.failed, k.epochs_spent, k.best_value,
                                   k.curve))
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        result = Comparison(budget_epochs=budget_epochs, runs=runs, parent_run_id=parent_id)
+        result = Comparison(budget_epochs=budget_epochs, runs=runs, parent_run_id=parent_id, objective=space.objective)
         if runs:
             parent.log_text(result.table(), "compare/engines.txt")
             parent.log_text(result.csv(), "compare/engines.csv")
-            parent.log_figure(_figure(runs), "compare/best_vs_epochs.png")
+            parent.log_figure(_figure(runs, result.label), "compare/best_vs_epochs.png")
         end_run(base.tracking_uri, parent_id, status)
     return result
 

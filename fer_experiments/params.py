@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from fer_experiments.errors import ConfigError
 
-BatchNormPlacement = Literal["none", "before_activation", "after_activation", "dense_only"]
 BATCHNORM_PLACEMENTS: tuple[str, ...] = ("none", "before_activation", "after_activation", "dense_only")
 HEADS: tuple[str, ...] = ("flatten", "global_avg")
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "swish")

@@ -11,7 +11,9 @@ failed: this engine counts COMPLETED trials itself and fails loudly when there a
 
 from __future__ import annotations
 
+import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import keras_tuner
 
 from fer_experiments.config import DataConfig, SearchConfig
-from fer_experiments.errors import ConfigError, FatalError, TrialFailed
+from fer_experiments.errors import ConfigError, DataError, FatalError, TrialFailed
 
 if TYPE_CHECKING:
     from fer_experiments.experiment import TrainingData
@@ -108,6 +110,8 @@ class _Runner:
     outcome: KtOutcome
     on_trial: Callable[[KtOutcome], None] | None = None
     started_trials: int = 0
+    #: time.monotonic() after which no new trial starts (--timeout)
+    deadline: float | None = None
 
     def __call__(self, trial: Any) -> dict[str, float]:
         from fer_experiments.experiment import base_tags, tracked_training
@@ -116,7 +120,8 @@ class _Runner:
         from fer_experiments.tracking import start_run
 
         if self.started_trials >= self.n_trials or (
-                self.epoch_budget is not None and self.outcome.epochs_spent >= self.epoch_budget):
+                self.epoch_budget is not None and self.outcome.epochs_spent >= self.epoch_budget) or (
+                self.deadline is not None and time.monotonic() >= self.deadline):
             raise BudgetSpent("budget spent")
         self.started_trials += 1
         number = int(trial.trial_id)
@@ -126,7 +131,8 @@ class _Runner:
         epochs = int(hp.values.get("tuner/epochs", epochs_for(self.space, values)))
         tags = base_tags(self.data) | {
             "fer.kind": "trial", "fer.engine": ENGINE, "study": self.cfg.study, "trial_number": number,
-            "keras_tuner_trial_id": trial.trial_id, "host": socket.gethostname()}
+            "keras_tuner_trial_id": trial.trial_id, "host": socket.gethostname(),
+            "gpu": str(self.cfg.gpu) if self.cfg.gpu is not None else os.environ.get("FER_EXP_GPU_LABEL")}
         reached = {"epoch": 0}
 
         def observe(epoch: int, metrics: dict[str, float]) -> None:
@@ -168,7 +174,8 @@ class _Runner:
         return {self.space.objective: result.objective_value}
 
 
-def _parent_run(cfg: SearchConfig, experiment: str, space: "SearchSpace", digest: str, tuner: str) -> str:
+def _parent_run(cfg: SearchConfig, experiment: str, space: "SearchSpace", digest: str, tuner: str,
+                limit: int | None) -> str:
     """The study's parent run: found by its tags (a resumed study), else created."""
     from fer_experiments.tracking import create_run, find_runs
     from fer_experiments.tracking.runs import git_commit
@@ -180,13 +187,16 @@ def _parent_run(cfg: SearchConfig, experiment: str, space: "SearchSpace", digest
             raise ConfigError(f"{space.source}: this search space differs from the one keras-tuner study "
                               f"{cfg.study!r} was created with; start a new study with another --study name")
         if found[0].tags.get("data_digest") != digest:
-            raise ConfigError(f"study {cfg.study!r} was created on other data (digest "
-                              f"{found[0].tags.get('data_digest', '')[:12]}); point --data at the same data set")
+            raise DataError(f"study {cfg.study!r} was created on other data (digest "
+                            f"{found[0].tags.get('data_digest', '')[:12]}); point --data at the same data set")
+        if found[0].tags.get("train_limit") != str(limit):
+            raise ConfigError(f"--limit {limit}: keras-tuner study {cfg.study!r} trains on limit "
+                              f"{found[0].tags.get('train_limit')}; use the same, or start a new study")
         return found[0].run_id
     return create_run(cfg.tracking_uri, experiment, f"study-{cfg.study}", tags={
         "fer.kind": "study", "fer.engine": ENGINE, "keras_tuner": tuner, "study": cfg.study,
         "space_file": str(space.source), "space_hash": space.content_hash(), "space_name": space.name,
-        "data_digest": digest, "git_commit": git_commit(), "objective": space.objective})
+        "data_digest": digest, "train_limit": str(limit), "git_commit": git_commit(), "objective": space.objective})
 
 
 def run_kt_search(cfg: SearchConfig, tuner: str = "hyperband", *, space: "SearchSpace | None" = None,
@@ -211,43 +221,50 @@ def run_kt_search(cfg: SearchConfig, tuner: str = "hyperband", *, space: "Search
     data = load_training_data(DataConfig(path=cfg.data.path, limit=limit, subset_seed=cfg.data.subset_seed,
                                          cache_dir=cfg.data.cache_dir), dataset)
     experiment = cfg.experiment or cfg.study
-    parent_id = _parent_run(cfg, experiment, space, dataset.digest, tuner)
+    parent_id = _parent_run(cfg, experiment, space, dataset.digest, tuner, limit)
     n_trials = cfg.n_trials or 10**9
     outcome = KtOutcome(study=cfg.study, parent_run_id=parent_id)
     runner = _Runner(space=space, data=data, cfg=cfg, experiment=experiment, parent_run_id=parent_id,
                      n_trials=n_trials, epoch_budget=epoch_budget, on_epoch=on_epoch, outcome=outcome,
                      on_trial=on_trial)
-    seed = seed if seed is not None else int(space.sampler.get("seed") or 42)
-    common: dict[str, Any] = dict(
-        hypermodel=_SpaceHyperModel(space), objective=keras_tuner.Objective(space.objective, direction="max"),
-        seed=seed, directory=str(project_dir(cfg.tracking_uri)), project_name=cfg.study, overwrite=overwrite,
-        max_consecutive_failed_trials=cfg.max_consecutive_failures)
-    if tuner == "hyperband":
-        # Many Hyperband iterations: the trial or epoch budget, not the bracket schedule, ends the search.
-        kt = _tuner_class(tuner)(runner, max_epochs=space.max_epochs, factor=3, hyperband_iterations=1000, **common)
-    else:
-        kt = _tuner_class(tuner)(runner, max_trials=n_trials if cfg.n_trials else 100, **common)
-    before = _count(kt)
-    runner.started_trials = before["COMPLETED"] + before["FAILED"] + before["INVALID"]
+    if seed is None:
+        seed = space.sampler.get("seed")
+        seed = 42 if seed is None else int(seed)
+    runner.deadline = None if cfg.timeout_seconds is None else time.monotonic() + cfg.timeout_seconds
+    final = "FAILED"
+    # From here on the parent run is RUNNING; every way out below gives it a terminal status.
     set_status(cfg.tracking_uri, parent_id, "RUNNING")
-    interrupted = False
     try:
-        kt.search(verbose=0)
-    except BudgetSpent:
-        pass
-    except keras_tuner.errors.FatalError as exc:
-        outcome.notes.append(f"keras-tuner stopped: {str(exc).splitlines()[0][:300]}")
-    except RuntimeError as exc:
-        if "consecutive failures" not in str(exc):
-            raise
-        # keras-tuner's own consecutive-failure limit: report it as ours (a fatal stop with the reason).
-        raise FatalError(f"keras-tuner search {cfg.study!r} stopped after {cfg.max_consecutive_failures} consecutive "
-                         f"failed trials (last reason: {_last_failure(kt)})") from None
+        common: dict[str, Any] = dict(
+            hypermodel=_SpaceHyperModel(space), objective=keras_tuner.Objective(space.objective, direction="max"),
+            seed=seed, directory=str(project_dir(cfg.tracking_uri)), project_name=cfg.study, overwrite=overwrite,
+            max_consecutive_failed_trials=cfg.max_consecutive_failures)
+        if tuner == "hyperband":
+            # Many Hyperband iterations: the trial or epoch budget, not the bracket schedule, ends the search.
+            kt = _tuner_class(tuner)(runner, max_epochs=space.max_epochs, factor=3, hyperband_iterations=1000,
+                                     **common)
+        else:
+            kt = _tuner_class(tuner)(runner, max_trials=n_trials if cfg.n_trials else 100, **common)
+        before = _count(kt)
+        runner.started_trials = before["COMPLETED"] + before["FAILED"] + before["INVALID"]
+        try:
+            kt.search(verbose=0)
+        except BudgetSpent:
+            pass
+        except keras_tuner.errors.FatalError as exc:
+            outcome.notes.append(f"keras-tuner stopped: {str(exc).splitlines()[0][:300]}")
+        except RuntimeError as exc:
+            if "consecutive failures" not in str(exc):
+                raise
+            # keras-tuner's own consecutive-failure limit: report it as ours (a fatal stop with the reason).
+            raise FatalError(f"keras-tuner search {cfg.study!r} stopped after {cfg.max_consecutive_failures} "
+                             f"consecutive failed trials (last reason: {_last_failure(kt)})") from None
+        final = "FINISHED"
     except KeyboardInterrupt:
-        interrupted = True
+        final = "KILLED"
         raise
     finally:
-        set_status(cfg.tracking_uri, parent_id, "KILLED" if interrupted else "FINISHED")
+        set_status(cfg.tracking_uri, parent_id, final)
     counts = _count(kt)
     outcome.complete, outcome.failed = counts["COMPLETED"], counts["FAILED"] + counts["INVALID"]
     _best_from_oracle(kt, outcome, cfg, experiment)
@@ -257,6 +274,7 @@ def run_kt_search(cfg: SearchConfig, tuner: str = "hyperband", *, space: "Search
                            {"best_value": outcome.best_value} if outcome.best_value is not None else {}))
     if outcome.complete == 0:
         # keras-tuner would still name a "best" trial here; an all-failed search is a failure.
+        set_status(cfg.tracking_uri, parent_id, "FAILED")
         raise FatalError(f"keras-tuner search {cfg.study!r}: no trial completed ({outcome.failed} failed; "
                          f"last reason: {_last_failure(kt)})")
     if register:

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 
-from fer_experiments.errors import ConfigError, DataError, Refused
+from fer_experiments.errors import ConfigError, DataError, FatalError, Refused
 
 #: Run metric holding the PublicTest accuracy of the logged (best-epoch) model.
 PUBLIC_ACC = "best_val_accuracy"
@@ -81,8 +81,12 @@ def resolve_candidate(cfg: PromoteConfig) -> Candidate:
     assert run_id is not None
     try:
         run = get_run(cfg.tracking_uri, run_id)
+    except FatalError:
+        raise
     except Exception as exc:  # noqa: BLE001 - mlflow raises its own type for an unknown run
-        raise ConfigError(f"run {run_id}: not found in the tracking store ({str(exc).splitlines()[0][:200]})") from exc
+        if "not found" in str(exc).lower() or "RESOURCE_DOES_NOT_EXIST" in str(exc):
+            raise ConfigError(f"run {run_id}: not found in the tracking store") from exc
+        raise FatalError(f"run {run_id}: cannot be read from the tracking store: {str(exc).splitlines()[0][:200]}") from exc
     if not any(k.startswith("fer.model_id.") for k in run.tags):
         raise ConfigError(f"run {run_id} has no logged model (nothing to register)")
     return Candidate(run_id=run_id, study=study or run.tags.get("optuna_study") or run.tags.get("study"),

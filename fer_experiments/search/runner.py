@@ -103,13 +103,8 @@ def _run_search(cfg: SearchConfig, progress_stream: Any, space_override: Any, ep
     data = load_training_data(DataConfig(path=cfg.data.path, limit=settings.limit, subset_seed=cfg.data.subset_seed,
                                          cache_dir=cfg.data.cache_dir), dataset)
     parent_id = _ensure_parent_run(study, storage, cfg, settings.experiment, space, dataset.digest)
-    for name in cfg.enqueue:
-        study.enqueue_trial(preset_values_for_space(space, get_preset(name).values()), skip_if_exists=True)
-
     outcome = SearchOutcome(study=cfg.study, parent_run_id=parent_id)
-    outcome.notes += reconcile(study, cfg.tracking_uri, settings.experiment)
     progress = Progress(n_trials, progress_stream)
-    _seed_progress(progress, study)
     parent = TrackedRun(parent_id, cfg.tracking_uri)
     objective = Objective(space=space, data=data, tracking_uri=cfg.tracking_uri, experiment=settings.experiment,
                           parent_run_id=parent_id, study_name=cfg.study,
@@ -134,16 +129,21 @@ def _run_search(cfg: SearchConfig, progress_stream: Any, space_override: Any, ep
             consecutive["failures"] = 0
         if trial.state == TrialState.COMPLETE and progress.best is not None:
             parent.log_metrics({"best_value": progress.best}, step=trial.number)
-        for note in reconcile(st, cfg.tracking_uri, settings.experiment):
+        for note in _safe_reconcile(st, cfg.tracking_uri, settings.experiment):
             progress.note(note)
 
-    set_status(cfg.tracking_uri, parent_id, "RUNNING")
-    interrupted = False
     gate = TrialGate(cfg.storage)
     objective.on_start = gate.release
     deadline = None if cfg.timeout_seconds is None else time.monotonic() + cfg.timeout_seconds
     ran_any = False
+    final = "FAILED"
+    # From here on the parent run is RUNNING; every way out below gives it a terminal status.
+    set_status(cfg.tracking_uri, parent_id, "RUNNING")
     try:
+        for name in cfg.enqueue:
+            study.enqueue_trial(preset_values_for_space(space, get_preset(name).values()), skip_if_exists=True)
+        outcome.notes += _safe_reconcile(study, cfg.tracking_uri, settings.experiment)
+        _seed_progress(progress, study)
         while not outcome.stopped and not stop["requested"] and (deadline is None or time.monotonic() < deadline):
             # Count and start under one cross-process lock (released by the trial as soon as it exists), so that
             # workers together start exactly the trials the study still needs: --n-trials is the study's total.
@@ -161,22 +161,41 @@ def _run_search(cfg: SearchConfig, progress_stream: Any, space_override: Any, ep
         if not ran_any and finished_count(study) >= n_trials:
             outcome.notes.append(f"study {cfg.study!r} already holds {n_trials} finished trials; "
                                  "raise --n-trials to add more")
+        final = "FAILED" if outcome.stopped else "FINISHED"
     except KeyboardInterrupt:
-        interrupted = True
+        final = "KILLED"
         raise
     finally:
         gate.close()
-        set_status(cfg.tracking_uri, parent_id, "KILLED" if interrupted else "FINISHED")
-        if not interrupted:
-            outcome.notes += reconcile(study, cfg.tracking_uri, settings.experiment)
+        _end_parent(study, cfg.tracking_uri, parent_id, final)
+    outcome.notes += _safe_reconcile(study, cfg.tracking_uri, settings.experiment)
     _fill_outcome(outcome, study)
     outcome.notes += _summarise(study, parent, cfg)
     if register:
-        outcome.registered_version = _register_challenger(study, cfg, outcome)
+        with storage_lock(cfg.storage):  # workers ending together register the new best once
+            outcome.registered_version = _register_challenger(study, cfg, outcome)
     if outcome.stopped:
         raise FatalError(f"search stopped: {outcome.stopped} (last reason: "
                          f"{_last_fail_reason(study)}); {format_outcome(outcome)}")
     return outcome
+
+
+def _end_parent(study: optuna.Study, uri: str, parent_id: str, status: str) -> None:
+    """End the study's parent run, unless it finished normally while another worker still runs a trial (that worker
+    ends it later)."""
+    from fer_experiments.tracking import set_status
+
+    if status == "FINISHED" and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return
+    set_status(uri, parent_id, status)
+
+
+def _safe_reconcile(study: optuna.Study, uri: str, experiment: str) -> list[str]:
+    """Reconcile, but never let a tracking hiccup end a search: report it as a note instead."""
+    try:
+        return reconcile(study, uri, experiment)
+    except Exception as exc:  # noqa: BLE001 - reconciling is housekeeping; the next call retries it
+        return [f"reconcile skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"]
 
 
 def _taken(study: optuna.Study) -> int:

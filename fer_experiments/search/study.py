@@ -108,11 +108,6 @@ def sole_sqlite_writer(storage: str) -> Iterator[None]:
         yield
 
 
-#: Heartbeat defaults: a worker killed mid-trial is noticed after the grace period by the next worker to ask.
-HEARTBEAT_INTERVAL = 60
-GRACE_PERIOD = 180
-
-
 def open_storage(storage: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  ) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for ``storage``, tables created once under a lock.

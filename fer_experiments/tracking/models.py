@@ -31,17 +31,6 @@ def load_keras_model(model_uri: str, tracking_uri: str | None = None) -> "keras.
         raise _load_error(model_uri, exc) from exc
 
 
-def load_pyfunc(model_uri: str, tracking_uri: str | None = None) -> Any:
-    """The MLflow pyfunc flavour of a logged model."""
-    import mlflow.pyfunc
-
-    _prepare(tracking_uri)
-    try:
-        return mlflow.pyfunc.load_model(model_uri)
-    except Exception as exc:  # noqa: BLE001
-        raise _load_error(model_uri, exc) from exc
-
-
 def _prepare(tracking_uri: str | None) -> None:
     from fer_experiments.tracking.store import default_tracking_uri, prepare_store
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from fer_experiments.errors import ConfigError
+from fer_experiments.errors import ConfigError, FatalError
 from fer_experiments.tracking.runs import _client, _retry
 from fer_experiments.tracking.store import prepare_store
 
@@ -80,9 +80,12 @@ def alias_version(uri: str, name: str, alias: str) -> ModelVersion | None:
 
     prepare_store(uri)
     try:
-        return _to_version(_client(uri).get_model_version_by_alias(name, alias))
-    except MlflowException:
-        return None
+        return _to_version(_retry(lambda: _client(uri).get_model_version_by_alias(name, alias)))
+    except MlflowException as exc:
+        # Only "no such model / alias" means no champion; an unreachable store must not look like one.
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise FatalError(f"cannot read {name}@{alias} from the registry: {str(exc).splitlines()[0][:200]}") from exc
 
 
 def set_alias(uri: str, name: str, alias: str, version: str) -> None:

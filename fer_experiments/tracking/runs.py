@@ -7,6 +7,7 @@ RUNNING (MLflow's own atexit hook would mark a still-open run FINISHED, mlflow#3
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -91,9 +92,6 @@ class TrackedRun:
 
     def log_figure(self, fig: "Figure", artifact_file: str) -> None:
         self._client().log_figure(self.run_id, fig, artifact_file)
-
-    def log_file(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        self._client().log_artifact(self.run_id, str(path), artifact_path)
 
     def log_dataset(self, *, name: str, digest: str, source: str, context: str, tags: Mapping[str, str] | None = None) -> None:
         """Record the data set as an MLflow input (name, content digest, source path), without uploading it."""
@@ -269,6 +267,7 @@ def model_requirements() -> list[str]:
     return reqs
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the fer-exp checkout in use, if it is a git checkout."""
     here = Path(__file__).resolve().parent

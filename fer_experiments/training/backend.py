@@ -1,13 +1,6 @@
-"""The few backend-specific switches (seeds, determinism, quiet logs), kept out of model and training code."""
+"""The few backend-specific switches (seeds, determinism, log level), kept out of model and training code."""
 
 from __future__ import annotations
-
-import os
-
-
-def quiet_backend_logs() -> None:
-    """Silence TensorFlow's C++ start-up chatter; must run before the backend is imported."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def seed_everything(seed: int) -> None:
