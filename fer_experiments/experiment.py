@@ -73,6 +73,70 @@ def tracked_training(run: "TrackedRun", model_params: ModelParams, train_params:
     return result
 
 
+@dataclass
+class TrialRun:
+    """How one search trial's training ended, engine-neutral: COMPLETE (``result``), FAIL (``failure``) or stopped
+    on purpose by the engine (``stopped``, e.g. Optuna's pruning exception)."""
+
+    run_id: str
+    epochs_reached: int
+    result: "TrainResult | None" = None
+    failure: str | None = None
+    stopped: BaseException | None = None
+
+
+def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, number: int, tags: dict[str, Any],
+                  data: TrainingData, values: dict[str, Any], epochs: int, objective: str,
+                  extra_params: dict[str, Any], observers: Sequence["EpochObserver"] = (),
+                  stop_exceptions: tuple[type[BaseException], ...] = (),
+                  on_run: Callable[[str], None] | None = None) -> TrialRun:
+    """One search trial as a child MLflow run of the study's parent run, for either engine.
+
+    The run ends FINISHED (trial_state COMPLETE), FAILED (FAIL, with ``fail_reason``: NaN loss, out of memory, an
+    invalid combination or any other error of this trial alone) or KILLED (PRUNED, tagged with the epoch reached,
+    when an observer raises one of ``stop_exceptions``). Ctrl-C/SIGTERM propagate after tagging the run FAIL.
+    """
+    from fer_experiments.errors import ConfigError, TrialFailed
+    from fer_experiments.params import split_params
+    from fer_experiments.tracking import start_run
+
+    reached = {"epoch": 0}
+
+    def count(epoch: int, metrics: dict[str, float]) -> None:
+        reached["epoch"] = epoch
+
+    with start_run(tracking_uri, experiment, run_name=f"trial-{number}", tags=base_tags(data) | tags,
+                   parent_run_id=parent_run_id) as run:
+        if on_run is not None:
+            on_run(run.run_id)
+        outcome = TrialRun(run_id=run.run_id, epochs_reached=0)
+        try:
+            model_params, train_params = split_params(values | {"epochs": epochs})
+            outcome.result = tracked_training(run, model_params, train_params, data, objective=objective,
+                                              extra_params={"trial_number": number} | extra_params,
+                                              observers=[count, *observers])
+        except stop_exceptions as exc:
+            run.set_tags({"trial_state": "PRUNED", "pruned": "true", "pruned_at_epoch": reached["epoch"]})
+            # Pruned = stopped on purpose before its last epoch: KILLED, for every pruned trial alike.
+            run.final_status = "KILLED"
+            outcome.stopped = exc
+        except KeyboardInterrupt:
+            run.set_tags({"trial_state": "FAIL", "fail_reason": "interrupted"})
+            raise
+        except (TrialFailed, ConfigError) as exc:
+            outcome.failure = str(exc)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error fails this trial, not the search
+            outcome.failure = f"{type(exc).__name__}: {exc}"
+        if outcome.failure is not None:
+            outcome.failure = outcome.failure.splitlines()[0][:1000] if outcome.failure else "unknown error"
+            run.set_tags({"trial_state": "FAIL", "fail_reason": outcome.failure})
+            run.final_status = "FAILED"
+        elif outcome.result is not None:
+            run.set_tags({"trial_state": "COMPLETE", "objective_value": outcome.result.objective_value})
+    outcome.epochs_reached = reached["epoch"]
+    return outcome
+
+
 def log_result(run: "TrackedRun", result: "TrainResult") -> None:
     """Log the selected (best-epoch) evaluation, its artifacts and the model."""
     from fer_experiments.evaluation.plots import learning_curves_figure

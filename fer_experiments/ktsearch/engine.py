@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import keras_tuner
 
 from fer_experiments.config import DataConfig, SearchConfig
-from fer_experiments.errors import ConfigError, DataError, FatalError, TrialFailed
+from fer_experiments.errors import ConfigError, DataError, FatalError
 
 if TYPE_CHECKING:
     from fer_experiments.experiment import TrainingData
@@ -114,10 +114,8 @@ class _Runner:
     deadline: float | None = None
 
     def __call__(self, trial: Any) -> dict[str, float]:
-        from fer_experiments.experiment import base_tags, tracked_training
-        from fer_experiments.params import split_params
+        from fer_experiments.experiment import tracked_trial
         from fer_experiments.spaces import define_kt, epochs_for
-        from fer_experiments.tracking import start_run
 
         if self.started_trials >= self.n_trials or (
                 self.epoch_budget is not None and self.outcome.epochs_spent >= self.epoch_budget) or (
@@ -129,47 +127,32 @@ class _Runner:
         values = define_kt(self.space, hp)
         # Hyperband hands each trial its epochs; fer-exp trains from scratch rather than from a checkpoint.
         epochs = int(hp.values.get("tuner/epochs", epochs_for(self.space, values)))
-        tags = base_tags(self.data) | {
+        tags = {
             "fer.kind": "trial", "fer.engine": ENGINE, "study": self.cfg.study, "trial_number": number,
             "keras_tuner_trial_id": trial.trial_id, "host": socket.gethostname(),
             "gpu": str(self.cfg.gpu) if self.cfg.gpu is not None else os.environ.get("FER_EXP_GPU_LABEL")}
-        reached = {"epoch": 0}
 
         def observe(epoch: int, metrics: dict[str, float]) -> None:
-            reached["epoch"] = epoch
             if self.on_epoch is not None:
                 self.on_epoch(number, epoch, epochs, metrics)
 
-        failure: str | None = None
-        with start_run(self.cfg.tracking_uri, self.experiment, run_name=f"trial-{number}", tags=tags,
-                       parent_run_id=self.parent_run_id) as run:
-            try:
-                model_params, train_params = split_params(values | {"epochs": epochs})
-                result = tracked_training(run, model_params, train_params, self.data, objective=self.space.objective,
-                                          extra_params={"trial_number": number, "space": self.space.name,
-                                                        "engine": ENGINE}, observers=[observe])
-            except (TrialFailed, ConfigError) as exc:
-                failure = str(exc)
-            except Exception as exc:  # noqa: BLE001 - one broken trial must not end the search
-                failure = f"{type(exc).__name__}: {exc}"
-            if failure is not None:
-                failure = failure.splitlines()[0][:1000] if failure else "unknown error"
-                run.set_tags({"trial_state": "FAIL", "fail_reason": failure})
-                run.final_status = "FAILED"
-            else:
-                run.set_tags({"trial_state": "COMPLETE", "objective_value": result.objective_value})
+        done = tracked_trial(
+            tracking_uri=self.cfg.tracking_uri, experiment=self.experiment, parent_run_id=self.parent_run_id,
+            number=number, tags=tags, data=self.data, values=values, epochs=epochs, objective=self.space.objective,
+            extra_params={"space": self.space.name, "engine": ENGINE}, observers=[observe])
+        result, failure = done.result, done.failure
         out = self.outcome
-        out.epochs_spent += reached["epoch"]
-        if failure is None:
+        out.epochs_spent += done.epochs_reached
+        if result is not None:
             out.complete += 1
             if out.best_value is None or result.objective_value > out.best_value:
-                out.best_value, out.best_trial, out.best_run_id = result.objective_value, number, run.run_id
+                out.best_value, out.best_trial, out.best_run_id = result.objective_value, number, done.run_id
         else:
             out.failed += 1
         out.curve.append((out.epochs_spent, out.best_value))
         if self.on_trial is not None:
             self.on_trial(out)
-        if failure is not None:
+        if result is None:
             raise keras_tuner.errors.FailedTrialError(f"trial {number}: {failure}")
         return {self.space.objective: result.objective_value}
 
