@@ -27,6 +27,11 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
+def lock_file_beside(db: Path, suffix: str = ".lock") -> Path:
+    """The lock file kept next to a SQLite database file (``optuna.db`` -> ``optuna.db.lock``)."""
+    return db.with_name(db.name + suffix)
+
+
 @contextlib.contextmanager
 def advisory_lock(url: str, key: int) -> Iterator[None]:
     """A PostgreSQL session advisory lock on ``key`` for the block (released when the session ends, even if the
@@ -51,7 +56,7 @@ def setup_lock(url: str, key: int) -> Iterator[None]:
     PostgreSQL, nothing for other stores (a tracking server sets up its own database)."""
     db = sqlite_file(url)
     if db is not None:
-        with file_lock(db.with_name(db.name + ".lock")):
+        with file_lock(lock_file_beside(db)):
             yield
     elif is_postgres(url):
         with advisory_lock(url, key):

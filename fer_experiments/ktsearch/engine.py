@@ -61,9 +61,10 @@ class KtOutcome:
 
 def project_dir(tracking_uri: str) -> Path:
     """keras-tuner's folder: beside the MLflow SQLite store, else ``mlruns/keras-tuner``."""
-    from fer_experiments.tracking.store import DEFAULT_STORE_DIR, sqlite_path
+    from fer_experiments.locks import sqlite_file
+    from fer_experiments.tracking.store import DEFAULT_STORE_DIR
 
-    db = sqlite_path(tracking_uri)
+    db = sqlite_file(tracking_uri)
     return (db.parent if db is not None else Path(DEFAULT_STORE_DIR)) / "keras-tuner"
 
 

@@ -7,7 +7,6 @@ import datetime as dt
 import logging
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import optuna
@@ -15,7 +14,15 @@ from optuna.trial import TrialState
 
 from fer_experiments.errors import ConfigError, DataError, FatalError
 from fer_experiments.io import file_lock
-from fer_experiments.locks import STUDY_SETUP_KEY, TRIAL_GATE_KEY, advisory_lock, is_postgres, setup_lock, sqlite_file
+from fer_experiments.locks import (
+    STUDY_SETUP_KEY,
+    TRIAL_GATE_KEY,
+    advisory_lock,
+    is_postgres,
+    lock_file_beside,
+    setup_lock,
+    sqlite_file,
+)
 from fer_experiments.tracking.store import DEFAULT_STORE_DIR, redact_uri
 
 if TYPE_CHECKING:
@@ -47,11 +54,6 @@ class StudySettings:
     experiment: str
     parent_run_id: str | None
     n_trials: int | None = None
-
-
-def _lock_path(storage: str) -> Path | None:
-    db = sqlite_file(storage)
-    return None if db is None else db.with_name(db.name + ".lock")
 
 
 def storage_lock(storage: str) -> contextlib.AbstractContextManager[None]:
@@ -93,13 +95,13 @@ def sole_sqlite_writer(storage: str) -> Iterator[None]:
 
     SQLite takes one writer at a time; Optuna's heartbeats and trial updates from several processes collide.
     """
-    path = _lock_path(storage)
-    if path is None:
+    db = sqlite_file(storage)
+    if db is None:
         yield
         return
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(file_lock(path.with_suffix(".workers"), blocking=False))
+            stack.enter_context(file_lock(lock_file_beside(db, ".workers"), blocking=False))
         except BlockingIOError:
             raise ConfigError(
                 f"another fer-exp search or worker is already using the SQLite storage {storage}; SQLite takes one "

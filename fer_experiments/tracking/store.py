@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from fer_experiments.errors import ConfigError, FatalError
@@ -20,18 +19,13 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, or None for other stores."""
-    return sqlite_file(uri)
-
-
 def artifact_root(uri: str) -> str | None:
     """Artifact folder for experiments in a SQLite store: ``<db folder>/artifacts`` as an absolute file URI.
 
     MLflow would otherwise put artifacts under the working folder *at experiment creation*, which breaks as soon
     as a command runs from elsewhere. Servers (http) choose their own artifact root.
     """
-    db = sqlite_path(uri)
+    db = sqlite_file(uri)
     if db is None:
         return None
     return (db.resolve().parent / "artifacts").as_uri()
