@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from fer_experiments.models.presets import get_preset
 
     if args.model:
-        from fer_experiments.tracking.models import load_keras_model
+        from fer_experiments.tracking.model_io import load_keras_model
 
         small = load_keras_model(args.model, args.tracking_uri)
     else:

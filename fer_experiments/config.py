@@ -6,6 +6,17 @@ from dataclasses import dataclass, field
 
 from fer_experiments.params import ModelParams, TrainParams
 
+#: The embedded defaults: MLflow's and Optuna's SQLite files and MLflow's artifacts live in this folder.
+DEFAULT_STORE_DIR = "mlruns"
+DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_STORE_DIR}/mlflow.db"
+DEFAULT_STORAGE = f"sqlite:///{DEFAULT_STORE_DIR}/optuna.db"
+DEFAULT_MODEL_NAME = "fer-cnn"
+DEFAULT_ALIAS = "champion"
+#: The alias a search moves to its study's best model.
+DEFAULT_CHALLENGER_ALIAS = "challenger"
+DEFAULT_EXPERIMENT = "fer-exp"
+DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -24,7 +35,7 @@ class TrackingConfig:
     """Where runs (and registered models) go."""
 
     tracking_uri: str
-    experiment: str = "fer-exp"
+    experiment: str = DEFAULT_EXPERIMENT
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class SearchConfig:
     timeout_seconds: float | None = None
     enqueue: tuple[str, ...] = ()
     max_consecutive_failures: int = 5
-    model_name: str = "fer-cnn"
+    model_name: str = DEFAULT_MODEL_NAME
     #: Optuna heartbeat (seconds) and grace period: a dead worker's trial is failed and retried after the grace.
     heartbeat_interval: int = 60
     grace_period: int = 180

@@ -27,20 +27,6 @@ def bytes_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 hex of a file's bytes; for a folder, the image-tree digest ``load_dataset`` uses."""
-    p = Path(path)
-    if p.is_dir():
-        from fer_experiments.data import folders  # folders imports this module
-
-        return folders.tree_digest(p, folders.scan_tree(p, str(path)))
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:  # hashlib.file_digest would need Python 3.11; the project supports 3.10
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_path(cache_dir: str | os.PathLike[str], digest: str) -> Path:
     """Where the cache file for ``digest`` lives."""
     return Path(cache_dir).expanduser() / f"{digest}.npz"

@@ -12,14 +12,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
-
+from fer_experiments.config import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
 from fer_experiments.errors import ConfigError, DataError, FatalError, Refused
+from fer_experiments.tracking import tags
 
-#: Run metric holding the PublicTest accuracy of the logged (best-epoch) model.
-PUBLIC_ACC = "best_val_accuracy"
-PUBLIC_F1 = "best_val_macro_f1"
-HISTORY_TAG = "fer.alias_history.{alias}"
+PUBLIC_ACC = tags.PUBLIC_ACCURACY
+PUBLIC_F1 = tags.PUBLIC_MACRO_F1
+HISTORY_TAG = tags.ALIAS_HISTORY
+
+#: Called with (tracking URI, model name, alias) after an alias moved (or was found in place), e.g. to keep the
+#: MLflow-serving wrapper in step (``fer_experiments.serving.mlflow_service.sync_service_alias``).
+AliasHook = Callable[[str, str, str], object]
 
 
 @dataclass(frozen=True)
@@ -28,9 +33,8 @@ class PromoteConfig:
     data_path: str | None
     study: str | None = None
     run_id: str | None = None
-    storage: str = "sqlite:///mlruns/optuna.db"
-    model_name: str = "fer-cnn"
-    alias: str = "champion"
+    model_name: str = DEFAULT_MODEL_NAME
+    alias: str = DEFAULT_ALIAS
     force: bool = False
     dry_run: bool = False
     min_accuracy: float | None = None
@@ -77,7 +81,7 @@ def resolve_candidate(cfg: PromoteConfig) -> Candidate:
     study = trial = None
     run_id = cfg.run_id
     if cfg.study is not None:
-        study, trial, run_id = _best_of_study(cfg)
+        study, trial, run_id = best_of_study(cfg.tracking_uri, cfg.study)
     assert run_id is not None
     try:
         run = get_run(cfg.tracking_uri, run_id)
@@ -87,64 +91,41 @@ def resolve_candidate(cfg: PromoteConfig) -> Candidate:
         if "not found" in str(exc).lower() or "RESOURCE_DOES_NOT_EXIST" in str(exc):
             raise ConfigError(f"run {run_id}: not found in the tracking store") from exc
         raise FatalError(f"run {run_id}: cannot be read from the tracking store: {str(exc).splitlines()[0][:200]}") from exc
-    if not any(k.startswith("fer.model_id.") for k in run.tags):
+    if not tags.has_model(run.tags):
         raise ConfigError(f"run {run_id} has no logged model (nothing to register)")
-    return Candidate(run_id=run_id, study=study or run.tags.get("optuna_study") or run.tags.get("study"),
-                     trial=trial if trial is not None else _int_or_none(
-                         run.tags.get("optuna_trial_number", run.tags.get("trial_number"))),
+    return Candidate(run_id=run_id, study=study or tags.study_of(run.tags),
+                     trial=trial if trial is not None else tags.trial_number_of(run.tags),
                      public_accuracy=_metric(run.metrics, PUBLIC_ACC, run_id),
-                     public_macro_f1=run.metrics.get(PUBLIC_F1), data_digest=run.tags.get("data_digest"),
-                     private_accuracy=run.metrics.get("test_accuracy"), private_macro_f1=run.metrics.get("test_macro_f1"))
+                     public_macro_f1=run.metrics.get(PUBLIC_F1), data_digest=run.tags.get(tags.DATA_DIGEST),
+                     private_accuracy=run.metrics.get(tags.PRIVATE_ACCURACY),
+                     private_macro_f1=run.metrics.get(tags.PRIVATE_MACRO_F1))
 
 
-def _best_of_study(cfg: PromoteConfig) -> tuple[str, int, str]:
-    """(study, trial, run_id) of the best COMPLETE trial: from Optuna's storage, or for a keras-tuner study (which
-    Optuna does not know) from its trials' MLflow runs."""
-    from fer_experiments.search.study import best_complete_trial
+def best_of_study(tracking_uri: str, study: str) -> tuple[str, int, str]:
+    """(study, trial, run_id) of the study's best COMPLETE trial, from its runs (any engine tags them alike)."""
+    from fer_experiments.tracking import find_runs, find_trial_records
 
-    assert cfg.study is not None
-    try:
-        best = best_complete_trial(cfg.storage, cfg.study)
-    except ConfigError as optuna_error:
-        if "unknown study" not in str(optuna_error):
-            raise
-        found = _best_keras_tuner_trial(cfg)
-        if found is None:
-            raise
-        return found
-    if not best.run_id:
-        raise ConfigError(f"study {cfg.study!r}: trial {best.number} has no MLflow run recorded")
-    return best.study, best.number, best.run_id
-
-
-def _best_keras_tuner_trial(cfg: PromoteConfig) -> tuple[str, int, str] | None:
-    from fer_experiments.tracking import find_runs
-
-    study_filter = f"tags.study = '{cfg.study}' and tags.`fer.engine` = 'keras-tuner'"
-    if not find_runs(cfg.tracking_uri, None, filter_string=f"{study_filter} and tags.`fer.kind` = 'study'"):
-        return None
-    complete = find_runs(cfg.tracking_uri, None, filter_string=f"{study_filter} and tags.trial_state = 'COMPLETE'")
+    records = find_trial_records(tracking_uri, study)
+    if not records and not find_runs(tracking_uri, None, filter_string=tags.study_filter(study, kind=tags.KIND_STUDY)):
+        known = sorted({tags.study_of(r.tags) or "" for r in find_runs(
+            tracking_uri, None, filter_string=f"tags.`{tags.KIND}` = '{tags.KIND_STUDY}'")} - {""})
+        raise ConfigError(f"unknown study {study!r} in the tracking store (studies: {', '.join(known) or 'none'})")
+    complete = [r for r in records if r.state == "COMPLETE" and r.objective_value is not None]
     if not complete:
-        raise ConfigError(f"study {cfg.study!r} has no COMPLETE trial to promote")
-    best = max(complete, key=lambda r: float(r.tags.get("objective_value", "-inf")))
-    return str(cfg.study), int(best.tags["trial_number"]), best.run_id
-
-
-def _int_or_none(v: str | None) -> int | None:
-    return int(v) if v not in (None, "") else None
+        raise ConfigError(f"study {study!r} has no COMPLETE trial to promote")
+    best = max(complete, key=lambda r: (r.objective_value, -r.number))
+    return study, best.number, best.run_id
 
 
 def evaluate_on_private_test(cfg: PromoteConfig, cand: Candidate) -> None:
     """Evaluate the candidate once on PrivateTest and log ``test_*`` metrics and the per-class table to its run."""
     from fer_experiments.data import load_dataset
-    from fer_experiments.evaluation.metrics import evaluate_probabilities
-    from fer_experiments.experiment import log_evaluation_artifacts
+    from fer_experiments.registry.evaluate import evaluate_model
     from fer_experiments.tracking import TrackedRun, get_run
-    from fer_experiments.tracking.models import load_keras_model
-    from fer_experiments.training.trainer import predict_proba
+    from fer_experiments.tracking.training_run import log_evaluation_artifacts
 
     run = get_run(cfg.tracking_uri, cand.run_id)
-    if "test_accuracy" in run.metrics and run.tags.get("test_data_digest") == cand.data_digest:
+    if tags.PRIVATE_ACCURACY in run.metrics and run.tags.get(tags.TEST_DATA_DIGEST) == cand.data_digest:
         return  # already evaluated (a rerun after a crash): do not look at PrivateTest twice
     if cfg.data_path is None:
         raise ConfigError("--data is needed to evaluate the candidate on PrivateTest")
@@ -152,19 +133,18 @@ def evaluate_on_private_test(cfg: PromoteConfig, cand: Candidate) -> None:
     if cand.data_digest and ds.digest != cand.data_digest:
         raise DataError(f"{cfg.data_path}: digest {ds.digest[:12]} differs from the candidate's training data "
                         f"({cand.data_digest[:12]}); point --data at the same data set")
-    test = ds.split("PrivateTest")
-    ev = evaluate_probabilities(test.y, predict_proba(load_keras_model(f"runs:/{cand.run_id}/model", cfg.tracking_uri),
-                                                      test.x), "PrivateTest")
+    ev = evaluate_model(f"runs:/{cand.run_id}/model", ds, "PrivateTest", cfg.tracking_uri)
     tracked = TrackedRun(cand.run_id, cfg.tracking_uri)
     log_evaluation_artifacts(tracked, ev, prefix="evaluation/test")
     tracked.log_metrics({**ev.summary_metrics("test"), **ev.per_class_metrics("test")})
-    tracked.set_tags({"test_data_digest": ds.digest})
+    tracked.set_tags({tags.TEST_DATA_DIGEST: ds.digest})
     cand.private_accuracy, cand.private_macro_f1 = ev.accuracy, ev.macro_f1
 
 
-def promote(cfg: PromoteConfig) -> PromoteResult:
-    """Promote the candidate behind the guard; see the module docstring."""
-    from fer_experiments.tracking.registry import alias_version, get_run_metric, register_run_model
+def promote(cfg: PromoteConfig, on_alias_moved: AliasHook | None = None) -> PromoteResult:
+    """Promote the candidate behind the guard; see the module docstring. ``on_alias_moved`` runs after the alias
+    points at the candidate (also when it already did, so a crashed promotion is completed)."""
+    from fer_experiments.tracking.model_registry import alias_version, get_run_metric, register_run_model
 
     cand = resolve_candidate(cfg)
     champion = alias_version(cfg.tracking_uri, cfg.model_name, cfg.alias)
@@ -176,7 +156,7 @@ def promote(cfg: PromoteConfig) -> PromoteResult:
     if champion is not None and champion.run_id == cand.run_id:
         result.decision = "already"
         result.version = champion.version
-        _sync_service(cfg.tracking_uri, cfg.model_name, cfg.alias, result.notes)  # completes a crashed promotion
+        _after_move(on_alias_moved, cfg.tracking_uri, cfg.model_name, cfg.alias, result.notes)  # completes a crash
         return result
     if cfg.min_accuracy is not None and cand.public_accuracy < cfg.min_accuracy and not cfg.force:
         result.decision = "refused"
@@ -192,30 +172,30 @@ def promote(cfg: PromoteConfig) -> PromoteResult:
         return result
     evaluate_on_private_test(cfg, cand)
     version, created = register_run_model(cfg.tracking_uri, cfg.model_name, cand.run_id, tags={
-        "study": cand.study, "trial": cand.trial, "data_digest": cand.data_digest,
-        "public_accuracy": cand.public_accuracy, "public_macro_f1": cand.public_macro_f1,
-        "private_accuracy": cand.private_accuracy, "private_macro_f1": cand.private_macro_f1})
+        tags.VERSION_STUDY: cand.study, tags.VERSION_TRIAL: cand.trial, tags.DATA_DIGEST: cand.data_digest,
+        tags.VERSION_PUBLIC_ACCURACY: cand.public_accuracy, tags.VERSION_PUBLIC_MACRO_F1: cand.public_macro_f1,
+        tags.VERSION_PRIVATE_ACCURACY: cand.private_accuracy, tags.VERSION_PRIVATE_MACRO_F1: cand.private_macro_f1})
     move_alias(cfg.tracking_uri, cfg.model_name, cfg.alias, version.version,
                previous=champion.version if champion else None)
     result.version, result.created_version = version.version, created
-    _sync_service(cfg.tracking_uri, cfg.model_name, cfg.alias, result.notes)
+    _after_move(on_alias_moved, cfg.tracking_uri, cfg.model_name, cfg.alias, result.notes)
     return result
 
 
-def _sync_service(uri: str, name: str, alias: str, notes: list[str] | None) -> None:
-    """Keep ``<name>-service@<alias>`` (the pyfunc for ``mlflow models serve``) on the wrapper of ``<name>@<alias>``."""
-    from fer_experiments.tracking.serving_support import sync_service_alias
-
+def _after_move(hook: AliasHook | None, uri: str, name: str, alias: str, notes: list[str] | None) -> None:
+    """Run the alias hook; its failure is a note, since the alias itself has moved."""
+    if hook is None:
+        return
     try:
-        sync_service_alias(uri, name, alias)
+        hook(uri, name, alias)
     except Exception as exc:  # noqa: BLE001 - the promotion itself has succeeded; say what is missing
         if notes is not None:
-            notes.append(f"could not register the MLflow-serving wrapper {name}-service: {exc}")
+            notes.append(f"after moving {name}@{alias}: {type(exc).__name__}: {exc}")
 
 
 def move_alias(uri: str, name: str, alias: str, version: str, previous: str | None) -> None:
     """Record the alias's history and previous target, then point it at ``version``."""
-    from fer_experiments.tracking.registry import get_model_tag, set_alias, set_model_tag
+    from fer_experiments.tracking.model_registry import get_model_tag, set_alias, set_model_tag
 
     history = json.loads(get_model_tag(uri, name, HISTORY_TAG.format(alias=alias)) or "[]")
     if previous is not None and (not history or history[-1] != previous):
@@ -228,9 +208,10 @@ def move_alias(uri: str, name: str, alias: str, version: str, previous: str | No
     set_alias(uri, name, alias, version)
 
 
-def rollback(uri: str, name: str, alias: str = "champion") -> tuple[str, str]:
+def rollback(uri: str, name: str, alias: str = DEFAULT_ALIAS,
+             on_alias_moved: AliasHook | None = None) -> tuple[str, str]:
     """Point ``alias`` back at the version it pointed at before; returns (from, to)."""
-    from fer_experiments.tracking.registry import (
+    from fer_experiments.tracking.model_registry import (
         alias_version,
         delete_alias,
         get_model_tag,
@@ -253,7 +234,7 @@ def rollback(uri: str, name: str, alias: str = "champion") -> tuple[str, str]:
     else:
         delete_alias(uri, name, f"previous-{alias}")
     set_alias(uri, name, alias, target)
-    _sync_service(uri, name, alias, None)
+    _after_move(on_alias_moved, uri, name, alias, None)
     return current.version, target
 
 
@@ -274,7 +255,7 @@ class VersionRow:
 def list_models(uri: str, name: str | None = None) -> list[VersionRow]:
     """Registered versions with aliases, source study/trial and PublicTest / PrivateTest numbers."""
     from fer_experiments.tracking import get_run
-    from fer_experiments.tracking.registry import list_versions
+    from fer_experiments.tracking.model_registry import list_versions
 
     rows = []
     for v in list_versions(uri, name):
@@ -286,10 +267,9 @@ def list_models(uri: str, name: str | None = None) -> list[VersionRow]:
                 metrics = get_run(uri, v.run_id).metrics
             except Exception:  # noqa: BLE001 - a deleted run still lists its version
                 metrics = {}
-        rows.append(VersionRow(name=v.name, version=v.version, aliases=v.aliases, study=v.tags.get("study", ""),
-                               trial=v.tags.get("trial", ""), public_accuracy=metrics.get(PUBLIC_ACC),
-                               public_macro_f1=metrics.get(PUBLIC_F1), private_accuracy=metrics.get("test_accuracy"),
-                               private_macro_f1=metrics.get("test_macro_f1"), run_id=v.run_id))
+        rows.append(VersionRow(name=v.name, version=v.version, aliases=v.aliases,
+                               study=v.tags.get(tags.VERSION_STUDY, ""), trial=v.tags.get(tags.VERSION_TRIAL, ""),
+                               public_accuracy=metrics.get(PUBLIC_ACC), public_macro_f1=metrics.get(PUBLIC_F1),
+                               private_accuracy=metrics.get(tags.PRIVATE_ACCURACY),
+                               private_macro_f1=metrics.get(tags.PRIVATE_MACRO_F1), run_id=v.run_id))
     return rows
-
-

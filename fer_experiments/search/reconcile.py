@@ -21,7 +21,7 @@ def fail_stale(study: optuna.Study) -> None:
 def reconcile(study: optuna.Study, tracking_uri: str, experiment: str) -> list[str]:
     """Fail trials whose worker stopped beating (Optuna's retry callback re-enqueues their params), then mark
     every RUNNING MLflow run of this study whose trial is no longer RUNNING as KILLED. Returns what it did."""
-    from fer_experiments.tracking import end_run, find_runs
+    from fer_experiments.tracking import end_run, find_runs, tags
 
     done: list[str] = []
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
@@ -30,11 +30,11 @@ def reconcile(study: optuna.Study, tracking_uri: str, experiment: str) -> list[s
     for t in trials.values():
         if t.state == TrialState.FAIL and t.number not in before:
             done.append(f"trial {t.number}: its worker stopped (stale heartbeat), marked FAIL")
-    running = find_runs(tracking_uri, experiment, filter_string=(
-        f"tags.optuna_study = '{study.study_name}' and tags.`fer.kind` = 'trial' and attributes.status = 'RUNNING'"))
+    running = find_runs(tracking_uri, experiment, filter_string=tags.study_filter(
+        study.study_name, kind=tags.KIND_TRIAL, engine="optuna", status="RUNNING"))
     for run in running:
-        number = int(run.tags.get("optuna_trial_number", -1))
-        trial = trials.get(number)
+        number = tags.trial_number_of(run.tags)
+        trial = trials.get(-1 if number is None else number)
         if trial is None or trial.state == TrialState.RUNNING:
             continue
         end_run(tracking_uri, run.run_id, "KILLED",

@@ -23,37 +23,14 @@ from fer_experiments.locks import (
     setup_lock,
     sqlite_file,
 )
-from fer_experiments.tracking.store import DEFAULT_STORE_DIR, redact_uri
+from fer_experiments.search.lifecycle import StudySettings
+from fer_experiments.tracking import tags
+from fer_experiments.tracking.store import redact_uri
 
 if TYPE_CHECKING:
     from fer_experiments.spaces import SearchSpace
 
-DEFAULT_STORAGE = f"sqlite:///{DEFAULT_STORE_DIR}/optuna.db"
-
-#: User attributes a study keeps so that every later command (and every worker) searches the same thing.
-ATTR_SPACE = "fer.space"
-ATTR_SPACE_HASH = "fer.space_hash"
-ATTR_SPACE_FILE = "fer.space_file"
-ATTR_DATA_DIGEST = "fer.data_digest"
-ATTR_LIMIT = "fer.limit"
-ATTR_PARENT_RUN = "fer.mlflow_parent_run_id"
-ATTR_EXPERIMENT = "fer.mlflow_experiment"
-ATTR_CHALLENGER = "fer.challenger_trial"
-ATTR_N_TRIALS = "fer.n_trials"
-
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@dataclass(frozen=True)
-class StudySettings:
-    """What a study remembers from its first command."""
-
-    space: "SearchSpace"
-    data_digest: str
-    limit: int | None
-    experiment: str
-    parent_run_id: str | None
-    n_trials: int | None = None
 
 
 def storage_lock(storage: str) -> contextlib.AbstractContextManager[None]:
@@ -182,10 +159,10 @@ def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
 def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, name: str, space: "SearchSpace | None",
                      *, data_digest: str, limit: int | None, experiment: str | None, n_trials: int | None = None,
                      ) -> tuple[optuna.Study, StudySettings, bool]:
-    """Create study ``name`` with ``space`` or resume it; returns (study, settings, created).
+    """Create study ``name`` with ``space`` or resume it; returns (study, the settings it stores, created).
 
-    Resuming checks that the space (when given), the data digest and the training limit are the study's own;
-    a different one is refused, since mixing them would make trials incomparable.
+    The caller checks the settings against the command's (``search.lifecycle.check_identity``). The sampler and
+    pruner are rebuilt from the study's own space, since Optuna does not store them.
     """
     from fer_experiments.spaces import SearchSpace
 
@@ -197,42 +174,28 @@ def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, nam
                                   "`fer-exp search --space ...` first")
             study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                         sampler=make_sampler(space), pruner=make_pruner(space))
-            study.set_user_attr(ATTR_SPACE, space.to_dict())
-            study.set_user_attr(ATTR_SPACE_HASH, space.content_hash())
-            study.set_user_attr(ATTR_SPACE_FILE, str(space.source))
-            study.set_user_attr(ATTR_DATA_DIGEST, data_digest)
+            study.set_user_attr(tags.ATTR_SPACE, space.to_dict())
+            study.set_user_attr(tags.ATTR_SPACE_HASH, space.content_hash())
+            study.set_user_attr(tags.ATTR_SPACE_FILE, str(space.source))
+            study.set_user_attr(tags.ATTR_DATA_DIGEST, data_digest)
             # An explicit --limit wins over the space's train_limit; later commands must agree with it.
-            study.set_user_attr(ATTR_LIMIT, limit if limit is not None else space.train_limit)
-            study.set_user_attr(ATTR_EXPERIMENT, experiment or name)
-            study.set_user_attr(ATTR_N_TRIALS, n_trials)
-            study.set_user_attr("fer.created", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+            study.set_user_attr(tags.ATTR_LIMIT, limit if limit is not None else space.train_limit)
+            study.set_user_attr(tags.ATTR_EXPERIMENT, experiment or name)
+            study.set_user_attr(tags.ATTR_N_TRIALS, n_trials)
+            study.set_user_attr(tags.ATTR_CREATED, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
             created = True
         loaded = optuna.load_study(study_name=name, storage=storage)
-        if not created and n_trials is not None and loaded.user_attrs.get(ATTR_N_TRIALS) != n_trials:
-            loaded.set_user_attr(ATTR_N_TRIALS, n_trials)  # a search command sets the study's target for all workers
+        if not created and n_trials is not None and loaded.user_attrs.get(tags.ATTR_N_TRIALS) != n_trials:
+            loaded.set_user_attr(tags.ATTR_N_TRIALS, n_trials)  # a search command sets the study's target for all workers
         attrs = loaded.user_attrs
-    stored_space = SearchSpace.from_dict(attrs[ATTR_SPACE], source=attrs.get(ATTR_SPACE_FILE, "<study>"))
-    if space is not None and not created and space.content_hash() != attrs[ATTR_SPACE_HASH]:
-        raise ConfigError(
-            f"{space.source}: this search space differs from the one study {name!r} was created with "
-            f"({attrs.get(ATTR_SPACE_FILE)}, hash {attrs[ATTR_SPACE_HASH][:12]}; this one {space.content_hash()[:12]}). "
-            f"Start a new study with another --study name, or rerun with the original space.")
-    if attrs.get(ATTR_DATA_DIGEST) != data_digest:
-        raise DataError(f"study {name!r} was created on data with digest {str(attrs.get(ATTR_DATA_DIGEST))[:12]}, "
-                        f"this data has digest {data_digest[:12]}: point --data at this host's copy of the same "
-                        "data set")
-    if not created and limit is not None and limit != attrs.get(ATTR_LIMIT):
-        raise ConfigError(f"--limit {limit}: study {name!r} trains on limit {attrs.get(ATTR_LIMIT)}; "
-                          "leave --limit out to use the study's, or start a new study")
-    if not created and experiment is not None and experiment != attrs.get(ATTR_EXPERIMENT):
-        raise ConfigError(f"--experiment {experiment!r}: study {name!r} logs to MLflow experiment "
-                          f"{attrs.get(ATTR_EXPERIMENT)!r}")
-    # The sampler and pruner are not stored by Optuna: rebuild them from the study's own space.
+    source = attrs.get(tags.ATTR_SPACE_FILE, "<study>")
+    stored_space = SearchSpace.from_dict(attrs[tags.ATTR_SPACE], source=source)
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(stored_space),
                               pruner=make_pruner(stored_space))
-    settings = StudySettings(space=stored_space, data_digest=data_digest, limit=attrs.get(ATTR_LIMIT),
-                             experiment=attrs.get(ATTR_EXPERIMENT, name), parent_run_id=attrs.get(ATTR_PARENT_RUN),
-                             n_trials=attrs.get(ATTR_N_TRIALS))
+    settings = StudySettings(space=stored_space, data_digest=str(attrs.get(tags.ATTR_DATA_DIGEST)),
+                             limit=attrs.get(tags.ATTR_LIMIT), experiment=attrs.get(tags.ATTR_EXPERIMENT, name),
+                             n_trials=attrs.get(tags.ATTR_N_TRIALS), space_hash=attrs[tags.ATTR_SPACE_HASH],
+                             space_source=source)
     return study, settings, created
 
 
@@ -272,43 +235,15 @@ def list_studies(storage_url: str) -> list[StudyRow]:
             if t.state == TrialState.COMPLETE and t.value is not None and (best is None or t.value > best.value):
                 best = t
         attrs = summary.user_attrs
-        space = attrs.get(ATTR_SPACE) or {}
+        space = attrs.get(tags.ATTR_SPACE) or {}
         rows.append(StudyRow(
             name=summary.study_name, complete=counts[TrialState.COMPLETE], pruned=counts[TrialState.PRUNED],
             failed=counts[TrialState.FAIL], running=counts[TrialState.RUNNING], waiting=counts[TrialState.WAITING],
             best_value=None if best is None else float(best.value), best_trial=None if best is None else best.number,
-            objective=str(space.get("objective", "?")), space_file=str(attrs.get(ATTR_SPACE_FILE, "")),
-            created=str(attrs.get("fer.created", "")),
+            objective=str(space.get("objective", "?")), space_file=str(attrs.get(tags.ATTR_SPACE_FILE, "")),
+            created=str(attrs.get(tags.ATTR_CREATED, "")),
         ))
     return rows
 
 
 logging.getLogger("optuna").setLevel(logging.WARNING)
-
-
-@dataclass(frozen=True)
-class BestTrial:
-    """The best COMPLETE trial of a study, as the registry needs it."""
-
-    study: str
-    number: int
-    value: float
-    objective: str
-    run_id: str | None
-    data_digest: str | None
-
-
-def best_complete_trial(storage_url: str, name: str) -> BestTrial:
-    """The study's best COMPLETE trial (pruned and failed trials never qualify); ConfigError if none."""
-    storage = open_storage(storage_url)
-    if not study_exists(storage, name):
-        known = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
-        raise ConfigError(f"unknown study {name!r} in {redact_uri(storage_url)} (studies: {', '.join(known) or 'none'})")
-    study = optuna.load_study(study_name=name, storage=storage)
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    if not complete:
-        raise ConfigError(f"study {name!r} has no COMPLETE trial to promote")
-    best = max(complete, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
-    space = study.user_attrs.get(ATTR_SPACE) or {}
-    return BestTrial(study=name, number=best.number, value=float(best.value), objective=str(space.get("objective", "")),
-                     run_id=best.user_attrs.get("mlflow_run_id"), data_digest=study.user_attrs.get(ATTR_DATA_DIGEST))

@@ -30,11 +30,11 @@ def top_trials(study: optuna.Study, k: int = 5) -> list[optuna.trial.FrozenTrial
 
 def per_class_rows(study: optuna.Study, tracking_uri: str, k: int = 5) -> list[dict[str, Any]]:
     """Per-class PublicTest precision/recall/F1 of the top ``k`` trials (from their MLflow runs) + the 2018 rows."""
-    from fer_experiments.tracking import get_run
+    from fer_experiments.tracking import get_run, tags
 
     rows: list[dict[str, Any]] = []
     for t in top_trials(study, k):
-        run_id = t.user_attrs.get("mlflow_run_id")
+        run_id = t.user_attrs.get(tags.ATTR_RUN_ID)
         if not run_id:
             continue
         metrics = get_run(tracking_uri, run_id).metrics

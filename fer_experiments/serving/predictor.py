@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fer_experiments import EXPRESSIONS, IMAGE_SIZE, NUM_CLASSES
+from fer_experiments.config import DEFAULT_MODEL_URI
 from fer_experiments.errors import ConfigError
 from fer_experiments.serving.detector import DEFAULT_MARGIN, Box, FaceDetector
 from fer_experiments.serving.images import (
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger("fer_experiments.serving")
-
-DEFAULT_MODEL_URI = "models:/fer-cnn@champion"
 
 
 @dataclass(frozen=True)
@@ -202,7 +201,7 @@ def resolve(ref: ModelRef, tracking_uri: str | None) -> Target:
     """The exact version behind ``ref`` now; NoModelYet when an alias has no version."""
     if ref.kind == "alias":
         from fer_experiments.tracking import default_tracking_uri
-        from fer_experiments.tracking.registry import alias_version
+        from fer_experiments.tracking.model_registry import alias_version
 
         mv = alias_version(tracking_uri or default_tracking_uri(), ref.name, ref.alias or "")
         if mv is None:
@@ -229,7 +228,7 @@ def _file_version(path: Path) -> str:
 def load_target(target: Target, tracking_uri: str | None, detector: FaceDetector | None,
                 margin: float = DEFAULT_MARGIN) -> LoadedModel:
     """Load and warm up the model of ``target``."""
-    from fer_experiments.tracking.models import load_keras_model
+    from fer_experiments.tracking.model_io import load_keras_model
 
     model = load_keras_model(target.load_uri, tracking_uri)
     return LoadedModel(target.name, target.version, target.load_uri, Predictor(Classifier(model), detector, margin))

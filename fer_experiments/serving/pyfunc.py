@@ -1,7 +1,7 @@
 """What the MLflow pyfunc wrapper runs: image bytes in, the same JSON as ``POST /predict`` out (one per image).
 
-MLflow itself is imported only in ``fer_experiments.tracking.serving_support`` (``FerServicePyfunc`` wraps this
-class), so this module stays free of it. Inputs accepted: a DataFrame with an ``image`` column (or a single
+MLflow itself is imported only in ``fer_experiments.tracking`` (``tracking.pyfunc.KerasDelegatePyfunc`` calls
+``ServiceModel.from_keras``; ``serving.mlflow_service`` logs it), so this module stays free of it. Inputs accepted: a DataFrame with an ``image`` column (or a single
 column) of bytes or base64 strings, as ``mlflow models serve`` passes them
 (``{"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}``), a list, a dict of lists, or one value.
 """
@@ -37,8 +37,11 @@ class ServiceModel:
         loaded = LoadedModel(model_name, version, uri, Predictor(Classifier(keras_model), det, float(margin)))
         return cls(loaded, Limits(int(max_bytes), int(max_pixels)))
 
-    def predict(self, model_input: Any, detect: bool = True) -> list[dict[str, Any]]:
-        """One ``/predict`` JSON per input image; a bad image gives ``{"error", "detail", "status"}`` in its place."""
+    def predict(self, model_input: Any, detect: Any = True, **_: Any) -> list[dict[str, Any]]:
+        """One ``/predict`` JSON per input image; a bad image gives ``{"error", "detail", "status"}`` in its place.
+
+        ``detect`` (a pyfunc param) False: each image is one face crop."""
+        detect = str(detect).lower() not in ("false", "0", "no") if isinstance(detect, str) else bool(detect)
         out = []
         for value in input_values(model_input):
             try:

@@ -17,6 +17,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_type_hints
 
@@ -273,18 +274,21 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     return SearchSpace.from_dict(read_yaml(path), source=str(path))
 
 
-#: The folder of the shipped spaces (a checkout's ``search_spaces/``).
-SHIPPED_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+#: The folder of the shipped spaces: package data, so a bare name works from any folder and any kind of install.
+SHIPPED_SPACES_DIR = Path(str(resources.files("fer_experiments").joinpath("search_spaces")))
 
 
 def resolve_space_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """An existing file as given, else a shipped space by name (``cpu-quick`` -> ``search_spaces/cpu-quick.yaml``)."""
+    """An existing file as given, else a shipped space by name (``cpu-quick`` -> the package's
+    ``search_spaces/cpu-quick.yaml``; a name with ``.yaml`` that is no file here is looked up there too)."""
     p = Path(name_or_path)
-    if p.exists() or p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
+    if p.exists() or len(p.parts) > 1:
         return p
-    shipped = SHIPPED_SPACES_DIR / f"{p}.yaml"
+    shipped = SHIPPED_SPACES_DIR / (p.name if p.suffix in (".yaml", ".yml") else f"{p}.yaml")
     if shipped.exists():
         return shipped
+    if p.suffix in (".yaml", ".yml"):
+        return p  # reading it gives the usual "no such file" error
     known = sorted(f.stem for f in SHIPPED_SPACES_DIR.glob("*.yaml")) if SHIPPED_SPACES_DIR.is_dir() else []
     raise ConfigError(f"{name_or_path}: no such file and no shipped space of that name "
                       f"(shipped: {', '.join(known) or 'none'})")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from fer_experiments.errors import FatalError
+from fer_experiments.tracking import tags as names
 from fer_experiments.tracking.store import ensure_experiment, prepare_store
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class TrackedRun:
             if interactive:
                 keras.utils.enable_interactive_logging()
         # MLflow 3 keeps the model as a LoggedModel; the registry registers it by this id.
-        self.set_tags({f"fer.model_id.{name}": info.model_id})
+        self.set_tags({names.model_id_tag(name): info.model_id})
         return f"runs:/{self.run_id}/{name}"
 
     @contextlib.contextmanager
@@ -186,7 +187,7 @@ def _end_active(uri: str, run_id: str, status: str, reason: str | None) -> None:
     active = mlflow.active_run()
     if reason:
         with contextlib.suppress(Exception):
-            _client(uri).set_tag(run_id, "failure_reason", reason[:5000])
+            _client(uri).set_tag(run_id, names.FAILURE_REASON, reason[:5000])
     if active is not None and active.info.run_id == run_id:
         try:
             _retry(lambda: mlflow.end_run(status=status))
@@ -203,7 +204,7 @@ def end_run(uri: str, run_id: str, status: str, reason: str | None = None) -> No
     client = _client(uri)
     if reason:
         with contextlib.suppress(Exception):
-            client.set_tag(run_id, "failure_reason", reason[:5000])
+            client.set_tag(run_id, names.FAILURE_REASON, reason[:5000])
     _retry(lambda: client.set_terminated(run_id, status=status))
 
 
@@ -345,3 +346,13 @@ def set_status(uri: str, run_id: str, status: str) -> None:
         end_run(uri, run_id, status)
     else:
         _retry(lambda: _client(uri).update_run(run_id, status=status))
+
+
+def find_trial_records(uri: str, study: str, *, engine: str | None = None, state: str | None = None,
+                       kinds: tuple[str, ...] = names.STUDY_MODEL_KINDS) -> list[names.TrialRecord]:
+    """The trial (and refit) runs of ``study`` in any experiment, as engine-neutral records."""
+    found: list[names.TrialRecord] = []
+    for kind in kinds:
+        flt = names.study_filter(study, kind=kind, engine=engine, state=state)
+        found += [names.TrialRecord.from_run(r.run_id, r.tags) for r in find_runs(uri, None, filter_string=flt)]
+    return found

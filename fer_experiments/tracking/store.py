@@ -6,12 +6,11 @@ import os
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+from fer_experiments.config import DEFAULT_STORE_DIR, DEFAULT_TRACKING_URI
 from fer_experiments.errors import ConfigError, FatalError
 from fer_experiments.locks import STORE_SETUP_KEY, setup_lock, sqlite_file
 
-#: The embedded default: MLflow's and Optuna's SQLite files and MLflow's artifacts all live here.
-DEFAULT_STORE_DIR = "mlruns"
-DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_STORE_DIR}/mlflow.db"
+__all__ = ["DEFAULT_STORE_DIR", "DEFAULT_TRACKING_URI", "default_tracking_uri", "prepare_store", "redact_uri"]
 
 
 def default_tracking_uri() -> str:

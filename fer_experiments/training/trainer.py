@@ -20,6 +20,7 @@ from fer_experiments import NUM_CLASSES
 from fer_experiments.errors import ConfigError, TrialFailed
 from fer_experiments.evaluation.metrics import Evaluation, evaluate_probabilities
 from fer_experiments.models.builder import build_model
+from fer_experiments.models.predict import as_model_input, predict_proba
 from fer_experiments.params import ModelParams, TrainParams
 from fer_experiments.training.backend import seed_everything
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 EpochObserver = Callable[[int, dict[str, float]], None]
 
 OBJECTIVES: tuple[str, ...] = ("val_accuracy", "val_macro_f1")
-EVAL_BATCH = 512
 
 
 @dataclass
@@ -81,19 +81,9 @@ def class_weights(y: np.ndarray, mode: str) -> dict[int, float] | None:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def as_model_input(x: np.ndarray) -> np.ndarray:
-    """(N, 48, 48) uint8 -> (N, 48, 48, 1) view, no copy; the model casts and rescales itself."""
-    return x[..., None] if x.ndim == 3 else x
-
-
 def one_hot(y: np.ndarray) -> np.ndarray:
     """Integer labels -> float32 one-hot (label smoothing needs dense targets)."""
     return np.eye(NUM_CLASSES, dtype=np.float32)[y]
-
-
-def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Class probabilities for uint8 or float images."""
-    return np.asarray(model.predict(as_model_input(x), batch_size=batch_size, verbose=0))
 
 
 def train_model(model_params: ModelParams, train_params: TrainParams, train_split: "Split", val_split: "Split", *,

@@ -109,7 +109,7 @@ def test_worse_candidate_refused_then_forced_then_rolled_back(env: dict) -> None
 
 
 def test_crash_after_register_is_completed_by_rerun(env: dict) -> None:
-    from fer_experiments.tracking.registry import register_run_model
+    from fer_experiments.tracking.model_registry import register_run_model
 
     client = _client(env)
     middle = _trial_runs(env)[1]
@@ -141,13 +141,14 @@ def test_errors(env: dict, args: list[str], code: int, text: str) -> None:
 
 
 def test_study_without_complete_trial_and_run_without_model(env: dict, tiny_real_csv: Path) -> None:
-    import optuna
+    from fer_experiments.tracking import create_run, end_run, tags
 
-    from fer_experiments.tracking import create_run, end_run
-
-    storage = optuna.storages.RDBStorage(env["storage"])
-    empty = optuna.create_study(study_name="empty", storage=storage, direction="maximize")
-    empty.tell(empty.ask(), state=optuna.trial.TrialState.FAIL)
+    # A study is found through its runs (any engine): a parent run and one FAILED trial run.
+    parent = create_run(env["uri"], "empty", "study-empty", tags={tags.KIND: tags.KIND_STUDY, tags.STUDY: "empty"})
+    failed = create_run(env["uri"], "empty", "trial-0", tags=tags.trial_tags(
+        study="empty", engine="optuna", number=0) | {tags.TRIAL_STATE: "FAIL"})
+    for run_id in (failed, parent):
+        end_run(env["uri"], run_id, "FAILED")
     proc = run_cli("promote", "--study", "empty", "--data", env["csv"], cwd=env["work"])
     assert proc.returncode == 2 and "no COMPLETE trial" in proc.stderr
     bare = create_run(env["uri"], "p", "no-model")
@@ -168,7 +169,7 @@ def test_reader_sees_old_or_new_while_alias_moves(env: dict) -> None:
 
     client = _client(env)
     runs = _trial_runs(env)
-    from fer_experiments.tracking.registry import register_run_model, set_alias
+    from fer_experiments.tracking.model_registry import register_run_model, set_alias
 
     v_old, _ = register_run_model(env["uri"], "fer-cnn-race", runs[0].info.run_id)
     set_alias(env["uri"], "fer-cnn-race", "champion", v_old.version)

@@ -78,10 +78,10 @@ def test_three_trials_one_parent_three_children(searched: dict) -> None:
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["optuna_study"] == "t" and len(parent.data.tags["space_hash"]) == 64
+    assert parent.data.tags["study"] == "t" and len(parent.data.tags["space_hash"]) == 64
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(int(c.data.params["trial_number"]) for c in children) == [0, 1, 2]
-    by_number = {int(c.data.tags["optuna_trial_number"]): c for c in children}
+    by_number = {int(c.data.tags["trial_number"]): c for c in children}
     for t in trials:
         assert t.user_attrs["mlflow_run_id"] == by_number[t.number].info.run_id
     out = searched["first"].stdout
@@ -97,12 +97,12 @@ def test_every_epoch_reported_and_threshold_pruning(searched: dict) -> None:
         states[t.params["epochs"]].add(t.state)
         assert sorted(t.intermediate_values) == list(range(1, t.params["epochs"] + 1))
     assert states == {1: {TrialState.COMPLETE}, 2: {TrialState.PRUNED}}, "seed 3 samples both epoch values"
-    runs = {r.data.tags.get("optuna_trial_number"): r for r in _mlflow_runs(searched["work"])}
+    runs = {r.data.tags.get("trial_number"): r for r in _mlflow_runs(searched["work"])}
     for t in trials:
         run = runs[str(t.number)]
         if t.state == TrialState.PRUNED:
             assert run.info.status == "KILLED"
-            assert run.data.tags["pruned"] == "true" and run.data.tags["pruned_at_epoch"] == "2"
+            assert run.data.tags["trial_state"] == "PRUNED" and run.data.tags["pruned_at_epoch"] == "2"
             assert run.data.tags["trial_state"] == "PRUNED"
         else:
             assert run.info.status == "FINISHED" and run.data.tags["trial_state"] == "COMPLETE"

@@ -89,7 +89,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def env(real_dataset, tmp_path_factory: pytest.TempPathFactory):
     from fer_experiments.tracking import start_run
-    from fer_experiments.tracking.registry import register_run_model, set_alias
+    from fer_experiments.tracking.model_registry import register_run_model, set_alias
 
     work = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{work}/mlruns/mlflow.db"
@@ -249,7 +249,7 @@ def test_fifty_concurrent_requests_all_answered(env: dict) -> None:
 
 
 def test_not_ready_until_an_alias_exists_then_polled(env: dict) -> None:
-    from fer_experiments.tracking.registry import delete_alias, set_alias
+    from fer_experiments.tracking.model_registry import delete_alias, set_alias
 
     url = env["pending_url"]
     health = httpx.get(url + "/health")
@@ -273,7 +273,7 @@ def test_not_ready_until_an_alias_exists_then_polled(env: dict) -> None:
 
 def test_alias_move_during_requests(env: dict) -> None:
     """Every answer comes from version 1 or 2; every request that starts after POST /reload returned gets 2."""
-    from fer_experiments.tracking.registry import set_alias
+    from fer_experiments.tracking.model_registry import set_alias
 
     url, data = env["url"], env["paths"]["a"].read_bytes()
     records: list[tuple[float, float, int, str | None, list]] = []
@@ -323,7 +323,7 @@ def test_pyfunc_wrapper_and_mlflow_models_serve(env: dict) -> None:
     import mlflow.keras
     import pandas as pd
 
-    from fer_experiments.tracking.serving_support import service_model_name, sync_service_alias
+    from fer_experiments.serving.mlflow_service import service_model_name, sync_service_alias
 
     wrapper = sync_service_alias(env["uri"], "fer-cnn", "champion")
     assert wrapper is not None and wrapper.tags["source_version"] == "1" and "champion" in wrapper.aliases

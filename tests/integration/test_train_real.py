@@ -73,7 +73,7 @@ def test_reloaded_model_gives_same_probabilities(trained: dict, real_dataset) ->
     import mlflow.keras
     import mlflow.pyfunc
 
-    from fer_experiments.training.trainer import as_model_input
+    from fer_experiments.models.predict import as_model_input
 
     mlflow.set_tracking_uri(trained["uri"])
     mlflow.set_registry_uri(trained["uri"])
@@ -89,8 +89,8 @@ def test_reloaded_model_gives_same_probabilities(trained: dict, real_dataset) ->
 def test_evaluate_cli_matches_library(trained: dict) -> None:
     from fer_experiments.data import load_dataset
     from fer_experiments.evaluation.metrics import evaluate_probabilities
-    from fer_experiments.tracking.models import load_keras_model
-    from fer_experiments.training.trainer import predict_proba
+    from fer_experiments.tracking.model_io import load_keras_model
+    from fer_experiments.models.predict import predict_proba
 
     uri = f"runs:/{trained['run_id']}/model"
     proc = run_cli("evaluate", uri, "--data", str(trained["csv"]), "--split", "PrivateTest", "--json",
@@ -108,7 +108,8 @@ def test_evaluate_cli_matches_library(trained: dict) -> None:
 
 def test_same_seed_same_metrics(tiny_real_csv: Path, stores: dict) -> None:
     from fer_experiments.config import DataConfig, TrackingConfig, TrainConfig
-    from fer_experiments.experiment import load_training_data, run_training
+    from fer_experiments.data import load_training_data
+    from fer_experiments.tracking.training_run import run_training
     from fer_experiments.params import ModelParams, TrainParams
 
     cfg = TrainConfig(data=DataConfig(path=str(tiny_real_csv), limit=200),

@@ -172,7 +172,7 @@ def test_three_workers_share_one_study(tiny_real_csv: Path, databases: dict, ser
     parents = [r for r in runs if r.data.tags.get("fer.kind") == "study"]
     children = [r for r in runs if r.data.tags.get("fer.kind") == "trial"]
     assert len(parents) == 1
-    assert sorted(int(c.data.tags["optuna_trial_number"]) for c in children) == list(range(9))
+    assert sorted(int(c.data.tags["trial_number"]) for c in children) == list(range(9))
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert all(c.data.tags["host"] == socket.gethostname() for c in children)
     assert not [r for r in runs if r.info.status == "RUNNING"]
@@ -208,7 +208,7 @@ def test_sigkilled_worker_is_failed_retried_and_reconciled(tiny_real_csv: Path, 
     retry = trials[1]
     assert retry.state == TrialState.COMPLETE and retry.params == trials[0].params
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
-    runs = {r.data.tags.get("optuna_trial_number"): r for r in _runs(server) if r.data.tags.get("fer.kind") == "trial"}
+    runs = {r.data.tags.get("trial_number"): r for r in _runs(server) if r.data.tags.get("fer.kind") == "trial"}
     assert runs["0"].info.status == "KILLED" and runs["0"].data.tags["gpu"] == "0"
     assert runs["1"].info.status == "FINISHED"
     assert not [r for r in _runs(server) if r.info.status == "RUNNING"]

@@ -222,7 +222,7 @@ def test_listen_socket_sets_tcp_nodelay_and_reports_a_busy_port() -> None:
     """Without TCP_NODELAY every kept-alive request waited ~40 ms for a delayed ACK (bench/serve_latency.py)."""
     import socket
 
-    from fer_experiments.serving.commands import listen_socket
+    from fer_experiments.cli.serve import listen_socket
 
     sock = listen_socket("127.0.0.1", 0)
     try:

@@ -203,7 +203,7 @@ def test_redact_uri_and_ui_command() -> None:
 def test_register_run_model_idempotent_and_aliases(stores: dict[str, str]) -> None:
     from fer_experiments.models.builder import build_model
     from fer_experiments.params import ModelParams
-    from fer_experiments.tracking.registry import alias_version, list_versions, register_run_model, set_alias
+    from fer_experiments.tracking.model_registry import alias_version, list_versions, register_run_model, set_alias
 
     uri = stores["tracking_uri"]
     model = build_model(ModelParams(conv_blocks=1, convs_per_block=1, filters=2, dense_layers=0))
@@ -228,7 +228,7 @@ def test_register_run_model_idempotent_and_aliases(stores: dict[str, str]) -> No
 
 
 def test_register_without_logged_model_is_config_error(stores: dict[str, str]) -> None:
-    from fer_experiments.tracking.registry import register_run_model
+    from fer_experiments.tracking.model_registry import register_run_model
 
     uri = stores["tracking_uri"]
     with start_run(uri, "reg") as run:

@@ -84,18 +84,17 @@ def _figure(runs: list[EngineRun], label: str) -> Any:
 def compare_engines(base: SearchConfig, budget_epochs: int, seeds: int,
                     echo: Callable[[str], None] = print) -> Comparison:
     """Run both engines for ``seeds`` seeds with ``budget_epochs`` each; log and return the comparison."""
-    from fer_experiments.ktsearch.engine import run_kt_search
-    from fer_experiments.search.runner import run_search
+    from fer_experiments.search.engines import make_engine
+    from fer_experiments.search.lifecycle import run_search
     from fer_experiments.spaces import SearchSpace, load_space, resolve_space_path
-    from fer_experiments.tracking import create_run, end_run, prepare_store
-    from fer_experiments.tracking.runs import TrackedRun
+    from fer_experiments.tracking import TrackedRun, create_run, end_run, prepare_store, tags
 
     assert base.space_path is not None
     space = load_space(resolve_space_path(base.space_path))
     prepare_store(base.tracking_uri)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     parent_id = create_run(base.tracking_uri, "compare-engines", f"compare-{space.name}-{stamp}", tags={
-        "fer.kind": "compare-engines", "space_file": str(space.source), "space_hash": space.content_hash()})
+        tags.KIND: tags.KIND_COMPARE, tags.SPACE_FILE: str(space.source), tags.SPACE_HASH: space.content_hash()})
     parent = TrackedRun(parent_id, base.tracking_uri)
     runs: list[EngineRun] = []
     status = "FAILED"
@@ -111,14 +110,16 @@ def compare_engines(base: SearchConfig, budget_epochs: int, seeds: int,
                 "pruner": {"name": "hyperband", "min_resource": 1, "reduction_factor": 3}}, source=space.source)
             cfg = dataclasses.replace(base, study=study, space_path=None, n_trials=10**6,
                                       experiment="compare-engines-trials")
-            o = run_search(cfg, space=optuna_space, epoch_budget=budget_epochs, register=False)
+            o = run_search(cfg, make_engine("optuna"), space=optuna_space, epoch_budget=budget_epochs,
+                           register=False)
             runs.append(EngineRun("optuna", seed, study, o.ran, o.epochs_spent, o.best_value, o.curve))
             study = f"cmp-{stamp}-kt-s{seed}"
             echo(f"== keras-tuner seed {seed}: study {study}")
-            cfg = dataclasses.replace(base, study=study, n_trials=None, experiment="compare-engines-trials")
-            k = run_kt_search(cfg, "hyperband", space=space, epoch_budget=budget_epochs, seed=seed, register=False)
-            runs.append(EngineRun("keras-tuner", seed, study, k.complete + k.failed, k.epochs_spent, k.best_value,
-                                  k.curve))
+            cfg = dataclasses.replace(base, study=study, space_path=None, n_trials=10**6,
+                                      experiment="compare-engines-trials")
+            k = run_search(cfg, make_engine("keras-tuner", tuner="hyperband", seed=seed), space=space,
+                           epoch_budget=budget_epochs, register=False)
+            runs.append(EngineRun("keras-tuner", seed, study, k.ran, k.epochs_spent, k.best_value, k.curve))
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from fer_experiments.errors import ConfigError, FatalError
+from fer_experiments.tracking import tags as names
 from fer_experiments.tracking.runs import _client, _retry
 from fer_experiments.tracking.store import prepare_store
 
@@ -43,30 +44,38 @@ def register_run_model(uri: str, name: str, run_id: str, tags: Mapping[str, Any]
 
     Returns (version, created). Idempotent so that a rerun after a crash never makes a second version.
     """
-    from mlflow.exceptions import MlflowException
-
     existing = versions_of_run(uri, name, run_id)
     client = _client(uri)
     if existing:
         version = existing[0]
         created = False
     else:
-        model_id = _retry(lambda: client.get_run(run_id)).data.tags.get(f"fer.model_id.{artifact}")
+        model_id = _retry(lambda: client.get_run(run_id)).data.tags.get(names.model_id_tag(artifact))
         if not model_id:
             raise ConfigError(f"run {run_id} has no logged model '{artifact}' to register")
-        try:
-            client.create_registered_model(name)
-        except MlflowException as exc:
-            if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
-                raise
-        mv = _retry(lambda: client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
-                                                        model_id=model_id, await_creation_for=60))
-        version = _to_version(mv)
+        version = get_version(uri, name, register_logged_model(uri, name, model_id, run_id))
         created = True
     for k, v in (tags or {}).items():
         if v is not None:
             _retry(lambda k=k, v=v: client.set_model_version_tag(name, version.version, k, str(v)))
     return get_version(uri, name, version.version), created
+
+
+def register_logged_model(uri: str, name: str, model_id: str, run_id: str, *, description: str = "",
+                          version_tags: Mapping[str, Any] | None = None) -> str:
+    """Register a LoggedModel (by id) as a new version of ``name`` (created if needed); returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    try:
+        client.create_registered_model(name, description=description or None)
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
+    clean = {k: str(v) for k, v in (version_tags or {}).items() if v is not None}
+    mv = _retry(lambda: client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                                                    tags=clean, await_creation_for=60))
+    return str(mv.version)
 
 
 def get_version(uri: str, name: str, version: str) -> ModelVersion:

@@ -1,4 +1,4 @@
-"""``fer-exp predict`` and ``fer-exp serve``: click commands with lazy heavy imports (registered in cli.py)."""
+"""``fer-exp predict`` and ``fer-exp serve``."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import click
 if TYPE_CHECKING:
     import socket
 
-DEFAULT_MODEL = "models:/fer-cnn@champion"
+from fer_experiments.cli.options import tracking_option
+from fer_experiments.config import DEFAULT_MODEL_URI
 
 
 def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--model", "model_uri", default=DEFAULT_MODEL, show_default=True,
+        click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
                      help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/model, or a local .keras "
                           "file / MLflow model folder."),
-        click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, show_envvar=True,
-                     help="MLflow tracking URI [default: sqlite:///mlruns/mlflow.db]."),
+        tracking_option,
         click.option("--detector", default="haar", show_default=True,
                      help="Face detector: haar (OpenCV frontalface_default), haar-alt (frontalface_alt2) or the path "
                           "of a Haar cascade XML."),

@@ -1,0 +1,99 @@
+"""``fer-exp``: a thin click shell. Parse options -> build one typed config -> call the library -> exit code.
+
+One module per command family (``data``, ``train``, ``search``, ``registry``, ``serve``); options several commands
+share are declared once in ``options``. Heavy libraries (TensorFlow, MLflow, Optuna) are imported inside the
+commands so that ``--help`` is instant.
+Exit codes: 0 ok, 2 bad config/usage, 3 bad data, 4 failed training, 5 fatal, 6 refused, 130 Ctrl-C, 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from fer_experiments.errors import EXIT_SIGINT, EXIT_SIGTERM, FatalError, FerError, Terminated
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _quiet() -> None:
+    # Keep TensorFlow / MLflow start-up noise out of the user's terminal and home folder.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the click group and map errors to exit codes with a one-line message."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cli.main(args=argv, standalone_mode=False, prog_name="fer-exp")
+    except click.exceptions.Abort as exc:
+        # click turns KeyboardInterrupt (and so our SIGTERM exception) into Abort; the cause tells them apart.
+        if isinstance(exc.__cause__, Terminated):
+            click.echo("terminated (SIGTERM)", err=True)
+            sys.exit(EXIT_SIGTERM)
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_SIGINT)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Terminated:
+        click.echo("terminated (SIGTERM)", err=True)
+        sys.exit(EXIT_SIGTERM)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_SIGINT)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A path that cannot be written or read (chart, --out folder, model file): one line, not a traceback.
+        click.echo(f"error: {exc.filename or ''}: {exc.strerror or exc}".replace(": : ", ": "), err=True)
+        sys.exit(FatalError.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the last resort: say what broke in one line; FER_EXP_DEBUG=1 shows it all
+        if os.environ.get("FER_EXP_DEBUG") == "1":
+            raise
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        click.echo(f"error: unexpected {type(exc).__name__}: {first} (set FER_EXP_DEBUG=1 for the traceback)", err=True)
+        sys.exit(FatalError.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="fer-experiments")
+def cli() -> None:
+    """fer-exp: search, track, promote and serve facial-expression CNNs (FER2013)."""
+    _quiet()
+
+
+def _register() -> None:
+    """Add every command family's commands to the group (each lives in its own module of this package)."""
+    from fer_experiments.cli import data, registry, search, serve, train
+
+    for command in (data.data, data.presets, train.train, train.evaluate, search.search, search.worker,
+                    search.reconcile, search.studies, search.compare_engines_command, registry.promote,
+                    registry.rollback, registry.models, serve.predict, serve.serve):
+        cli.add_command(command)
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,194 @@
+"""``fer-exp search``, ``worker``, ``reconcile``, ``studies`` and ``compare-engines``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+import click
+
+from fer_experiments.cli.options import (
+    cache_dir_option,
+    data_option,
+    limit_option,
+    model_name_option,
+    parse_duration,
+    pin_gpu,
+    storage_option,
+    tracking_option,
+    tracking_uri_or_default,
+    worker_options,
+)
+from fer_experiments.config import DEFAULT_STORAGE
+
+_max_failures_option = click.option(
+    "--max-consecutive-failures", type=click.IntRange(min=1), default=5, show_default=True,
+    help="Stop the search (exit 5) after this many failed trials in a row.")
+
+
+@click.command()
+@data_option()
+@click.option("--space", "space_path", required=True,
+              help="Search space: a YAML file, or the name of a shipped space (cpu-quick, seed-family, gpu-full).")
+@click.option("--study", required=True, help="Study name; the same name resumes it.")
+@click.option("--n-trials", type=click.IntRange(min=1), required=True,
+              help="Finished (complete + pruned) trials the study should hold; a rerun adds the missing ones.")
+@click.option("--timeout", default=None, help="Stop starting new trials after this long (e.g. 90m, 6h).")
+@click.option("--enqueue", multiple=True, metavar="PRESET", help="Start the study from a preset (repeatable).")
+@limit_option
+@_max_failures_option
+@model_name_option("Registered model for the challenger.")
+@click.option("--experiment", default=None, help="MLflow experiment [default: the study name].")
+@storage_option
+@tracking_option
+@cache_dir_option
+@click.option("--engine", type=click.Choice(["optuna", "keras-tuner"]), default="optuna", show_default=True,
+              help="Search engine; both log the same MLflow layout.")
+@click.option("--tuner", type=click.Choice(["hyperband", "bayesian", "random"]), default="hyperband",
+              show_default=True, help="keras-tuner's tuner (with --engine keras-tuner).")
+@worker_options
+def search(data_path: str, space_path: str, study: str, n_trials: int, timeout: str | None, enqueue: tuple[str, ...],
+           limit: int | None, max_consecutive_failures: int, model_name: str, experiment: str | None, storage: str,
+           tracking_uri: str | None, cache_dir: str | None, engine: str, tuner: str, gpu: int | None,
+           heartbeat_interval: int, grace_period: int) -> None:
+    """Search the CNN family (Optuna or keras-tuner); every trial is an MLflow child run of the study's parent run."""
+    from fer_experiments.config import DataConfig, SearchConfig
+    from fer_experiments.search.engines import make_engine
+
+    pin_gpu(gpu)
+    cfg = SearchConfig(data=DataConfig(path=data_path, limit=limit, cache_dir=cache_dir),
+                       tracking_uri=tracking_uri_or_default(tracking_uri), study=study, storage=storage,
+                       space_path=space_path, n_trials=n_trials, experiment=experiment,
+                       timeout_seconds=parse_duration(timeout), enqueue=enqueue,
+                       max_consecutive_failures=max_consecutive_failures, model_name=model_name, gpu=gpu,
+                       heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    options: dict[str, Any] = {"enqueue": enqueue} | ({"tuner": tuner} if engine == "keras-tuner" else {})
+    hint = ["search", "--data", data_path, "--space", space_path, "--study", study, "--n-trials", str(n_trials)]
+    if engine != "optuna":
+        hint += ["--engine", engine, "--tuner", tuner]
+    run_search_command(cfg, make_engine(engine, **options), _resume_hint(hint, cfg, tracking_uri))
+
+
+@click.command()
+@data_option()
+@click.option("--study", required=True, help="The study to join (created by `fer-exp search`).")
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Override the study's total of finished trials [default: the study's].")
+@click.option("--timeout", default=None, help="Stop starting new trials after this long (e.g. 6h).")
+@_max_failures_option
+@model_name_option("Registered model that gets the challenger alias when this worker ends with a new best.")
+@storage_option
+@tracking_option
+@cache_dir_option
+@worker_options
+def worker(data_path: str, study: str, n_trials: int | None, timeout: str | None, max_consecutive_failures: int,
+           model_name: str, storage: str, tracking_uri: str | None, cache_dir: str | None, gpu: int | None,
+           heartbeat_interval: int, grace_period: int) -> None:
+    """Join an existing study: its space, Training subset, epochs and objective come from the study itself."""
+    from fer_experiments.config import DataConfig, SearchConfig
+    from fer_experiments.search.engines import make_engine
+
+    pin_gpu(gpu)
+    cfg = SearchConfig(data=DataConfig(path=data_path, cache_dir=cache_dir),
+                       tracking_uri=tracking_uri_or_default(tracking_uri), study=study, storage=storage,
+                       space_path=None, n_trials=n_trials, timeout_seconds=parse_duration(timeout),
+                       max_consecutive_failures=max_consecutive_failures, model_name=model_name, gpu=gpu,
+                       heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    run_search_command(cfg, make_engine("optuna"),
+                       _resume_hint(["worker", "--data", data_path, "--study", study], cfg, tracking_uri))
+
+
+def _resume_hint(args: list[str], cfg: Any, tracking_uri: str | None) -> str:
+    """The command that resumes this search with the same stores and Training subset."""
+    extra = [("--storage", cfg.storage if cfg.storage != DEFAULT_STORAGE else None), ("--tracking-uri", tracking_uri),
+             ("--limit", cfg.data.limit), ("--experiment", cfg.experiment), ("--cache-dir", cfg.data.cache_dir)]
+    args += [str(part) for opt, value in extra if value is not None for part in (opt, value)]
+    return "fer-exp " + " ".join(shlex.quote(a) for a in args)
+
+
+def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
+    """Run the search, print its outcome, and on Ctrl-C say how to resume."""
+    from fer_experiments.search.lifecycle import format_outcome, run_search
+    from fer_experiments.tracking import ui_command
+
+    try:
+        outcome = run_search(cfg, engine)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped; the running trial was marked FAIL (MLflow run KILLED). Resume with:\n  {resume_hint}",
+                   err=True)
+        raise
+    for note in outcome.notes:
+        click.echo(f"note: {note}")
+    click.echo(format_outcome(outcome))
+    if outcome.registered_version:
+        click.echo(f"registered {cfg.model_name} version {outcome.registered_version} (alias challenger) "
+                   f"from trial {outcome.best_trial}")
+    click.echo(f"see it with: {ui_command(cfg.tracking_uri)}")
+
+
+@click.command()
+@click.option("--study", required=True, help="The Optuna study whose dead workers' trials to clean up.")
+@storage_option
+@tracking_option
+@click.option("--grace-period", type=click.IntRange(min=1), default=180, show_default=True,
+              help="Seconds without a heartbeat after which a RUNNING trial's worker counts as dead.")
+def reconcile(study: str, storage: str, tracking_uri: str | None, grace_period: int) -> None:
+    """Fail trials whose worker died and mark their orphaned MLflow runs KILLED (workers also do this at start)."""
+    from fer_experiments.search.engines.optuna import reconcile_study
+
+    notes = reconcile_study(storage, study, tracking_uri_or_default(tracking_uri), grace_period)
+    for note in notes:
+        click.echo(note)
+    click.echo(f"reconciled study {study}: {len(notes)} change(s)")
+
+
+@click.command()
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print the studies as JSON.")
+def studies(storage: str, as_json: bool) -> None:
+    """Every study: trials complete/pruned/failed/running, best value and best trial."""
+    import dataclasses
+
+    from fer_experiments.search.study import list_studies
+
+    rows = list_studies(storage)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"no studies in {storage}")
+        return
+    click.echo(f"{'study':<20} {'complete':>8} {'pruned':>6} {'failed':>6} {'running':>7} {'best':>8} {'trial':>5}  "
+               f"{'objective':<13} space")
+    for r in rows:
+        best = "-" if r.best_value is None else f"{r.best_value:.4f}"
+        trial = "-" if r.best_trial is None else str(r.best_trial)
+        click.echo(f"{r.name:<20} {r.complete:>8} {r.pruned:>6} {r.failed:>6} {r.running:>7} {best:>8} {trial:>5}  "
+                   f"{r.objective:<13} {r.space_file}")
+
+
+@click.command("compare-engines")
+@data_option()
+@click.option("--space", "space_path", required=True,
+              help="Search space both engines search: a YAML file or a shipped space's name.")
+@click.option("--budget-epochs", type=click.IntRange(min=1), required=True,
+              help="Total epochs each engine may train per seed.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many seeds (0, 1, ...) each engine runs with; the table gives the mean and spread.")
+@limit_option
+@storage_option
+@tracking_option
+@cache_dir_option
+def compare_engines_command(data_path: str, space_path: str, budget_epochs: int, seeds: int, limit: int | None,
+                            storage: str, tracking_uri: str | None, cache_dir: str | None) -> None:
+    """Optuna (TPE + Hyperband pruner) vs keras-tuner (Hyperband): best PublicTest accuracy per epochs spent."""
+    from fer_experiments.config import DataConfig, SearchConfig
+    from fer_experiments.search.compare import compare_engines
+
+    base = SearchConfig(data=DataConfig(path=data_path, limit=limit, cache_dir=cache_dir),
+                        tracking_uri=tracking_uri_or_default(tracking_uri), study="compare", storage=storage,
+                        space_path=space_path, n_trials=None)
+    result = compare_engines(base, budget_epochs, seeds, echo=click.echo)
+    click.echo(result.table())
+    click.echo(f"table and plot: compare/ artifacts of MLflow run {result.parent_run_id} (experiment compare-engines)")

@@ -1,0 +1,101 @@
+"""``fer-exp train`` and ``fer-exp evaluate``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from fer_experiments.cli.options import (
+    cache_dir_option,
+    data_option,
+    limit_option,
+    parse_overrides,
+    tracking_option,
+    tracking_uri_or_default,
+)
+from fer_experiments.config import DEFAULT_EXPERIMENT
+
+
+@click.command()
+@data_option()
+@click.option("--preset", default="seed-base", show_default=True, help="Network to train (see `fer-exp presets`).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the preset's batch size.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Override the preset's (initial) learning rate.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Override any model/training parameter, e.g. --set batchnorm=none --set augment_flip=true.")
+@limit_option
+@click.option("--seed", type=int, default=None, help="Training seed (same seed, same metrics on CPU).")
+@click.option("--objective", type=click.Choice(["val_accuracy", "val_macro_f1"]), default="val_accuracy",
+              show_default=True, help="PublicTest metric that selects the best epoch.")
+@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name.")
+@click.option("--run-name", default=None, help="MLflow run name [default: MLflow's generated name].")
+@tracking_option
+@cache_dir_option
+def train(data_path: str, preset: str, epochs: int | None, batch_size: int | None, learning_rate: float | None,
+          overrides: tuple[str, ...], limit: int | None, seed: int | None, objective: str, experiment: str,
+          run_name: str | None, tracking_uri: str | None, cache_dir: str | None) -> None:
+    """Train one network as one MLflow run and print its PublicTest report."""
+    from fer_experiments.config import DataConfig, TrackingConfig, TrainConfig
+    from fer_experiments.data import load_training_data
+    from fer_experiments.evaluation.metrics import format_report
+    from fer_experiments.models.presets import get_preset
+    from fer_experiments.params import split_params
+    from fer_experiments.tracking import ui_command
+    from fer_experiments.tracking.training_run import run_training
+
+    p = get_preset(preset)
+    values = parse_overrides(overrides)
+    values |= {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate),
+                                 ("seed", seed)) if v is not None}
+    model_params, train_params = split_params(values, p.model, p.train)
+    uri = tracking_uri_or_default(tracking_uri)
+    cfg = TrainConfig(data=DataConfig(path=data_path, limit=limit, cache_dir=cache_dir),
+                      tracking=TrackingConfig(tracking_uri=uri, experiment=experiment),
+                      model=model_params, train=train_params, preset=preset,
+                      objective=objective, run_name=run_name)
+    data = load_training_data(cfg.data)
+    for note in data.dataset.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"training {preset} on {len(data.train.y)} Training rows, selecting on {len(data.val.y)} PublicTest "
+               f"rows, {train_params.epochs} epoch(s)")
+
+    def on_epoch(epoch: int, m: dict[str, float]) -> None:
+        click.echo(f"epoch {epoch}/{train_params.epochs}: loss {m['loss']:.4f} acc {m['accuracy']:.4f} | "
+                   f"PublicTest loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f} macro-F1 {m['val_macro_f1']:.4f}")
+
+    run_id, result = run_training(cfg, data, on_epoch)
+    click.echo(f"\nbest epoch {result.best_epoch} of {result.epochs_run} "
+               f"({result.images_per_second:.0f} train images/s)")
+    click.echo(format_report(result.evaluation))
+    click.echo(f"run: {run_id}\nmodel: runs:/{run_id}/model")
+    click.echo(f"see it with: {ui_command(uri)}")
+
+
+@click.command()
+@click.argument("model_uri")
+@data_option()
+@click.option("--split", type=click.Choice(["Training", "PublicTest", "PrivateTest"]), default="PrivateTest",
+              show_default=True, help="The split to evaluate on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@tracking_option
+@cache_dir_option
+def evaluate(model_uri: str, data_path: str, split: str, as_json: bool, tracking_uri: str | None,
+             cache_dir: str | None) -> None:
+    """Accuracy, macro-F1 and per-class precision/recall/F1 of MODEL_URI on a split.
+
+    MODEL_URI: runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias> or a local path.
+    """
+    from fer_experiments.data import load_dataset
+    from fer_experiments.evaluation.metrics import format_report
+    from fer_experiments.registry.evaluate import evaluate_model
+
+    ds = load_dataset(data_path, cache_dir=cache_dir)
+    ev = evaluate_model(model_uri, ds, split, tracking_uri)
+    if as_json:
+        click.echo(json.dumps({"model": model_uri, "data_digest": ds.digest} | ev.to_dict(), indent=2))
+    else:
+        click.echo(f"model: {model_uri}")
+        click.echo(format_report(ev))

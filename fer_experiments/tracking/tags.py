@@ -1,0 +1,178 @@
+"""The one vocabulary of names fer-exp writes to MLflow (run tags, params, metrics, registry tags) and to Optuna
+(study and trial user attributes), with small typed readers and writers.
+
+No other module spells one of these names: a rename happens here, and stores written by older versions keep
+working because the readers below also accept the names those versions wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+# ------------------------------------------------------------------------------------------------ run tags
+#: What a run is: one of the KIND_* values.
+KIND = "fer.kind"
+KIND_STUDY = "study"
+KIND_TRIAL = "trial"
+KIND_TRAIN = "train"
+KIND_REFIT = "refit"
+KIND_ENSEMBLE = "ensemble"
+KIND_DISTILLED = "distilled"
+KIND_SERVICE = "service"
+KIND_COMPARE = "compare-engines"
+#: Kinds whose runs hold a model that was trained for a study (trials and their refits).
+STUDY_MODEL_KINDS = (KIND_TRIAL, KIND_REFIT)
+
+ENGINE = "fer.engine"
+STUDY = "study"
+TRIAL_NUMBER = "trial_number"
+#: COMPLETE, PRUNED or FAIL: the trial's state in its engine's terms.
+TRIAL_STATE = "trial_state"
+OBJECTIVE = "objective"
+OBJECTIVE_VALUE = "objective_value"
+#: Why a run ended FAILED or KILLED (one line).
+FAILURE_REASON = "failure_reason"
+PRUNED_AT_EPOCH = "pruned_at_epoch"
+#: The trial a refit run retrains.
+REFIT_OF = "fer.refit_of"
+HOST = "host"
+PID = "fer.pid"
+GPU = "gpu"
+PRESET = "preset"
+WALL_SECONDS = "wall_seconds"
+STORAGE = "optuna_storage"
+KERAS_TUNER = "keras_tuner"
+KERAS_TUNER_TRIAL_ID = "keras_tuner_trial_id"
+
+SPACE_FILE = "space_file"
+SPACE_HASH = "space_hash"
+SPACE_NAME = "space_name"
+TRAIN_LIMIT = "train_limit"
+DATA_DIGEST = "data_digest"
+DATA_SOURCE = "data_source"
+TEST_DATA_DIGEST = "test_data_digest"
+GIT_COMMIT = "git_commit"
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+KERAS_BACKEND = "keras_backend"
+SELECTION_SPLIT = "selection_split"
+REPORT_SPLIT = "report_split"
+#: On a study's parent run: the run whose model is the study's registered challenger.
+CHALLENGER_RUN = "fer.challenger_run"
+#: ``fer.model_id.<artifact>``: the MLflow 3 LoggedModel id of a run's logged model.
+MODEL_ID_PREFIX = "fer.model_id."
+
+# Names older versions wrote beside the ones above (read, never written).
+_OLD_STUDY = "optuna_study"
+_OLD_TRIAL_NUMBER = "optuna_trial_number"
+_OLD_FAIL_REASON = "fail_reason"
+
+# --------------------------------------------------------------------------------------------------- metrics
+#: PublicTest accuracy / macro-F1 of the logged (best-epoch) model: what the promote guard compares.
+PUBLIC_ACCURACY = "best_val_accuracy"
+PUBLIC_MACRO_F1 = "best_val_macro_f1"
+#: PrivateTest numbers, logged once per promoted candidate.
+PRIVATE_ACCURACY = "test_accuracy"
+PRIVATE_MACRO_F1 = "test_macro_f1"
+#: On a study's parent run: the best objective value so far.
+BEST_VALUE = "best_value"
+
+# ------------------------------------------------------------------------------------------ registry tags
+VERSION_STUDY = "study"
+VERSION_TRIAL = "trial"
+VERSION_ENGINE = "engine"
+VERSION_PUBLIC_ACCURACY = "public_accuracy"
+VERSION_PUBLIC_MACRO_F1 = "public_macro_f1"
+VERSION_PRIVATE_ACCURACY = "private_accuracy"
+VERSION_PRIVATE_MACRO_F1 = "private_macro_f1"
+#: On a serving-wrapper version: the registered model and version it wraps, and that version's run.
+SOURCE_MODEL = "source_model"
+SOURCE_VERSION = "source_version"
+SOURCE_RUN_ID = "source_run_id"
+#: Registered-model tag: the JSON list of versions an alias pointed at, oldest first.
+ALIAS_HISTORY = "fer.alias_history.{alias}"
+
+# ------------------------------------------------------------------------------ Optuna user attributes
+ATTR_SPACE = "fer.space"
+ATTR_SPACE_HASH = "fer.space_hash"
+ATTR_SPACE_FILE = "fer.space_file"
+ATTR_DATA_DIGEST = "fer.data_digest"
+ATTR_LIMIT = "fer.limit"
+ATTR_PARENT_RUN = "fer.mlflow_parent_run_id"
+ATTR_EXPERIMENT = "fer.mlflow_experiment"
+ATTR_N_TRIALS = "fer.n_trials"
+ATTR_CREATED = "fer.created"
+#: On a trial: its MLflow run and why it failed.
+ATTR_RUN_ID = "mlflow_run_id"
+ATTR_FAIL_REASON = "fail_reason"
+
+
+def model_id_tag(artifact: str = "model") -> str:
+    """The run tag holding the LoggedModel id of the run's ``artifact`` model."""
+    return f"{MODEL_ID_PREFIX}{artifact}"
+
+
+def has_model(tags: Mapping[str, str]) -> bool:
+    """Whether a run logged a model."""
+    return any(k.startswith(MODEL_ID_PREFIX) for k in tags)
+
+
+def study_of(tags: Mapping[str, str]) -> str | None:
+    """The study a run belongs to (also from runs written before the tag names were unified)."""
+    return tags.get(STUDY) or tags.get(_OLD_STUDY)
+
+
+def trial_number_of(tags: Mapping[str, str]) -> int | None:
+    """The trial number a run records, or None."""
+    raw = tags.get(TRIAL_NUMBER, tags.get(_OLD_TRIAL_NUMBER))
+    return int(raw) if raw not in (None, "") else None
+
+
+def failure_of(tags: Mapping[str, str]) -> str | None:
+    """Why a run failed, if it says."""
+    return tags.get(FAILURE_REASON) or tags.get(_OLD_FAIL_REASON)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A study's trial as its MLflow run records it (engine-neutral)."""
+
+    run_id: str
+    study: str
+    engine: str
+    number: int
+    state: str
+    objective_value: float | None
+    kind: str
+
+    @classmethod
+    def from_run(cls, run_id: str, tags: Mapping[str, str]) -> "TrialRecord":
+        value = tags.get(OBJECTIVE_VALUE)
+        number = trial_number_of(tags)
+        return cls(run_id=run_id, study=study_of(tags) or "", engine=tags.get(ENGINE, ""),
+                   number=-1 if number is None else number, state=tags.get(TRIAL_STATE, ""),
+                   objective_value=None if value in (None, "") else float(value), kind=tags.get(KIND, ""))
+
+
+def trial_tags(*, study: str, engine: str, number: int, kind: str = KIND_TRIAL, **extra: Any) -> dict[str, Any]:
+    """Tags a study's trial (or refit) run starts with."""
+    return {KIND: kind, ENGINE: engine, STUDY: study, TRIAL_NUMBER: number} | extra
+
+
+def study_filter(study: str, *, kind: str | None = None, engine: str | None = None, state: str | None = None,
+                 status: str | None = None) -> str:
+    """An MLflow search filter for the runs of ``study`` (quotes in names are escaped)."""
+    parts = [f"tags.{STUDY} = {_quote(study)}"]
+    if kind is not None:
+        parts.append(f"tags.`{KIND}` = {_quote(kind)}")
+    if engine is not None:
+        parts.append(f"tags.`{ENGINE}` = {_quote(engine)}")
+    if state is not None:
+        parts.append(f"tags.{TRIAL_STATE} = {_quote(state)}")
+    if status is not None:
+        parts.append(f"attributes.status = {_quote(status)}")
+    return " and ".join(parts)
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("'", "\\'") + "'"
