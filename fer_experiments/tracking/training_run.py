@@ -61,7 +61,8 @@ def log_result(run: TrackedRun, result: "TrainResult") -> None:
     ev = result.evaluation
     run.log_metrics({**ev.per_class_metrics("val"), **{f"best_{k}": v for k, v in ev.summary_metrics("val").items()},
                      "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                     "train_images_per_second": result.images_per_second, "train_seconds": result.train_seconds},
+                     "train_images_per_second": result.images_per_second, "train_seconds": result.train_seconds,
+                     "train_images_seen": result.images_seen},
                     step=result.best_epoch)
     log_evaluation_artifacts(run, ev, prefix="evaluation/val")
     run.log_figure(learning_curves_figure(result.history), "learning_curves.png")
