@@ -40,7 +40,7 @@ def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: T
     from fer_experiments.training.trainer import train_model
 
     run.log_params(flat_params(model_params, train_params) | {
-        "limit": data.limit, "n_train": len(data.train.y), "n_val": len(data.val.y), "objective": objective,
+        "limit": data.limit, tags.PARAM_N_TRAIN: len(data.train.y), "n_val": len(data.val.y), "objective": objective,
     } | (extra_params or {}))
     run.log_dataset(name="fer2013", digest=data.dataset.digest, source=str(data.dataset.source), context="training",
                     tags={"splits": "Training (train), PublicTest (selection)"})
@@ -61,8 +61,8 @@ def log_result(run: TrackedRun, result: "TrainResult") -> None:
     ev = result.evaluation
     run.log_metrics({**ev.per_class_metrics("val"), **{f"best_{k}": v for k, v in ev.summary_metrics("val").items()},
                      "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                     "train_images_per_second": result.images_per_second, "train_seconds": result.train_seconds,
-                     "train_images_seen": result.images_seen},
+                     tags.TRAIN_IMAGES_PER_SECOND: result.images_per_second,
+                     tags.TRAIN_SECONDS: result.train_seconds, tags.TRAIN_IMAGES_SEEN: result.images_seen},
                     step=result.best_epoch)
     log_evaluation_artifacts(run, ev, prefix="evaluation/val")
     run.log_figure(learning_curves_figure(result.history), "learning_curves.png")
