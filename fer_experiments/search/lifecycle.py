@@ -199,7 +199,8 @@ class SearchRun:
     refit_plan: dict[str, Any] | None = None
     #: Seconds the refits are estimated to need (updated after every trial under --budget).
     refit_need: float = 0.0
-    #: Wall seconds per trial epoch this command measured (to not start a trial that cannot train one epoch).
+    #: Wall seconds of a one-epoch trial as this command measured them (a trial's wall time less all its epochs but
+    #: one): a trial is not started when less than that is left of the trials' share of a --budget.
     epoch_seconds: list[float] = field(default_factory=list)
 
     @property
@@ -216,8 +217,9 @@ class SearchRun:
             return "--timeout reached"
         if self.budget_deadline is not None:
             left = self.trials_end() - time.time()
-            one_epoch = sorted(self.epoch_seconds)[len(self.epoch_seconds) // 2] if self.epoch_seconds else 1.0
-            if left <= one_epoch:
+            # The least a trial costs: build, tracing, one epoch, evaluation and logging (measured; a guess before).
+            floor = sorted(self.epoch_seconds)[len(self.epoch_seconds) // 2] if self.epoch_seconds else 20.0
+            if left <= floor:
                 return "--budget: the time left is the refit's" if self.refit_plan else "--budget spent"
         return None
 
@@ -252,7 +254,9 @@ class SearchRun:
                              extra_params={"space": self.space.name, "engine": self.engine.name},
                              observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run)
         if done.epochs_reached:
-            self.epoch_seconds.append((time.time() - started) / done.epochs_reached)
+            wall = time.time() - started
+            fit = done.result.train_seconds if done.result is not None else 0.0
+            self.epoch_seconds.append(wall - fit + fit / done.epochs_reached)
         self._account(done)
         if self.budget_deadline is not None and self.refit_plan is not None:
             self.refit_need = estimate_refit_seconds(self)
