@@ -202,6 +202,8 @@ class SearchRun:
     #: Wall seconds of a one-epoch trial as this command measured them (a trial's wall time less all its epochs but
     #: one): a trial is not started when less than that is left of the trials' share of a --budget.
     epoch_seconds: list[float] = field(default_factory=list)
+    #: Wall seconds a trial took outside ``train_model`` (run set-up, evaluation artifacts, model logging).
+    logging_seconds: list[float] = field(default_factory=list)
 
     @property
     def experiment(self) -> str:
@@ -228,6 +230,10 @@ class SearchRun:
         """Seconds kept at the end of a --budget for the summary, the registration and the exit."""
         return min(30.0, max(5.0, 0.03 * self.budget_seconds))
 
+    def after_training(self) -> float:
+        """Seconds a training run costs after its training (median measured; 15 before any measurement)."""
+        return sorted(self.logging_seconds)[len(self.logging_seconds) // 2] if self.logging_seconds else 15.0
+
     def trials_end(self) -> float:
         """Under --budget: the ``time.time()`` after which no trial may train (the rest is the refits')."""
         assert self.budget_deadline is not None
@@ -245,8 +251,10 @@ class SearchRun:
         run_tags = tags.trial_tags(study=self.cfg.study, engine=self.engine.name, number=number) | {
             tags.HOST: socket.gethostname(), tags.GPU: gpu_label(self.cfg)} | (extra_tags or {})
         if self.budget_deadline is not None:
-            # A trial never trains past the trials' share of the budget: it stops after the epoch that would overrun.
-            values = values | {"time_budget_s": max(1.0, round(self.trials_end() - time.time(), 1))}
+            # A trial never trains past the trials' share of the budget (it stops after the epoch that would overrun),
+            # less what logging it takes afterwards.
+            left = self.trials_end() - time.time() - self.after_training()
+            values = values | {"time_budget_s": max(1.0, round(left, 1))}
         started = time.time()
         done = tracked_trial(tracking_uri=self.cfg.tracking_uri, experiment=self.experiment,
                              parent_run_id=self.parent.run_id, number=number, tags=run_tags, data=self.data,
@@ -257,6 +265,8 @@ class SearchRun:
             wall = time.time() - started
             fit = done.result.train_seconds if done.result is not None else 0.0
             self.epoch_seconds.append(wall - fit + fit / done.epochs_reached)
+        if done.result is not None:
+            self.logging_seconds.append(max(0.0, time.time() - started - done.result.wall_seconds))
         self._account(done)
         if self.budget_deadline is not None and self.refit_plan is not None:
             self.refit_need = estimate_refit_seconds(self)
@@ -587,7 +597,8 @@ def refit(run: SearchRun) -> None:
             if share < _MIN_REFIT_SECONDS:
                 run.progress.note(f"--budget: no time left to refit trial {record.number}")
                 break
-            values["time_budget_s"] = round(share - _REFIT_OVERHEAD / 2, 1) if share > _REFIT_OVERHEAD else share / 2
+            after = run.after_training()
+            values["time_budget_s"] = round(share - after, 1) if share > 2 * after else round(share / 2, 1)
         run.progress.note(f"refit of trial {record.number} on {len(data.train.y)} Training rows, up to {epochs} epochs"
                           + (f", {values['time_budget_s']:.0f}s" if "time_budget_s" in values else ""))
 

@@ -53,6 +53,8 @@ class TrainResult:
     images_per_second: float
     #: Training images fitted (epochs x rows, an epoch cut short by a time budget counting what it ran).
     images_seen: int = 0
+    #: Wall seconds of the whole ``train_model`` call (build, fit, evaluations).
+    wall_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,7 +123,9 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
     callbacks: list[keras.callbacks.Callback] = [evaluator]
     if train_params.time_budget_s:
         # After the evaluator: the epoch's PublicTest pass counts in the time it judges.
-        callbacks.append(_TimeBudget(train_params, steps, started))
+        views = 2 if model_params.tta == "flip" else 1
+        callbacks.append(_TimeBudget(train_params, steps, started, eval_images=views * len(val_split.y),
+                                     batch_size=train_params.batch_size, evaluator=evaluator))
     if train_params.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-6))
     if train_params.early_stopping_patience > 0:
@@ -146,7 +150,7 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
         model=exported, history=evaluator.history, best_epoch=best_epoch, epochs_run=len(evaluator.history["loss"]),
         evaluation=best_eval, objective=objective, objective_value=_objective_value(best_eval, objective),
         train_seconds=evaluator.train_seconds, images_per_second=evaluator.images_per_second,
-        images_seen=evaluator.images_seen,
+        images_seen=evaluator.images_seen, wall_seconds=time.monotonic() - started,
     )
 
 
@@ -179,7 +183,7 @@ class _EpochEvaluator(keras.callbacks.Callback):
         self._t0 = 0.0
 
         self._seen = 0
-        self._batch_size = 0
+        self.last_fit_seconds = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -198,7 +202,8 @@ class _EpochEvaluator(keras.callbacks.Callback):
         self._batches = batch + 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.train_seconds += time.perf_counter() - self._t0
+        self.last_fit_seconds = time.perf_counter() - self._t0
+        self.train_seconds += self.last_fit_seconds
         steps = (getattr(self, "params", None) or {}).get("steps")
         if steps and 0 < self._batches < steps:  # an epoch cut short by a time budget
             self._seen += min(self.n_train, self._batches * math.ceil(self.n_train / steps))
@@ -228,13 +233,20 @@ class _TimeBudget(keras.callbacks.Callback):
     """Bounds a training by ``time_budget_s`` seconds of wall time (from the start of ``train_model``).
 
     Stops after the epoch when the next one would overrun (at the mean epoch time so far, PublicTest pass included),
-    and mid-epoch once the budget is spent (the partial epoch is still evaluated, and the best epoch is kept).
+    and mid-epoch when only the PublicTest pass that follows still fits (measured after the first epoch; before, at
+    a third of the training pace per image), so the partial epoch is still evaluated and the best epoch kept.
     With ``lr_schedule: cosine`` it drives a cosine decay over the epochs that fit, sized from the first epoch's time
     (until then, over ``epochs``), so the learning rate reaches its floor when the time does.
     """
 
-    def __init__(self, train: TrainParams, steps_per_epoch: int, started: float) -> None:
+    def __init__(self, train: TrainParams, steps_per_epoch: int, started: float, *, eval_images: int = 0,
+                 batch_size: int = 64, evaluator: "_EpochEvaluator | None" = None) -> None:
         super().__init__()
+        self.eval_images = eval_images
+        self.batch_size = batch_size
+        self.evaluator = evaluator
+        self.eval_seconds: float | None = None
+        self._fit_started = 0.0
         self.budget = train.time_budget_s
         self.cosine = train.lr_schedule == "cosine"
         self.base_lr = train.learning_rate
@@ -253,12 +265,29 @@ class _TimeBudget(keras.callbacks.Callback):
             progress = min(1.0, self.step / self.total_steps)
             self.model.optimizer.learning_rate.assign(self.base_lr * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._fit_started = time.monotonic()
+
+    def _eval_reserve(self) -> float:
+        """Seconds the PublicTest pass after this epoch will take."""
+        if self.eval_seconds is not None:
+            return self.eval_seconds
+        fit = time.monotonic() - self._fit_started
+        done = self.step - self.epochs_done * self.steps_per_epoch
+        if done <= 0 or fit <= 0:
+            return 0.0
+        # Before a pass was timed: inference at ~3x the training pace per image (a guess that errs on time's side).
+        return self.eval_images * fit / (done * self.batch_size * 3.0)
+
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.step += 1
-        if self._elapsed() >= self.budget:
+        if self._elapsed() + self._eval_reserve() >= self.budget:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.evaluator is not None and self.epochs_done == 0:
+            # This callback runs after the evaluator: its pass is what followed the fit of this epoch.
+            self.eval_seconds = max(0.0, time.monotonic() - self._fit_started - self._last_fit_seconds())
         self.epochs_done = epoch + 1
         elapsed = self._elapsed()
         per_epoch = elapsed / self.epochs_done
@@ -268,3 +297,8 @@ class _TimeBudget(keras.callbacks.Callback):
             self.total_steps = max(self.step + 1, fit * self.steps_per_epoch)
         if elapsed + per_epoch > self.budget:
             self.model.stop_training = True
+
+    def _last_fit_seconds(self) -> float:
+        """The evaluator's fit time of the epoch just ended (it stops its clock before its PublicTest pass)."""
+        assert self.evaluator is not None
+        return self.evaluator.last_fit_seconds
