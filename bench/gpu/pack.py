@@ -41,7 +41,7 @@ PRESENT = {canonicalize_name(n) for n in (
     "contourpy", "cycler", "fonttools", "kiwisolver", "pillow", "pyparsing", "python-dateutil", "six", "pytz",
     "tzdata", "pyyaml", "click", "torch", "triton", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "filelock",
     "fsspec", "setuptools", "typing-extensions", "jax", "jaxlib", "ml-dtypes", "opt-einsum", "packaging",
-)} | {n for n in ()}
+)}
 BUNDLE_BYTES = 60 * 2**20
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64")
 
@@ -61,6 +61,12 @@ def _pin(name: str) -> str:
 
 
 def _download(spec: str, dest: Path, python_version: str) -> Path:
+    name = canonicalize_name(re.split(r"[=<>!~ ]", spec)[0])
+    version = spec.split("==")[1] if "==" in spec else None
+    for have in dest.glob("*.whl"):  # downloaded by an earlier pack: reuse it
+        parts = have.name.split("-")
+        if canonicalize_name(parts[0]) == name and (version is None or parts[1] == version):
+            return have
     before = set(dest.glob("*.whl"))
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
            python_version, "--implementation", "cp", "--abi", f"cp{python_version.replace('.', '')}", "--abi", "abi3",
@@ -72,7 +78,6 @@ def _download(spec: str, dest: Path, python_version: str) -> Path:
     if proc.returncode != 0:
         raise SystemExit(f"pip download {spec} failed:\n{proc.stderr[-2000:]}")
     new = set(dest.glob("*.whl")) - before
-    name = canonicalize_name(re.split(r"[=<>!~ ]", spec)[0])
     found = [w for w in (new or dest.glob("*.whl")) if canonicalize_name(w.name.split("-")[0]) == name]
     if not found:
         raise SystemExit(f"pip download {spec}: no wheel appeared in {dest}")
@@ -149,7 +154,7 @@ def bundle(files: list[Path], out: Path) -> list[list[Path]]:
         for f in items:
             kind = "wheels" if f.suffix == ".whl" else "data"
             (target / kind).mkdir(parents=True, exist_ok=True)
-            shutil.move(str(f), target / kind / f.name)
+            shutil.copy2(f, target / kind / f.name)
         result.append(sorted((target).rglob("*.*")))
     return result
 
@@ -163,10 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-mb", type=float, default=20.0, help="target size of one data shard")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    for old in out.glob("bundle*"):
+        shutil.rmtree(old)
+    # Kept between packs (inside the ignored folder, never carried): wheels are downloaded once.
     staging = out / "staging"
-    wheels = pack_wheels(staging / "wheels", args.python_version)
+    if (staging / "data").exists():
+        shutil.rmtree(staging / "data")
+    wheels = pack_wheels(staging / f"wheels-{args.python_version}", args.python_version)
     shards = [] if args.no_data else pack_data(args.data, staging / "data", int(args.shard_mb * 2**20))
     manifest = {"python_version": args.python_version, "wheels": sorted(w.name for w in wheels),
                 "shards": sorted(s.name for s in shards),
@@ -174,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     bins = bundle([*wheels, *shards], out)
     for i in range(1, len(bins) + 1):
         (out / f"bundle{i}" / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(staging)
-    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for b in out.glob("bundle*") for p in b.rglob("*") if p.is_file())
     print(f"{len(wheels)} wheels, {len(shards)} data shards, {total / 2**20:.1f} MiB in {len(bins)} bundle(s) under "
           f"{out}:")
     for i in range(1, len(bins) + 1):
