@@ -1,4 +1,4 @@
-"""`fer-exp search` on a tiny real subset with real Optuna and MLflow stores in a temporary folder."""
+"""`fer-exp search` on a small synthetic data set with real Optuna and MLflow stores in a temporary folder."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 # Trials with epochs=2 are pruned at epoch 2 by the threshold pruner (nothing reaches 99% accuracy);
 # trials with epochs=1 never reach the pruning step and complete. So the sampled params decide each trial's fate.
@@ -56,13 +56,13 @@ def _study(work: Path, name: str = "t"):
 
 
 @pytest.fixture(scope="module")
-def searched(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def searched(synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("search")
     space = work / "tiny.yaml"
     space.write_text(TINY_SPACE)
-    first = _search(work, tiny_real_csv, space, 3)
+    first = _search(work, synthetic_csv, space, 3)
     assert first.returncode == 0, first.stdout + first.stderr
-    return {"work": work, "space": space, "csv": tiny_real_csv, "first": first}
+    return {"work": work, "space": space, "csv": synthetic_csv, "first": first}
 
 
 def test_three_trials_one_parent_three_children(searched: dict) -> None:
@@ -177,13 +177,13 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float) -> str:
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_leaves_nothing_running(tiny_real_csv: Path, tmp_path: Path, sig: int, code: int) -> None:
+def test_signal_leaves_nothing_running(synthetic_csv: Path, tmp_path: Path, sig: int, code: int) -> None:
     from optuna.trial import TrialState
 
     space = tmp_path / "slow.yaml"
     space.write_text(TINY_SPACE.replace("choices: [1, 2]", "choices: [3]").replace("max_epochs: 2", "max_epochs: 3")
                      .replace("name: threshold, lower: 0.99, n_warmup_steps: 2", "name: none"))
-    proc = subprocess.Popen([sys.executable, "-m", "fer_experiments.cli", "search", "--data", str(tiny_real_csv),
+    proc = subprocess.Popen([sys.executable, "-m", "fer_experiments.cli", "search", "--data", str(synthetic_csv),
                              "--space", str(space), "--study", "s", "--n-trials", "3"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
