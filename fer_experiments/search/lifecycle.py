@@ -55,6 +55,14 @@ class StudySettings:
             object.__setattr__(self, "space_source", str(self.space.source))
 
 
+#: The phases a search command's wall time is recorded in (``SearchOutcome.timings``): set-up before the engine's
+#: loop (space, store, data, study, parent run); per trial, its run's start (``trial_setup``), the training up to its
+#: last epoch (``training``, with the per-epoch metrics and the params logged before it) and the end-of-trial logging
+#: and run end (``tracking``: evaluation artifacts, figures, the model); after the loop, the engine's summary and the
+#: challenger registration. Time not in a phase is the engine's own (asking, pruning, reconciling).
+TIMED_PHASES: tuple[str, ...] = ("setup", "trial_setup", "training", "tracking", "summary", "registration")
+
+
 @dataclass
 class SearchOutcome:
     """What a search command did and where the study stands (any engine)."""
@@ -81,6 +89,15 @@ class SearchOutcome:
     #: (cumulative epochs, best COMPLETE value so far) after each trial, for engine comparisons.
     curve: list[tuple[int, float | None]] = field(default_factory=list)
     last_failure: str | None = None
+    #: Wall seconds per phase of ``TIMED_PHASES``, summed over this command's trials: where a search's time goes
+    #: (``bench/search_overhead.py`` reads it).
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        """Add ``seconds`` to ``phase`` (one of ``TIMED_PHASES``)."""
+        if phase not in TIMED_PHASES:
+            raise ValueError(f"unknown phase {phase!r}; phases: {', '.join(TIMED_PHASES)}")
+        self.timings[phase] = self.timings.get(phase, 0.0) + seconds
 
 
 @dataclass
@@ -208,7 +225,8 @@ class SearchRun:
                              values=values, epochs=epochs, objective=objective,
                              extra_params={tags.PARAM_SPACE: self.space.name,
                                            tags.PARAM_ENGINE: self.engine.name},
-                             observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run)
+                             observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run,
+                             on_phase=self.outcome.add_time)
         self._account(done)
         return done
 
@@ -235,12 +253,14 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
                   data: "TrainingData", values: dict[str, Any], epochs: int, objective: str,
                   extra_params: dict[str, Any], observers: Sequence["EpochObserver"] = (),
                   stop_exceptions: tuple[type[BaseException], ...] = (),
-                  on_run: Callable[[str], None] | None = None) -> TrialRun:
+                  on_run: Callable[[str], None] | None = None,
+                  on_phase: Callable[[str, float], None] | None = None) -> TrialRun:
     """One trial as a child MLflow run of the study's parent run.
 
     The run ends FINISHED (trial_state COMPLETE), FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
     combination or any other error of this trial alone) or KILLED (PRUNED, tagged with the epoch reached, when an
     observer raises one of ``stop_exceptions``). Ctrl-C/SIGTERM propagate after tagging the run FAIL.
+    ``on_phase(phase, seconds)`` receives the trial's ``trial_setup``, ``training`` and ``tracking`` wall times.
     """
     from fer_experiments.errors import TrialFailed
     from fer_experiments.params import split_params
@@ -248,9 +268,11 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
     from fer_experiments.tracking.training_run import base_tags, tracked_training
 
     reached = {"epoch": 0}
+    clock = {"start": time.perf_counter(), "fit": 0.0, "epoch_end": 0.0}
 
     def count(epoch: int, metrics: dict[str, float]) -> None:
         reached["epoch"] = epoch
+        clock["epoch_end"] = time.perf_counter()
 
     with start_run(tracking_uri, experiment, run_name=f"trial-{number}", tags=base_tags(data) | tags,
                    parent_run_id=parent_run_id) as run:
@@ -259,6 +281,7 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
         outcome = TrialRun(run_id=run.run_id, number=number)
         try:
             model_params, train_params = split_params(values | {"epochs": epochs})
+            clock["fit"] = clock["epoch_end"] = time.perf_counter()
             outcome.result = tracked_training(run, model_params, train_params, data, objective=objective,
                                               extra_params={names.TRIAL_NUMBER: number} | extra_params,
                                               observers=[count, *observers])
@@ -280,6 +303,15 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
             run.final_status = "FAILED"
         elif outcome.result is not None:
             run.set_tags({names.TRIAL_STATE: "COMPLETE", names.OBJECTIVE_VALUE: outcome.result.objective_value})
+    if on_phase is not None:
+        # A trial that failed before training counts all its time as set-up; one stopped mid-epoch, up to its last
+        # finished epoch as training.
+        ended = time.perf_counter()
+        fit = clock["fit"] or ended
+        trained_until = max(clock["epoch_end"], fit)
+        on_phase("trial_setup", fit - clock["start"])
+        on_phase("training", trained_until - fit)
+        on_phase("tracking", ended - trained_until)
     outcome.epochs_reached = reached["epoch"]
     return outcome
 
@@ -302,6 +334,7 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
     from fer_experiments.spaces import load_space, resolve_space_path
     from fer_experiments.tracking import TrackedRun, prepare_store, set_status
 
+    started = time.perf_counter()
     if space is None and cfg.space_path is not None:
         space = load_space(resolve_space_path(cfg.space_path))
     prepare_store(cfg.tracking_uri)
@@ -328,6 +361,7 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
     final = "FAILED"
     # From here on the parent run is RUNNING; every way out below gives it a terminal status.
     set_status(cfg.tracking_uri, parent_id, "RUNNING")
+    outcome.add_time("setup", time.perf_counter() - started)
     try:
         engine.search(run)
         final = "FAILED" if outcome.stopped else "FINISHED"
@@ -373,13 +407,17 @@ def _finish(run: SearchRun, register: bool) -> None:
     best = best_trial_record(cfg.tracking_uri, cfg.study, engine.name)
     if best is not None:
         out.best_value, out.best_trial, out.best_run_id = best.objective_value, best.number, best.run_id
+    started = time.perf_counter()
     try:
         out.notes += engine.summarise(TrackedRun(out.parent_run_id, cfg.tracking_uri), cfg.tracking_uri)
     except Exception as exc:  # noqa: BLE001 - a summary must never lose the trials already run
         out.notes.append(f"summary incomplete: {type(exc).__name__}: {exc}")
+    out.add_time("summary", time.perf_counter() - started)
     if register:
+        started = time.perf_counter()
         with engine.setup_lock():  # workers ending together register the new best once
             out.registered_version = register_challenger(cfg, run.settings, out)
+        out.add_time("registration", time.perf_counter() - started)
     if out.stopped:
         raise FatalError(f"search stopped: {out.stopped} (last reason: {out.last_failure or 'none'}); "
                          f"{format_outcome(out)}")
