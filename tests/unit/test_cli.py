@@ -14,10 +14,6 @@ import pytest
 from fer_experiments import IMAGE_SIZE, NUM_CLASSES
 from tests.conftest import run_cli, write_kaggle_csv
 
-TINY_SETS = ("--set", "conv_blocks=1", "--set", "convs_per_block=1", "--set", "filters=4", "--set", "dense_layers=0",
-             "--epochs", "1")
-
-
 def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
