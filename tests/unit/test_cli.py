@@ -14,6 +14,7 @@ import pytest
 from fer_experiments import IMAGE_SIZE, NUM_CLASSES
 from tests.conftest import run_cli, write_kaggle_csv
 
+
 def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
