@@ -154,7 +154,7 @@ def stores(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def _migrated_mlflow_db() -> Path:
+def migrated_mlflow_db() -> Path:
     """One MLflow SQLite database created and migrated once per session (the migrations take seconds per store)."""
     from fer_experiments.tracking import prepare_store
 
@@ -175,10 +175,10 @@ def copy_migrated_store(migrated_db: Path, root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def prepared_stores(stores: dict[str, str], _migrated_mlflow_db: Path) -> dict[str, str]:
+def prepared_stores(stores: dict[str, str], migrated_mlflow_db: Path) -> dict[str, str]:
     """``stores`` whose MLflow database already exists (a copy of a session-wide migrated one, no runs): for tests
     that are not about creating a store. Same keys as ``stores``; the Optuna file is still absent."""
-    return copy_migrated_store(_migrated_mlflow_db, Path(stores["root"]))
+    return copy_migrated_store(migrated_mlflow_db, Path(stores["root"]))
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import copy_migrated_store, run_cli
 
 pytestmark = [pytest.mark.slow]
 
@@ -29,9 +29,11 @@ params:
 
 
 @pytest.fixture(scope="module")
-def env(synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def env(synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory, migrated_mlflow_db: Path) -> dict:
     """A 3-trial study `p` (every trial COMPLETE) in a fresh folder."""
     work = tmp_path_factory.mktemp("promote")
+    # The MLflow store exists already (copied): this test is not about creating one.
+    copy_migrated_store(migrated_mlflow_db, work / "mlruns")
     (work / "space.yaml").write_text(SPACE)
     proc = run_cli("search", "--data", str(synthetic_csv), "--space", "space.yaml", "--study", "p", "--n-trials", "3",
                    cwd=work)

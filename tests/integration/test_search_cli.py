@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import copy_migrated_store, run_cli
 
 pytestmark = [pytest.mark.slow]
 
@@ -177,7 +177,10 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float) -> str:
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_leaves_nothing_running(synthetic_csv: Path, tmp_path: Path, sig: int, code: int) -> None:
+def test_signal_leaves_nothing_running(synthetic_csv: Path, tmp_path: Path, sig: int, code: int,
+                                       migrated_mlflow_db: Path) -> None:
+    # The MLflow store exists already (copied): this test is not about creating one.
+    copy_migrated_store(migrated_mlflow_db, tmp_path / "mlruns")
     from optuna.trial import TrialState
 
     space = tmp_path / "slow.yaml"

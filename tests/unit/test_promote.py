@@ -30,7 +30,7 @@ ACCURACIES = {"low": 0.30, "mid": 0.35, "high": 0.40, "high-too": 0.40}
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, _migrated_mlflow_db: Path) -> dict:
+def env(tmp_path_factory: pytest.TempPathFactory, migrated_mlflow_db: Path) -> dict:
     from fer_experiments.data import file_digest
     from fer_experiments.models.builder import build_model
     from fer_experiments.params import ModelParams
@@ -40,7 +40,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, _migrated_mlflow_db: Path) -> 
     csv = write_kaggle_csv(work / "tiny.csv", {name: synthetic_split(21, rng)
                                                 for name in ("Training", "PublicTest", "PrivateTest")})
     digest = file_digest(csv)
-    uri = copy_migrated_store(_migrated_mlflow_db, work / "mlruns")["tracking_uri"]
+    uri = copy_migrated_store(migrated_mlflow_db, work / "mlruns")["tracking_uri"]
     model = build_model(ModelParams(conv_blocks=1, convs_per_block=1, filters=2, dense_layers=0))
     runs = {}
     for i, (name, acc) in enumerate(ACCURACIES.items()):

@@ -78,7 +78,8 @@ def test_failed_trial_with_running_run_is_killed_and_stale_trial_failed(setup: d
     for run_id, number, state in ((run0, 0, "FAIL"), (run2, 2, "FAIL")):
         run = get_run(uri, run_id)
         assert run.status == "KILLED" and run.end_time is not None
-        assert tags.failure_of(run.tags) == f"trial {number} is {state} in Optuna: its worker died before ending this run"
+        reason = f"trial {number} is {state} in Optuna: its worker died before ending this run"
+        assert tags.failure_of(run.tags) == reason
     assert get_run(uri, run1).status == "FINISHED"
     for run_id in (run3, other_run, kt_run):
         assert get_run(uri, run_id).status == "RUNNING"

@@ -30,7 +30,8 @@ def test_trial_failing_before_training_reports_its_phases(prepared_stores: dict[
     from fer_experiments.data import load_training_data
 
     rng = np.random.default_rng(0)
-    csv = write_kaggle_csv(tmp_path / "tiny.csv", {n: synthetic_split(14, rng) for n in ("Training", "PublicTest", "PrivateTest")})
+    csv = write_kaggle_csv(tmp_path / "tiny.csv", {n: synthetic_split(14, rng)
+                                                   for n in ("Training", "PublicTest", "PrivateTest")})
     data = load_training_data(DataConfig(path=str(csv)))
     seen: list[tuple[str, float]] = []
     uri = prepared_stores["tracking_uri"]
