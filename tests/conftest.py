@@ -155,12 +155,16 @@ def stores(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def migrated_mlflow_db() -> Path:
-    """One MLflow SQLite database created and migrated once per session (the migrations take seconds per store)."""
-    from fer_experiments.tracking import prepare_store
+    """One MLflow SQLite database created and migrated once per session (the migrations take seconds per store).
+
+    Made with a plain client, not ``prepare_store``, so that MLflow's global tracking URI never points at it (a
+    fluent call logging into it would leak runs into every later copy)."""
+    import mlflow
 
     path = _SESSION_TMP / "migrated" / "mlflow.db"
     path.parent.mkdir(exist_ok=True)
-    prepare_store(f"sqlite:///{path}")
+    uri = f"sqlite:///{path}"
+    mlflow.MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
     return path
 
 
