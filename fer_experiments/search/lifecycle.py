@@ -291,6 +291,11 @@ def run_search(cfg: SearchConfig, engine: Engine, *, space: "SearchSpace | None"
     search once its trials have trained that many epochs; ``register=False`` leaves the registry alone.
     Raises FatalError after ``max_consecutive_failures`` failed trials in a row or when no trial could finish.
     """
+    if space is None and cfg.space_path is not None:
+        from fer_experiments.spaces import load_space, resolve_space_path
+
+        # Before the engine's session: a space with an error must leave nothing behind (no lock file, no store).
+        space = load_space(resolve_space_path(cfg.space_path))
     with engine.session(cfg):
         return _run(cfg, engine, space, epoch_budget, register, progress_stream)
 
@@ -298,11 +303,8 @@ def run_search(cfg: SearchConfig, engine: Engine, *, space: "SearchSpace | None"
 def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_budget: int | None, register: bool,
          progress_stream: Any) -> SearchOutcome:
     from fer_experiments.data import load_dataset, load_training_data
-    from fer_experiments.spaces import load_space, resolve_space_path
     from fer_experiments.tracking import TrackedRun, prepare_store, set_status
 
-    if space is None and cfg.space_path is not None:
-        space = load_space(resolve_space_path(cfg.space_path))
     prepare_store(cfg.tracking_uri)
     dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
     settings = engine.open(cfg, space, dataset.digest)
