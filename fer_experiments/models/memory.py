@@ -45,6 +45,9 @@ def estimate_training_memory(model: ModelParams, train: TrainParams) -> MemoryEs
     """Weights (with gradients and Adam slots) and activations (kept for backprop) at ``train.batch_size``."""
     bn_conv = model.batchnorm in ("before_activation", "after_activation")
     bn_dense = model.batchnorm != "none"
+    # BatchNorm right before the activation replaces the layer's bias (as in the builder).
+    bn_before = model.batchnorm in ("before_activation", "dense_only")
+    conv_bias, dense_bias = not (bn_conv and bn_before), not (bn_dense and bn_before)
     size, channels = IMAGE_SIZE, 1
     weights = 0
     # Per image: the input (and one copy per augmentation layer and the rescaled copy).
@@ -53,7 +56,7 @@ def estimate_training_memory(model: ModelParams, train: TrainParams) -> MemoryEs
     per_image = IMAGE_SIZE * IMAGE_SIZE * (2 + augment_layers)
     for filters in model.block_filters():
         for _ in range(model.convs_per_block):
-            weights += model.kernel_size ** 2 * channels * filters + filters + (4 * filters if bn_conv else 0)
+            weights += model.kernel_size ** 2 * channels * filters + (filters if conv_bias else 0) + (4 * filters if bn_conv else 0)
             channels = filters
             # conv output, activation output, and the BatchNorm output when there is one
             per_image += size * size * filters * (2 + (1 if bn_conv else 0))
@@ -61,7 +64,8 @@ def estimate_training_memory(model: ModelParams, train: TrainParams) -> MemoryEs
         per_image += size * size * channels * (2 if model.conv_dropout > 0 else 1)
     features = size * size * channels if model.head == "flatten" else channels
     for _ in range(model.dense_layers):
-        weights += features * model.dense_units + model.dense_units + (4 * model.dense_units if bn_dense else 0)
+        weights += (features * model.dense_units + (model.dense_units if dense_bias else 0)
+                    + (4 * model.dense_units if bn_dense else 0))
         features = model.dense_units
         per_image += model.dense_units * (3 + (1 if bn_dense else 0))
     weights += features * NUM_CLASSES + NUM_CLASSES

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ def open_storage(storage: str, heartbeat_interval: int | None = None, grace_peri
     """An Optuna RDB storage for ``storage``, tables created once under a lock.
 
     With a heartbeat, a trial whose worker died (SIGKILL, lost host) is marked FAIL once its heartbeat is older than
-    the grace period, and Optuna's retry callback enqueues a new trial with the same params.
+    the grace period, and Optuna's retry callback enqueues a new trial with the same params, once.
     """
     if "://" not in storage:
         raise ConfigError(f"--storage {storage!r} is not a storage URL (e.g. sqlite:///mlruns/optuna.db or "
@@ -101,7 +102,9 @@ def open_storage(storage: str, heartbeat_interval: int | None = None, grace_peri
     if heartbeat_interval:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+            # One retry: a worker lost with its host deserves a second chance, but a trial that killed its worker
+            # (the kernel's OOM killer) would kill the next one too; its retry failing as well ends it FAIL.
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
         kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period or 3 * heartbeat_interval,
                   "heartbeat_stale_trial_callback": retry}
     try:
@@ -113,11 +116,25 @@ def open_storage(storage: str, heartbeat_interval: int | None = None, grace_peri
                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
-def make_sampler(space: "SearchSpace") -> optuna.samplers.BaseSampler:
-    """The space's sampler, seeded."""
+def resumed_seed(seed: int | None, trials_so_far: int) -> int | None:
+    """The sampler seed of a command that opens a study holding ``trials_so_far`` trials.
+
+    Optuna does not store a sampler's state: rebuilding it from the space's seed on every command replays the same
+    suggestions, so a resumed study would repeat trial 0. A fresh study uses the space's seed as it is (the same
+    space gives the same first trials); a resumed one derives a new seed from it and the study's trial count, so
+    each command continues the sequence instead of restarting it, and reruns stay reproducible.
+    """
+    if seed is None or trials_so_far == 0:
+        return seed
+    digest = hashlib.sha256(f"fer-exp sampler {seed} after {trials_so_far}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_sampler(space: "SearchSpace", trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded (see ``resumed_seed`` for a study that already holds trials)."""
     cfg = dict(space.sampler)
     name = cfg.pop("name", "tpe")
-    seed = cfg.pop("seed", 42)
+    seed = resumed_seed(cfg.pop("seed", 42), trials_so_far)
     options = dict(cfg.pop("options", {}) or {})
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **options)
@@ -188,9 +205,10 @@ def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, nam
         if not created and n_trials is not None and loaded.user_attrs.get(tags.ATTR_N_TRIALS) != n_trials:
             loaded.set_user_attr(tags.ATTR_N_TRIALS, n_trials)  # a search command sets the study's target for all workers
         attrs = loaded.user_attrs
+        trials_so_far = len(loaded.get_trials(deepcopy=False))
     source = attrs.get(tags.ATTR_SPACE_FILE, "<study>")
     stored_space = SearchSpace.from_dict(attrs[tags.ATTR_SPACE], source=source)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(stored_space),
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(stored_space, trials_so_far),
                               pruner=make_pruner(stored_space))
     settings = StudySettings(space=stored_space, data_digest=str(attrs.get(tags.ATTR_DATA_DIGEST)),
                              limit=attrs.get(tags.ATTR_LIMIT), experiment=attrs.get(tags.ATTR_EXPERIMENT, name),
