@@ -84,6 +84,19 @@ class SearchOutcome:
 
 
 @dataclass
+class Interruption:
+    """What a Ctrl-C (or SIGTERM) stopped, attached to the KeyboardInterrupt as ``exc.search_interruption``."""
+
+    #: The trial that was running (now FAIL, its MLflow run KILLED), or None when it came between trials.
+    running_trial: int | None
+    best_trial: int | None = None
+    best_value: float | None = None
+    #: The challenger version registered on the way out (a new best found before the interruption).
+    registered_version: str | None = None
+    note: str | None = None
+
+
+@dataclass
 class TrialRun:
     """How one trial's training ended: COMPLETE (``result``), FAIL (``failure``) or stopped on purpose by the
     engine (``stopped``, e.g. Optuna's pruning exception)."""
@@ -177,6 +190,9 @@ class SearchRun:
     epoch_budget: int | None = None
     deadline: float | None = None
     consecutive_failures: int = 0
+    #: The trial being run now (set by the engine as soon as its trial exists), None between trials: what an
+    #: interruption stops.
+    running_trial: int | None = None
 
     @property
     def experiment(self) -> str:
@@ -203,6 +219,7 @@ class SearchRun:
 
         run_tags = tags.trial_tags(study=self.cfg.study, engine=self.engine.name, number=number) | {
             tags.HOST: socket.gethostname(), tags.GPU: gpu_label(self.cfg)} | (extra_tags or {})
+        self.running_trial = number
         done = tracked_trial(tracking_uri=self.cfg.tracking_uri, experiment=self.experiment,
                              parent_run_id=self.parent.run_id, number=number, tags=run_tags, data=self.data,
                              values=values, epochs=epochs, objective=objective,
@@ -296,14 +313,27 @@ def run_search(cfg: SearchConfig, engine: Engine, *, space: "SearchSpace | None"
 
         # Before the engine's session: a space with an error must leave nothing behind (no lock file, no store).
         space = load_space(resolve_space_path(cfg.space_path))
+    _check_stores_writable(cfg)
     with engine.session(cfg):
         return _run(cfg, engine, space, epoch_budget, register, progress_stream)
+
+
+def _check_stores_writable(cfg: SearchConfig) -> None:
+    """Both stores writable before anything is written to either (one line naming the store, exit 5)."""
+    from fer_experiments.locks import sqlite_write_problem
+    from fer_experiments.tracking.store import check_store_writable, redact_uri
+
+    check_store_writable(cfg.tracking_uri)
+    problem = sqlite_write_problem(cfg.storage)
+    if problem:
+        raise FatalError(f"the Optuna storage {redact_uri(cfg.storage)} cannot be written: {problem}")
 
 
 def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_budget: int | None, register: bool,
          progress_stream: Any) -> SearchOutcome:
     from fer_experiments.data import load_dataset, load_training_data
     from fer_experiments.tracking import TrackedRun, prepare_store, set_status
+    from fer_experiments.tracking.runs import heartbeat, process_tags
 
     prepare_store(cfg.tracking_uri)
     dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
@@ -329,17 +359,38 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
     final = "FAILED"
     # From here on the parent run is RUNNING; every way out below gives it a terminal status.
     set_status(cfg.tracking_uri, parent_id, "RUNNING")
+    parent.set_tags(process_tags())  # this command now keeps the parent run RUNNING: reconcile checks on it
     try:
-        engine.search(run)
+        with heartbeat(cfg.tracking_uri, parent_id):
+            engine.search(run)
         final = "FAILED" if outcome.stopped else "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         final = "KILLED"
+        exc.search_interruption = _on_interrupt(run, register)  # type: ignore[attr-defined]
         raise
     finally:
         if final != "FINISHED" or not engine.others_running():
             set_status(cfg.tracking_uri, parent_id, final)
     _finish(run, register)
     return outcome
+
+
+def _on_interrupt(run: SearchRun, register: bool) -> Interruption:
+    """Say what the interruption stopped, and register a new best found before it as challenger now rather than at
+    the next resume (a failure to do so is a note: the interruption itself must go through)."""
+    cfg, out = run.cfg, run.outcome
+    info = Interruption(running_trial=run.running_trial)
+    try:
+        best = best_trial_record(cfg.tracking_uri, cfg.study, run.engine.name)
+        if best is not None:
+            info.best_trial, info.best_value = best.number, best.objective_value
+            out.best_value, out.best_trial, out.best_run_id = best.objective_value, best.number, best.run_id
+            if register:
+                with run.engine.setup_lock():
+                    info.registered_version = register_challenger(cfg, run.settings, out)
+    except Exception as exc:  # noqa: BLE001 - housekeeping on the way out; the next run registers it
+        info.note = f"challenger not registered: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return info
 
 
 def _ensure_parent_run(cfg: SearchConfig, engine: Engine, settings: StudySettings) -> str:

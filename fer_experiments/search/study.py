@@ -23,6 +23,7 @@ from fer_experiments.locks import (
     lock_file_beside,
     setup_lock,
     sqlite_file,
+    sqlite_write_problem,
 )
 from fer_experiments.search.lifecycle import StudySettings
 from fer_experiments.tracking import tags
@@ -32,6 +33,29 @@ if TYPE_CHECKING:
     from fer_experiments.spaces import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _NoInterruptionWarnings(logging.Filter):
+    """Drop Optuna's "Trial N failed ... KeyboardInterrupt()" warning (with its traceback) and the "Trial N failed
+    with value None" line after it: the command says once, in its own words, what the interruption stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trial: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
+            words = record.getMessage().split()
+            self._trial = words[1] if len(words) > 1 else None
+            return False
+        if self._trial is not None and record.getMessage().startswith(f"Trial {self._trial} failed with value"):
+            self._trial = None
+            return False
+        return True
+
+
+# The records are made by this logger, so a filter on it applies (one on "optuna" would miss propagated records).
+logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptionWarnings())
 
 
 def storage_lock(storage: str) -> contextlib.AbstractContextManager[None]:
@@ -88,6 +112,13 @@ def sole_sqlite_writer(storage: str) -> Iterator[None]:
         yield
 
 
+def check_storage_writable(storage: str) -> None:
+    """FatalError naming the storage when a SQLite Optuna storage cannot be written, before any work starts."""
+    problem = sqlite_write_problem(storage)
+    if problem:
+        raise FatalError(f"the Optuna storage {redact_uri(storage)} cannot be written: {problem}")
+
+
 def open_storage(storage: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  ) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for ``storage``, tables created once under a lock.
@@ -98,6 +129,7 @@ def open_storage(storage: str, heartbeat_interval: int | None = None, grace_peri
     if "://" not in storage:
         raise ConfigError(f"--storage {storage!r} is not a storage URL (e.g. sqlite:///mlruns/optuna.db or "
                           "postgresql://user@host/db)")
+    check_storage_writable(storage)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
         with warnings.catch_warnings():
@@ -163,6 +195,16 @@ def make_pruner(space: "SearchSpace") -> optuna.pruners.BasePruner:
     if name == "none":
         return optuna.pruners.NopPruner()
     raise ConfigError(f"{space.source}: pruner.name: unknown pruner {name!r}")
+
+
+def _open_for_reading(storage_url: str) -> optuna.storages.BaseStorage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(storage_url, skip_table_creation=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the storage is unusable
+        raise FatalError(f"cannot open the Optuna storage {redact_uri(storage_url)}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -240,8 +282,17 @@ class StudyRow:
 
 
 def list_studies(storage_url: str) -> list[StudyRow]:
-    """Every study in the storage with its trial counts by state and its best COMPLETE trial."""
-    storage = open_storage(storage_url)
+    """Every study in the storage with its trial counts by state and its best COMPLETE trial.
+
+    Reads only: a SQLite storage that does not exist is a ConfigError saying where it was looked for.
+    """
+    import os
+
+    db = sqlite_file(storage_url)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"no Optuna storage at {db.resolve()} (--storage {storage_url}, from {os.getcwd()}); "
+                          "run from the folder that holds it or give --storage")
+    storage = _open_for_reading(storage_url)
     rows: list[StudyRow] = []
     for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
         study_id = storage.get_study_id_from_name(summary.study_name)

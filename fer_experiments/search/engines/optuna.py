@@ -145,6 +145,7 @@ class _Objective:
         from fer_experiments.tracking import redact_uri
 
         self.on_start()
+        self.run.running_trial = trial.number  # from here an interruption stops this trial (Optuna marks it FAIL)
         values = suggest(self.run.space, trial)
         epochs = epochs_for(self.run.space, values)
         try:
@@ -155,6 +156,7 @@ class _Objective:
         except KeyboardInterrupt:
             trial.set_user_attr(tags.ATTR_FAIL_REASON, "interrupted")
             raise
+        self.run.running_trial = None
         if done.stopped is not None:
             raise done.stopped
         if done.failure is not None:
