@@ -205,3 +205,13 @@ def test_resumed_study_does_not_repeat_earlier_trials(tmp_path: Path) -> None:
     url2 = f"sqlite:///{tmp_path}/o2.db"
     study2, _, _ = create_or_resume(open_storage(url2), url2, "s", space, data_digest="d", limit=None, experiment=None)
     assert tuple(sorted(suggest(space, study2.ask()).items())) == seen[0]
+
+
+# ------------------------------------------------------------- issue 12.4: reading commands create no store
+@pytest.mark.parametrize("command,store", [(["studies"], "optuna.db"), (["models"], "mlflow.db"),
+                                           (["reconcile"], "mlflow.db")])
+def test_reading_command_in_the_wrong_folder_creates_no_store(tmp_path: Path, command: list[str], store: str) -> None:
+    proc = run_cli(*command, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert str(tmp_path / "mlruns" / store) in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlruns").exists()
