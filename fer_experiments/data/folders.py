@@ -169,9 +169,18 @@ def read_tree(
         )
     if converted:
         warn_and_note(notes, f"converted {converted} images to {IMAGE_SIZE}x{IMAGE_SIZE} grayscale")
-    if scan.ignored:
-        notes.append(f"ignored {scan.ignored} files that are not {'/'.join(IMAGE_EXTENSIONS)} images")
     return check_splits(splits, source, what="images"), tuple(notes)
+
+
+def scan_notes(scan: TreeScan) -> tuple[str, ...]:
+    """Notes on what this scan skipped: made for every load, cache hit or not (the digest covers images only, so
+    files added beside them change the notes without changing the cache key)."""
+    if scan.ignored:
+        return (f"{IGNORED_NOTE} {scan.ignored} files that are not {'/'.join(IMAGE_EXTENSIONS)} images",)
+    return ()
+
+
+IGNORED_NOTE = "ignored"
 
 
 #: Largest image the tree may hold, by what its header declares (FER2013's are 48x48; a photo is a few megapixels).

@@ -215,3 +215,47 @@ def test_reading_command_in_the_wrong_folder_creates_no_store(tmp_path: Path, co
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert str(tmp_path / "mlruns" / store) in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "mlruns").exists()
+
+
+# ------------------------------------------------------------------------ 12 (smaller): data loads and caches
+def test_plain_csv_named_gz_is_refused_with_a_cold_or_a_warm_cache(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fer_experiments.data import load_dataset
+    from tests.conftest import write_kaggle_csv
+
+    rng = np.random.default_rng(0)
+    parts = {s: (rng.integers(0, 255, (14, 48, 48)), np.arange(14) % 7) for s in ("Training", "PublicTest",
+                                                                               "PrivateTest")}
+    plain = write_kaggle_csv(tmp_path / "fer.csv", parts)
+    named_gz = tmp_path / "fer.csv.gz"
+    named_gz.write_bytes(plain.read_bytes())
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="not a gzip file") as cold:
+        load_dataset(named_gz, cache_dir=cache)
+    load_dataset(plain, cache_dir=cache)  # the same bytes are now cached under their digest
+    with pytest.raises(DataError, match="not a gzip file") as warm:
+        load_dataset(named_gz, cache_dir=cache)
+    assert str(cold.value) == str(warm.value)
+
+
+def test_cache_hit_keeps_this_loads_notes(tmp_path: Path) -> None:
+    from fer_experiments.data import load_dataset
+
+    root = _tree(tmp_path / "tree")
+    for split in ("train", "test"):
+        for cls in ("angry", "sad"):
+            import cv2
+            import numpy as np
+
+            (root / split / cls).mkdir()
+            for i in range(3):
+                cv2.imwrite(str(root / split / cls / f"{i}.png"), np.full((48, 48), 30 * i + 5, np.uint8))
+    cache = tmp_path / "cache"
+    cold = load_dataset(root, cache_dir=cache)
+    for i in range(3):
+        (root / "train" / "happy" / f"notes{i}.txt").write_text("not an image")
+    warm = load_dataset(root, cache_dir=cache)
+    assert warm.digest == cold.digest  # a cache hit: the images did not change
+    assert any("ignored 3 files" in n for n in warm.notes), warm.notes
+    assert load_dataset(root, cache_dir=cache).notes == warm.notes
