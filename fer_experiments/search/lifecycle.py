@@ -83,6 +83,55 @@ class SearchOutcome:
     last_failure: str | None = None
 
 
+class InterruptHold:
+    """Holds a Ctrl-C / SIGTERM that arrives while a finished trial is being recorded, and delivers it right after.
+
+    Between the end of a trial's training and its engine recording the outcome (Optuna's ``tell``) an interruption
+    would fail a trial whose MLflow run already says COMPLETE; held, it lands between trials instead.
+    """
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: BaseException | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers belong to the main thread; elsewhere nothing is held
+            return
+        from fer_experiments.errors import Terminated
+
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            exc: BaseException = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+            if self.holding:
+                self.pending = exc
+                return
+            raise exc
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        """Stop holding; raise the interruption that arrived meanwhile, if any."""
+        self.holding = False
+        if self.pending is not None:
+            exc, self.pending = self.pending, None
+            raise exc
+
+
 @dataclass
 class Interruption:
     """What a Ctrl-C (or SIGTERM) stopped, attached to the KeyboardInterrupt as ``exc.search_interruption``."""
@@ -193,6 +242,7 @@ class SearchRun:
     #: The trial being run now (set by the engine as soon as its trial exists), None between trials: what an
     #: interruption stops.
     running_trial: int | None = None
+    interrupts: InterruptHold = field(default_factory=InterruptHold)
 
     @property
     def experiment(self) -> str:
@@ -210,8 +260,12 @@ class SearchRun:
 
     def trial(self, number: int, values: dict[str, Any], epochs: int, *, extra_tags: dict[str, Any] | None = None,
               observers: Sequence["EpochObserver"] = (), stop_exceptions: tuple[type[BaseException], ...] = (),
-              on_run: Callable[[str], None] | None = None) -> TrialRun:
-        """Run one trial as a child run of the study's parent run and account for it."""
+              on_run: Callable[[str], None] | None = None, hold_interrupts: bool = False) -> TrialRun:
+        """Run one trial as a child run of the study's parent run and account for it.
+
+        ``hold_interrupts``: from the trial's end, hold Ctrl-C / SIGTERM until the engine has recorded the outcome
+        and calls ``self.interrupts.release()``.
+        """
         objective = self.space.objective
 
         def show(epoch: int, metrics: dict[str, float]) -> None:
@@ -225,7 +279,9 @@ class SearchRun:
                              values=values, epochs=epochs, objective=objective,
                              extra_params={tags.PARAM_SPACE: self.space.name,
                                            tags.PARAM_ENGINE: self.engine.name},
-                             observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run)
+                             observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run,
+                             on_end=self.interrupts.hold if hold_interrupts else None)
+        self.running_trial = None
         self._account(done)
         return done
 
@@ -252,7 +308,8 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
                   data: "TrainingData", values: dict[str, Any], epochs: int, objective: str,
                   extra_params: dict[str, Any], observers: Sequence["EpochObserver"] = (),
                   stop_exceptions: tuple[type[BaseException], ...] = (),
-                  on_run: Callable[[str], None] | None = None) -> TrialRun:
+                  on_run: Callable[[str], None] | None = None,
+                  on_end: Callable[[], None] | None = None) -> TrialRun:
     """One trial as a child MLflow run of the study's parent run.
 
     The run ends FINISHED (trial_state COMPLETE), FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
@@ -291,6 +348,8 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
             outcome.failure = str(exc)
         except Exception as exc:  # noqa: BLE001 - an unexpected error fails this trial, not the search
             outcome.failure = f"{type(exc).__name__}: {exc}"
+        if on_end is not None:
+            on_end()  # training is over: from here the outcome is recorded whole
         if outcome.failure is not None:
             outcome.failure = outcome.failure.splitlines()[0][:1000] if outcome.failure else "unknown error"
             run.set_tags({names.TRIAL_STATE: "FAIL", names.FAILURE_REASON: outcome.failure})
@@ -362,7 +421,7 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
     set_status(cfg.tracking_uri, parent_id, "RUNNING")
     parent.set_tags(process_tags())  # this command now keeps the parent run RUNNING: reconcile checks on it
     try:
-        with heartbeat(cfg.tracking_uri, parent_id):
+        with heartbeat(cfg.tracking_uri, parent_id), run.interrupts.installed():
             engine.search(run)
         final = "FAILED" if outcome.stopped else "FINISHED"
     except KeyboardInterrupt as exc:
