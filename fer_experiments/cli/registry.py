@@ -89,7 +89,10 @@ def models(model_name: str | None, as_json: bool, tracking_uri: str | None) -> N
     from fer_experiments.registry.promote import list_models
     from fer_experiments.tracking import prepare_store
 
+    from fer_experiments.tracking.store import require_existing_store
+
     uri = tracking_uri_or_default(tracking_uri)
+    require_existing_store(uri)  # a reading command never creates a store
     prepare_store(uri)
     rows = list_models(uri, model_name)
     if as_json:
@@ -103,4 +106,9 @@ def models(model_name: str | None, as_json: bool, tracking_uri: str | None) -> N
     for r in rows:
         click.echo(f"{r.name:<10} {r.version:>7} {','.join(r.aliases) or '-':<28} {r.study or '-':<12} "
                    f"{r.trial or '-':>5} {fmt(r.public_accuracy):>8} {fmt(r.public_macro_f1):>8} "
-                   f"{fmt(r.private_accuracy):>8} {fmt(r.private_macro_f1):>8}")
+                   f"{fmt(r.private_accuracy):>8} {fmt(r.private_macro_f1):>8}"
+                   + ("  ARTIFACTS MISSING" if r.missing else ""))
+    for r in rows:
+        if r.missing:
+            click.echo(f"warning: {r.name} version {r.version}"
+                       f"{' (' + ','.join(r.aliases) + ')' if r.aliases else ''} cannot be loaded: {r.missing}")

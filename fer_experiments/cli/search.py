@@ -21,6 +21,7 @@ from fer_experiments.cli.options import (
     worker_options,
 )
 from fer_experiments.config import DEFAULT_STORAGE
+from fer_experiments.errors import ConfigError
 
 _max_failures_option = click.option(
     "--max-consecutive-failures", type=click.IntRange(min=1), default=5, show_default=True,
@@ -114,9 +115,18 @@ def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
 
     try:
         outcome = run_search(cfg, engine)
-    except KeyboardInterrupt:
-        click.echo(f"\nstopped; the running trial was marked FAIL (MLflow run KILLED). Resume with:\n  {resume_hint}",
-                   err=True)
+    except KeyboardInterrupt as exc:
+        info = getattr(exc, "search_interruption", None)
+        lines = ["", "stopped; " + (
+            "the running trial was marked FAIL (MLflow run KILLED)" if info is None else
+            "no trial was running (every trial so far had ended)" if info.running_trial is None else
+            f"trial {info.running_trial} was running: marked FAIL (its MLflow run KILLED)")]
+        if info is not None and info.registered_version:
+            lines.append(f"registered {cfg.model_name} version {info.registered_version} (alias challenger) from "
+                         f"trial {info.best_trial}, the study's best ({info.best_value:.4f})")
+        if info is not None and info.note:
+            lines.append(f"note: {info.note}")
+        click.echo("\n".join(lines + [f"Resume with:\n  {resume_hint}"]), err=True)
         raise
     for note in outcome.notes:
         click.echo(f"note: {note}")
@@ -128,19 +138,37 @@ def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, help="The Optuna study whose dead workers' trials to clean up.")
+@click.option("--study", default=None,
+              help="Only this Optuna study [default: the whole store: every study of --storage and every RUNNING "
+                   "MLflow run, `train` runs included].")
 @storage_option
 @tracking_option
 @click.option("--grace-period", type=click.IntRange(min=1), default=180, show_default=True,
-              help="Seconds without a heartbeat after which a RUNNING trial's worker counts as dead.")
-def reconcile(study: str, storage: str, tracking_uri: str | None, grace_period: int) -> None:
-    """Fail trials whose worker died and mark their orphaned MLflow runs KILLED (workers also do this at start)."""
+              help="Seconds without a heartbeat after which a RUNNING trial or run of another host counts as dead "
+                   "(runs of this host whose process is gone are ended at once).")
+def reconcile(study: str | None, storage: str, tracking_uri: str | None, grace_period: int) -> None:
+    """End what dead processes left RUNNING: fail their Optuna trials and mark their MLflow runs KILLED."""
     from fer_experiments.search.engines.optuna import reconcile_study
+    from fer_experiments.search.reconcile import reconcile_runs
+    from fer_experiments.search.study import list_studies
+    from fer_experiments.tracking.store import require_existing_store
 
-    notes = reconcile_study(storage, study, tracking_uri_or_default(tracking_uri), grace_period)
+    uri = tracking_uri_or_default(tracking_uri)
+    if study is not None:
+        notes = reconcile_study(storage, study, uri, grace_period)
+    else:
+        require_existing_store(uri)
+        notes = []
+        try:
+            names = [row.name for row in list_studies(storage)]
+        except ConfigError:
+            names = []  # no Optuna storage here: MLflow runs only
+        for name in names:
+            notes += reconcile_study(storage, name, uri, grace_period)
+        notes += reconcile_runs(uri, grace_period)
     for note in notes:
         click.echo(note)
-    click.echo(f"reconciled study {study}: {len(notes)} change(s)")
+    click.echo(f"reconciled {'study ' + study if study else 'the whole store'}: {len(notes)} change(s)")
 
 
 @click.command()

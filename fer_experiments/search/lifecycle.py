@@ -100,6 +100,68 @@ class SearchOutcome:
         self.timings[phase] = self.timings.get(phase, 0.0) + seconds
 
 
+class InterruptHold:
+    """Holds a Ctrl-C / SIGTERM that arrives while a finished trial is being recorded, and delivers it right after.
+
+    Between the end of a trial's training and its engine recording the outcome (Optuna's ``tell``) an interruption
+    would fail a trial whose MLflow run already says COMPLETE; held, it lands between trials instead.
+    """
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: BaseException | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers belong to the main thread; elsewhere nothing is held
+            return
+        from fer_experiments.errors import Terminated
+
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            exc: BaseException = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+            if self.holding:
+                self.pending = exc
+                return
+            raise exc
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        """Stop holding; raise the interruption that arrived meanwhile, if any."""
+        self.holding = False
+        if self.pending is not None:
+            exc, self.pending = self.pending, None
+            raise exc
+
+
+@dataclass
+class Interruption:
+    """What a Ctrl-C (or SIGTERM) stopped, attached to the KeyboardInterrupt as ``exc.search_interruption``."""
+
+    #: The trial that was running (now FAIL, its MLflow run KILLED), or None when it came between trials.
+    running_trial: int | None
+    best_trial: int | None = None
+    best_value: float | None = None
+    #: The challenger version registered on the way out (a new best found before the interruption).
+    registered_version: str | None = None
+    note: str | None = None
+
+
 @dataclass
 class TrialRun:
     """How one trial's training ended: COMPLETE (``result``), FAIL (``failure``) or stopped on purpose by the
@@ -194,6 +256,10 @@ class SearchRun:
     epoch_budget: int | None = None
     deadline: float | None = None
     consecutive_failures: int = 0
+    #: The trial being run now (set by the engine as soon as its trial exists), None between trials: what an
+    #: interruption stops.
+    running_trial: int | None = None
+    interrupts: InterruptHold = field(default_factory=InterruptHold)
 
     @property
     def experiment(self) -> str:
@@ -211,8 +277,12 @@ class SearchRun:
 
     def trial(self, number: int, values: dict[str, Any], epochs: int, *, extra_tags: dict[str, Any] | None = None,
               observers: Sequence["EpochObserver"] = (), stop_exceptions: tuple[type[BaseException], ...] = (),
-              on_run: Callable[[str], None] | None = None) -> TrialRun:
-        """Run one trial as a child run of the study's parent run and account for it."""
+              on_run: Callable[[str], None] | None = None, hold_interrupts: bool = False) -> TrialRun:
+        """Run one trial as a child run of the study's parent run and account for it.
+
+        ``hold_interrupts``: from the trial's end, hold Ctrl-C / SIGTERM until the engine has recorded the outcome
+        and calls ``self.interrupts.release()``.
+        """
         objective = self.space.objective
 
         def show(epoch: int, metrics: dict[str, float]) -> None:
@@ -220,13 +290,16 @@ class SearchRun:
 
         run_tags = tags.trial_tags(study=self.cfg.study, engine=self.engine.name, number=number) | {
             tags.HOST: socket.gethostname(), tags.GPU: gpu_label(self.cfg)} | (extra_tags or {})
+        self.running_trial = number
         done = tracked_trial(tracking_uri=self.cfg.tracking_uri, experiment=self.experiment,
                              parent_run_id=self.parent.run_id, number=number, tags=run_tags, data=self.data,
                              values=values, epochs=epochs, objective=objective,
                              extra_params={tags.PARAM_SPACE: self.space.name,
                                            tags.PARAM_ENGINE: self.engine.name},
                              observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run,
-                             on_phase=self.outcome.add_time)
+                             on_phase=self.outcome.add_time,
+                             on_end=self.interrupts.hold if hold_interrupts else None)
+        self.running_trial = None
         self._account(done)
         return done
 
@@ -254,7 +327,8 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
                   extra_params: dict[str, Any], observers: Sequence["EpochObserver"] = (),
                   stop_exceptions: tuple[type[BaseException], ...] = (),
                   on_run: Callable[[str], None] | None = None,
-                  on_phase: Callable[[str, float], None] | None = None) -> TrialRun:
+                  on_phase: Callable[[str, float], None] | None = None,
+                  on_end: Callable[[], None] | None = None) -> TrialRun:
     """One trial as a child MLflow run of the study's parent run.
 
     The run ends FINISHED (trial_state COMPLETE), FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
@@ -297,6 +371,8 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
             outcome.failure = str(exc)
         except Exception as exc:  # noqa: BLE001 - an unexpected error fails this trial, not the search
             outcome.failure = f"{type(exc).__name__}: {exc}"
+        if on_end is not None:
+            on_end()  # training is over: from here the outcome is recorded whole
         if outcome.failure is not None:
             outcome.failure = outcome.failure.splitlines()[0][:1000] if outcome.failure else "unknown error"
             run.set_tags({names.TRIAL_STATE: "FAIL", names.FAILURE_REASON: outcome.failure})
@@ -324,19 +400,34 @@ def run_search(cfg: SearchConfig, engine: Engine, *, space: "SearchSpace | None"
     search once its trials have trained that many epochs; ``register=False`` leaves the registry alone.
     Raises FatalError after ``max_consecutive_failures`` failed trials in a row or when no trial could finish.
     """
+    if space is None and cfg.space_path is not None:
+        from fer_experiments.spaces import load_space, resolve_space_path
+
+        # Before the engine's session: a space with an error must leave nothing behind (no lock file, no store).
+        space = load_space(resolve_space_path(cfg.space_path))
+    _check_stores_writable(cfg)
     with engine.session(cfg):
         return _run(cfg, engine, space, epoch_budget, register, progress_stream)
+
+
+def _check_stores_writable(cfg: SearchConfig) -> None:
+    """Both stores writable before anything is written to either (one line naming the store, exit 5)."""
+    from fer_experiments.locks import sqlite_write_problem
+    from fer_experiments.tracking.store import check_store_writable, redact_uri
+
+    check_store_writable(cfg.tracking_uri)
+    problem = sqlite_write_problem(cfg.storage)
+    if problem:
+        raise FatalError(f"the Optuna storage {redact_uri(cfg.storage)} cannot be written: {problem}")
 
 
 def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_budget: int | None, register: bool,
          progress_stream: Any) -> SearchOutcome:
     from fer_experiments.data import load_dataset, load_training_data
-    from fer_experiments.spaces import load_space, resolve_space_path
     from fer_experiments.tracking import TrackedRun, prepare_store, set_status
+    from fer_experiments.tracking.runs import heartbeat, process_tags
 
     started = time.perf_counter()
-    if space is None and cfg.space_path is not None:
-        space = load_space(resolve_space_path(cfg.space_path))
     prepare_store(cfg.tracking_uri)
     dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
     settings = engine.open(cfg, space, dataset.digest)
@@ -361,18 +452,39 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
     final = "FAILED"
     # From here on the parent run is RUNNING; every way out below gives it a terminal status.
     set_status(cfg.tracking_uri, parent_id, "RUNNING")
+    parent.set_tags(process_tags())  # this command now keeps the parent run RUNNING: reconcile checks on it
     outcome.add_time("setup", time.perf_counter() - started)
     try:
-        engine.search(run)
+        with heartbeat(cfg.tracking_uri, parent_id), run.interrupts.installed():
+            engine.search(run)
         final = "FAILED" if outcome.stopped else "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         final = "KILLED"
+        exc.search_interruption = _on_interrupt(run, register)  # type: ignore[attr-defined]
         raise
     finally:
         if final != "FINISHED" or not engine.others_running():
             set_status(cfg.tracking_uri, parent_id, final)
     _finish(run, register)
     return outcome
+
+
+def _on_interrupt(run: SearchRun, register: bool) -> Interruption:
+    """Say what the interruption stopped, and register a new best found before it as challenger now rather than at
+    the next resume (a failure to do so is a note: the interruption itself must go through)."""
+    cfg, out = run.cfg, run.outcome
+    info = Interruption(running_trial=run.running_trial)
+    try:
+        best = best_trial_record(cfg.tracking_uri, cfg.study, run.engine.name)
+        if best is not None:
+            info.best_trial, info.best_value = best.number, best.objective_value
+            out.best_value, out.best_trial, out.best_run_id = best.objective_value, best.number, best.run_id
+            if register:
+                with run.engine.setup_lock():
+                    info.registered_version = register_challenger(cfg, run.settings, out)
+    except Exception as exc:  # noqa: BLE001 - housekeeping on the way out; the next run registers it
+        info.note = f"challenger not registered: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return info
 
 
 def _ensure_parent_run(cfg: SearchConfig, engine: Engine, settings: StudySettings) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 
 from fer_experiments import EXPRESSIONS, IMAGE_SIZE, NUM_CLASSES
 from fer_experiments.config import DEFAULT_MODEL_URI
-from fer_experiments.errors import ConfigError
+from fer_experiments.errors import ConfigError, FatalError
 from fer_experiments.serving.detector import DEFAULT_MARGIN, Box, FaceDetector
 from fer_experiments.serving.images import (
     DEFAULT_MAX_BYTES,
@@ -226,10 +226,18 @@ def _file_version(path: Path) -> str:
 
 
 def load_target(target: Target, tracking_uri: str | None, detector: FaceDetector | None,
-                margin: float = DEFAULT_MARGIN) -> LoadedModel:
-    """Load and warm up the model of ``target``."""
+                margin: float = DEFAULT_MARGIN, asked: str | None = None) -> LoadedModel:
+    """Load and warm up the model of ``target`` (``asked``: the URI as given, e.g. with its alias, for messages)."""
     from fer_experiments.tracking.model_io import load_keras_model
 
+    if target.load_uri.startswith("models:/"):
+        from fer_experiments.tracking import default_tracking_uri
+        from fer_experiments.tracking.model_registry import model_artifact_problem
+
+        problem = model_artifact_problem(tracking_uri or default_tracking_uri(), target.name, target.version)
+        if problem:
+            raise FatalError(f"{asked or target.load_uri}: {target.name} version {target.version} cannot be loaded: "
+                             f"{problem}")
     model = load_keras_model(target.load_uri, tracking_uri)
     return LoadedModel(target.name, target.version, target.load_uri, Predictor(Classifier(model), detector, margin))
 
@@ -242,7 +250,7 @@ def load_model(model_uri: str, tracking_uri: str | None = None, detector: FaceDe
         target = resolve(ref, tracking_uri)
     except NoModelYet as exc:
         raise ConfigError(f"--model {model_uri}: {exc}") from None
-    return load_target(target, tracking_uri, detector, margin)
+    return load_target(target, tracking_uri, detector, margin, asked=model_uri)
 
 
 class ModelHolder:
@@ -285,7 +293,7 @@ class ModelHolder:
             if cur is not None and (cur.name, cur.version, cur.uri) == (target.name, target.version, target.load_uri):
                 self.last_error = None
                 return False
-            loaded = load_target(target, self.tracking_uri, self.detector, self.margin)
+            loaded = load_target(target, self.tracking_uri, self.detector, self.margin, asked=self.ref.uri)
             self.current = loaded
             self.not_ready_reason = None
             self.last_error = None

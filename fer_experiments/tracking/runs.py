@@ -11,7 +11,9 @@ import functools
 import json
 import math
 import os
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +162,7 @@ def start_run(uri: str, experiment: str, *, run_name: str | None = None, tags: M
     prepare_store(uri)
     if run_id is None:
         exp_id = ensure_experiment(uri, experiment)
-        all_tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+        all_tags = {k: str(v) for k, v in (process_tags() | dict(tags or {})).items() if v is not None}
         active = _retry(lambda: mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags,
                                                  parent_run_id=parent_run_id))
     else:
@@ -168,16 +170,51 @@ def start_run(uri: str, experiment: str, *, run_name: str | None = None, tags: M
         if tags:
             TrackedRun(run_id, uri).set_tags(tags)
     tracked = TrackedRun(active.info.run_id, uri)
+    if run_id is not None:
+        tracked.set_tags(process_tags())
+    beat = heartbeat(uri, tracked.run_id)
+    beat.__enter__()
     try:
         yield tracked
     except (KeyboardInterrupt, SystemExit) as exc:
+        beat.__exit__(None, None, None)
         _end_active(uri, tracked.run_id, "KILLED", f"interrupted ({type(exc).__name__})")
         raise
     except BaseException as exc:
+        beat.__exit__(None, None, None)
         _end_active(uri, tracked.run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     else:
+        beat.__exit__(None, None, None)
         _end_active(uri, tracked.run_id, tracked.final_status, None)
+
+
+#: How often a RUNNING run's process renews its heartbeat tag.
+HEARTBEAT_SECONDS = 60.0
+
+
+def process_tags() -> dict[str, str]:
+    """Where this process runs, for the runs it opens: host, pid and a first heartbeat."""
+    return {names.HOST: socket.gethostname(), names.PID: str(os.getpid()), names.HEARTBEAT: f"{time.time():.0f}"}
+
+
+@contextlib.contextmanager
+def heartbeat(uri: str, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Renew the run's heartbeat tag every ``every`` seconds from a daemon thread while the block runs, so that
+    ``fer-exp reconcile`` on another host can tell a live run from one whose process died (SIGKILL, lost host)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(Exception):  # a missed beat only makes the run look older
+                _client(uri).set_tag(run_id, names.HEARTBEAT, f"{time.time():.0f}")
+
+    thread = threading.Thread(target=beat, name=f"fer-heartbeat-{run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _end_active(uri: str, run_id: str, status: str, reason: str | None) -> None:
@@ -336,7 +373,7 @@ def create_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, Any]
     """Create a run without making it MLflow's active run (a study's parent run); it starts RUNNING."""
     prepare_store(uri)
     exp_id = ensure_experiment(uri, experiment)
-    clean = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+    clean = {k: str(v) for k, v in (process_tags() | dict(tags or {})).items() if v is not None}
     return _retry(lambda: _client(uri).create_run(exp_id, run_name=run_name, tags=clean)).info.run_id
 
 

@@ -36,8 +36,11 @@ FAILURE_REASON = "failure_reason"
 PRUNED_AT_EPOCH = "pruned_at_epoch"
 #: The trial a refit run retrains.
 REFIT_OF = "fer.refit_of"
+#: Where a run's process runs: host name and pid (``fer-exp reconcile`` ends runs whose process is gone).
 HOST = "host"
 PID = "fer.pid"
+#: Unix time of the last sign of life of a RUNNING run's process (renewed every HEARTBEAT_SECONDS).
+HEARTBEAT = "fer.heartbeat"
 GPU = "gpu"
 PRESET = "preset"
 WALL_SECONDS = "wall_seconds"
@@ -101,6 +104,8 @@ SOURCE_RUN_ID = "source_run_id"
 WRAPPER_FORMAT = "fer.wrapper_format"
 #: Registered-model tag: the JSON list of versions an alias pointed at, oldest first.
 ALIAS_HISTORY = "fer.alias_history.{alias}"
+#: Registered-model tag: who holds the promote lease on a tracking server ("owner expires-at"), see registry_lock.
+PROMOTE_LEASE = "fer.promote_lease"
 
 # ------------------------------------------------------------------------------ Optuna user attributes
 ATTR_SPACE = "fer.space"

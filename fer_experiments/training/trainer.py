@@ -86,6 +86,19 @@ def one_hot(y: np.ndarray) -> np.ndarray:
     return np.eye(NUM_CLASSES, dtype=np.float32)[y]
 
 
+def check_fits_in_memory(model_params: ModelParams, train_params: TrainParams) -> None:
+    """TrialFailed, before anything is built, when the model's estimated training memory exceeds what is available
+    (the kernel would otherwise kill the whole process, and a search with it)."""
+    from fer_experiments.models.memory import estimate_training_memory, gib
+    from fer_experiments.training.backend import available_memory_bytes
+
+    need = estimate_training_memory(model_params, train_params)
+    available = available_memory_bytes()
+    if available is not None and need.total > available:
+        raise TrialFailed(f"does not fit in memory: needs {need.describe()}, {gib(available)} GiB available; "
+                          "not started (lower filters, dense_units or batch_size)")
+
+
 def train_model(model_params: ModelParams, train_params: TrainParams, train_split: "Split", val_split: "Split", *,
                 objective: str = "val_accuracy", observers: Sequence[EpochObserver] = (),
                 restore_best: bool = True) -> TrainResult:
@@ -100,6 +113,7 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
         raise ConfigError("training and PublicTest splits must not be empty")
     # Drop Keras's global state from earlier models (a search builds hundreds); no gc.collect here: it scans every
     # live object and costs ~1 s per trial, while Python's own collector frees the cycles soon enough.
+    check_fits_in_memory(model_params, train_params)
     keras.backend.clear_session(free_memory=False)
     seed_everything(train_params.seed)
     model = build_model(model_params, train_params)
