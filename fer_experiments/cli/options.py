@@ -34,8 +34,12 @@ storage_option = click.option(
     help="Optuna storage URL (PostgreSQL for many workers).")
 limit_option = click.option(
     "--limit", type=click.IntRange(min=1), default=None,
-    help="Train on a stratified subset of this many Training rows (for a search: overrides the space's "
-         "train_limit when the study is created; later commands must agree).")
+    help="Train on a stratified subset of this many Training rows [default: all of Training].")
+search_limit_option = click.option(
+    "--limit", type=click.IntRange(min=1), default=None,
+    help="Train every trial on a stratified subset of this many Training rows. Replaces the space's train_limit "
+         "[default: the space's train_limit; all of Training when it has none]. Fixed when the study is created: "
+         "a resumed study keeps its own and refuses another value.")
 
 
 def model_name_option(help_text: str = "Registered model.", default: str | None = DEFAULT_MODEL_NAME) -> Decorator:

@@ -11,7 +11,7 @@ import click
 from fer_experiments.cli.options import (
     cache_dir_option,
     data_option,
-    limit_option,
+    search_limit_option,
     model_name_option,
     parse_duration,
     pin_gpu,
@@ -36,7 +36,7 @@ _max_failures_option = click.option(
               help="Finished (complete + pruned) trials the study should hold; a rerun adds the missing ones.")
 @click.option("--timeout", default=None, help="Stop starting new trials after this long (e.g. 90m, 6h).")
 @click.option("--enqueue", multiple=True, metavar="PRESET", help="Start the study from a preset (repeatable).")
-@limit_option
+@search_limit_option
 @_max_failures_option
 @model_name_option("Registered model for the challenger.")
 @click.option("--experiment", default=None, help="MLflow experiment [default: the study name].")
@@ -176,7 +176,7 @@ def studies(storage: str, as_json: bool) -> None:
               help="Total epochs each engine may train per seed.")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many seeds (0, 1, ...) each engine runs with; the table gives the mean and spread.")
-@limit_option
+@search_limit_option
 @storage_option
 @tracking_option
 @cache_dir_option

@@ -237,9 +237,10 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
                   on_run: Callable[[str], None] | None = None) -> TrialRun:
     """One trial as a child MLflow run of the study's parent run.
 
-    The run ends FINISHED (trial_state COMPLETE), FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
-    combination or any other error of this trial alone) or KILLED (PRUNED, tagged with the epoch reached, when an
-    observer raises one of ``stop_exceptions``). Ctrl-C/SIGTERM propagate after tagging the run FAIL.
+    The run ends FINISHED (trial_state COMPLETE; or trial_state PRUNED, tagged with the epoch reached, when an
+    observer raises one of ``stop_exceptions``) or FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
+    combination or any other error of this trial alone). Ctrl-C/SIGTERM propagate after tagging the run FAIL; the
+    run then ends KILLED.
     """
     from fer_experiments.errors import TrialFailed
     from fer_experiments.params import split_params
@@ -262,9 +263,9 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
                                               extra_params={"trial_number": number} | extra_params,
                                               observers=[count, *observers])
         except stop_exceptions as exc:
+            # Pruned = stopped on purpose, a normal end: FINISHED with trial_state PRUNED (as Optuna's and Ray Tune's
+            # MLflow integrations do). KILLED is kept for interruptions, so the UI's red cross means "interrupted".
             run.set_tags({names.TRIAL_STATE: "PRUNED", names.PRUNED_AT_EPOCH: reached["epoch"]})
-            # Pruned = stopped on purpose before its last epoch: KILLED, for every pruned trial alike.
-            run.final_status = "KILLED"
             outcome.stopped = exc
         except KeyboardInterrupt:
             run.set_tags({names.TRIAL_STATE: "FAIL"})

@@ -61,6 +61,17 @@ REPORT_SPLIT = "report_split"
 CHALLENGER_RUN = "fer.challenger_run"
 #: ``fer.model_id.<artifact>``: the MLflow 3 LoggedModel id of a run's logged model.
 MODEL_ID_PREFIX = "fer.model_id."
+#: MLflow's run description (shown as the run's "Description" in the UI) and the command that made a run.
+MLFLOW_NOTE = "mlflow.note.content"
+MLFLOW_SOURCE_NAME = "mlflow.source.name"
+MLFLOW_SOURCE_TYPE = "mlflow.source.type"
+MLFLOW_RUN_NAME = "mlflow.runName"
+
+# ------------------------------------------------------------------------------------------ experiment tags
+#: The experiment tag MLflow 3's UI reads to choose its view; without it an experiment opens in the GenAI view
+#: ("Traces"). Our experiments hold model-training runs.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 # Names older versions wrote beside the ones above (read, never written).
 _OLD_STUDY = "optuna_study"
