@@ -103,10 +103,10 @@ def cli() -> None:
 
 def _register() -> None:
     """Add every command family's commands to the group (each lives in its own module of this package)."""
-    from fer_experiments.cli import data, registry, search, serve, train
+    from fer_experiments.cli import data, registry, report, search, serve, train
 
     for command in (data.data, data.presets, train.train, train.evaluate, search.search, search.worker,
-                    search.reconcile, search.studies, search.compare_engines_command, registry.promote,
+                    search.reconcile, search.studies, search.compare_engines_command, report.report, registry.promote,
                     registry.rollback, registry.models, serve.predict, serve.serve):
         cli.add_command(command)
 

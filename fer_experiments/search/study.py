@@ -156,6 +156,17 @@ def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
         return False
 
 
+def study_in_storage(storage_url: str, name: str) -> bool:
+    """Whether ``storage_url`` holds study ``name``; a SQLite file that does not exist is not created."""
+    db = sqlite_file(storage_url)
+    if db is not None and not db.exists():
+        return False
+    try:
+        return study_exists(open_storage(storage_url), name)
+    except (FatalError, ConfigError):
+        return False
+
+
 def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, name: str, space: "SearchSpace | None",
                      *, data_digest: str, limit: int | None, experiment: str | None, n_trials: int | None = None,
                      ) -> tuple[optuna.Study, StudySettings, bool]:

@@ -268,6 +268,59 @@ def model_requirements() -> list[str]:
     return reqs
 
 
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of metric ``key`` (e.g. the objective per epoch), by step."""
+    history = _retry(lambda: _client(uri).get_metric_history(run_id, key))
+    return sorted((int(m.step), float(m.value)) for m in history)
+
+
+def read_artifact(uri: str, run_id: str, path: str) -> bytes | None:
+    """The bytes of one artifact file of a run, or None when it is not there."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
+                                                        tracking_uri=uri)
+        except Exception:  # noqa: BLE001 - a missing artifact (MLflow raises several types) is "not there"
+            return None
+        p = Path(local)
+        return p.read_bytes() if p.is_file() else None
+
+
+def list_artifacts(uri: str, run_id: str, folder: str | None = None) -> list[str]:
+    """Paths of the files directly in ``folder`` of a run's artifacts ([] when absent)."""
+    try:
+        return [f.path for f in _client(uri).list_artifacts(run_id, folder) if not f.is_dir]
+    except Exception:  # noqa: BLE001 - no such folder
+        return []
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a run opens in a browser: on the tracking server for http(s) stores, else on ``mlflow ui``'s default
+    address (http://127.0.0.1:5000) once ``mlflow ui --backend-store-uri <store>`` runs."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def command_source() -> str:
+    """The command that made a run, for MLflow's Source column: ``fer-exp search --study s1 ...``.
+
+    URIs in the arguments lose their passwords; a long command line is cut.
+    """
+    import sys
+
+    from fer_experiments.tracking.store import redact_uri
+
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if prog in ("fer-exp", "__main__.py") or sys.argv[0].endswith("fer_experiments/cli/__main__.py"):
+        prog = "fer-exp"
+    text = " ".join([prog, *(redact_uri(a) if "://" in a else a for a in sys.argv[1:])])
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the fer-exp checkout in use, if it is a git checkout."""

@@ -59,6 +59,8 @@ SELECTION_SPLIT = "selection_split"
 REPORT_SPLIT = "report_split"
 #: On a study's parent run: the run whose model is the study's registered challenger.
 CHALLENGER_RUN = "fer.challenger_run"
+#: On a study's parent run: the number of its best COMPLETE trial now.
+BEST_TRIAL = "best_trial"
 #: ``fer.model_id.<artifact>``: the MLflow 3 LoggedModel id of a run's logged model.
 MODEL_ID_PREFIX = "fer.model_id."
 #: MLflow's run description (shown as the run's "Description" in the UI) and the command that made a run.

@@ -14,11 +14,11 @@ from fer_experiments.config import TrainConfig
 from fer_experiments.evaluation.metrics import Evaluation, confusion_csv, format_report
 from fer_experiments.params import ModelParams, TrainParams, flat_params
 from fer_experiments.tracking import tags
-from fer_experiments.tracking.runs import TrackedRun, git_commit, start_run
+from fer_experiments.tracking.runs import TrackedRun, command_source, git_commit, start_run
 
 if TYPE_CHECKING:
     from fer_experiments.data import TrainingData
-    from fer_experiments.training.trainer import EpochObserver, TrainResult
+    from fer_experiments.training.trainer import BatchObserver, EpochObserver, TrainResult
 
 
 def base_tags(data: "TrainingData") -> dict[str, str | None]:
@@ -30,12 +30,14 @@ def base_tags(data: "TrainingData") -> dict[str, str | None]:
         tags.MLFLOW_GIT_COMMIT: commit, tags.GIT_COMMIT: commit, tags.KERAS_BACKEND: backend_name(),
         tags.DATA_DIGEST: data.dataset.digest, tags.DATA_SOURCE: str(data.dataset.source),
         tags.SELECTION_SPLIT: "PublicTest", tags.REPORT_SPLIT: "PrivateTest",
+        tags.MLFLOW_SOURCE_NAME: command_source(), tags.MLFLOW_SOURCE_TYPE: "LOCAL",
     }
 
 
 def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: TrainParams, data: "TrainingData", *,
                      objective: str = "val_accuracy", extra_params: dict[str, Any] | None = None,
-                     observers: Sequence["EpochObserver"] = ()) -> "TrainResult":
+                     observers: Sequence["EpochObserver"] = (), on_batch: "BatchObserver | None" = None,
+                     ) -> "TrainResult":
     """Train inside an open run: log params, data input, per-epoch curves, then the full evaluation and the model."""
     from fer_experiments.training.trainer import train_model
 
@@ -49,7 +51,7 @@ def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: T
         run.log_metrics(metrics, step=epoch)
 
     result = train_model(model_params, train_params, data.train, data.val, objective=objective,
-                         observers=[log_epoch, *observers])
+                         observers=[log_epoch, *observers], on_batch=on_batch)
     log_result(run, result)
     return result
 
