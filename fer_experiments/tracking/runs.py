@@ -67,12 +67,13 @@ class TrackedRun:
         for i in range(0, len(items), 100):  # MLflow's batch limit is 100 params
             _retry(lambda: self._client().log_batch(self.run_id, params=items[i:i + 100]))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log finite metrics at ``step`` (NaN/inf are skipped: MLflow's UI cannot plot them)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None) -> None:
+        """Log finite metrics at ``step`` (NaN/inf are skipped: MLflow's UI cannot plot them); with ``model_id``
+        they are also the metrics of that logged model (MLflow 3's Models tab shows them)."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()
+        items = [Metric(k, float(v), ts, step or 0, model_id=model_id) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
         for i in range(0, len(items), 1000):
             _retry(lambda: self._client().log_batch(self.run_id, metrics=items[i:i + 1000]))
@@ -91,6 +92,13 @@ class TrackedRun:
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self._client().log_text(self.run_id, json.dumps(data, indent=2, default=_json_default), artifact_file)
 
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        """Log rows as an MLflow table (a JSON artifact the run's Evaluation/Artifacts views show as a table)."""
+        import mlflow
+
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        mlflow.log_table({c: [row.get(c) for row in rows] for c in columns}, artifact_file, run_id=self.run_id)
+
     def log_figure(self, fig: "Figure", artifact_file: str) -> None:
         self._client().log_figure(self.run_id, fig, artifact_file)
 
@@ -104,10 +112,14 @@ class TrackedRun:
         with self._active():
             mlflow.log_input(ds, context=context, tags=dict(tags or {}))
 
-    def log_keras_model(self, model: "keras.Model", name: str = "model") -> str:
+    def log_keras_model(self, model: "keras.Model", name: str = "model", metrics: Mapping[str, float] | None = None,
+                        step: int | None = None) -> str:
         """Log ``model`` with signature, input example and explicit pip requirements; return ``runs:/<id>/<name>``.
 
         Explicit requirements keep the call at ~1 s (inferring them re-imports TensorFlow in a subprocess, ~20 s).
+        ``metrics`` (e.g. its PublicTest numbers) are linked to the logged model, so MLflow's Models tab shows them
+        beside its registered versions; its metadata names the classes in output order. The logged model keeps the
+        name ``name`` (``runs:/<run>/model`` finds a run's model by that name); its tags carry the run's name.
         """
         import mlflow
         import mlflow.keras
@@ -125,12 +137,17 @@ class TrackedRun:
         try:
             with self._active(), _keras_save_dir_fix():
                 info = mlflow.keras.log_model(model, name=name, signature=signature, input_example=example,
-                                              pip_requirements=model_requirements())
+                                              pip_requirements=model_requirements(), metadata=model_metadata())
         finally:
             if interactive:
                 keras.utils.enable_interactive_logging()
         # MLflow 3 keeps the model as a LoggedModel; the registry registers it by this id.
         self.set_tags({names.model_id_tag(name): info.model_id})
+        run_name = self._client().get_run(self.run_id).info.run_name
+        if run_name:
+            _retry(lambda: self._client().set_logged_model_tags(info.model_id, {names.MLFLOW_RUN_NAME: run_name}))
+        if metrics:
+            self.log_metrics(metrics, step=step, model_id=info.model_id)
         return f"runs:/{self.run_id}/{name}"
 
     @contextlib.contextmanager
@@ -250,6 +267,15 @@ def _keras_save_dir_fix() -> Iterator[None]:
         yield
     finally:
         mlflow.keras.save_model = original
+
+
+def model_metadata() -> dict[str, Any]:
+    """What a logged model's MLmodel ``metadata`` says about its input and output (class names in output order)."""
+    from fer_experiments import EXPRESSIONS, IMAGE_SIZE
+
+    return {"class_names": list(EXPRESSIONS),
+            "output": "softmax probabilities, one per class in class_names order (index = FER2013 label id)",
+            "input": f"{IMAGE_SIZE}x{IMAGE_SIZE}x1 grayscale pixels 0-255 (the model rescales them itself)"}
 
 
 def model_requirements() -> list[str]:
