@@ -210,7 +210,8 @@ class SearchRun:
         done = tracked_trial(tracking_uri=self.cfg.tracking_uri, experiment=self.experiment,
                              parent_run_id=self.parent.run_id, number=number, tags=run_tags, data=self.data,
                              values=values, epochs=epochs, objective=objective,
-                             extra_params={"space": self.space.name, "engine": self.engine.name},
+                             extra_params={tags.PARAM_SPACE: self.space.name,
+                                           tags.PARAM_ENGINE: self.engine.name},
                              observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run,
                              on_batch=show_batch if self.progress.tty else None)
         self._account(done)
@@ -268,7 +269,7 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
         try:
             model_params, train_params = split_params(values | {"epochs": epochs})
             outcome.result = tracked_training(run, model_params, train_params, data, objective=objective,
-                                              extra_params={"trial_number": number} | extra_params,
+                                              extra_params={names.TRIAL_NUMBER: number} | extra_params,
                                               observers=[count, *observers], on_batch=on_batch)
         except stop_exceptions as exc:
             # Pruned = stopped on purpose, a normal end: FINISHED with trial_state PRUNED (as Optuna's and Ray Tune's
@@ -438,13 +439,14 @@ def search_header(cfg: SearchConfig, engine: str, settings: StudySettings, data:
 def study_params(engine: str, settings: StudySettings) -> dict[str, Any]:
     """The study's settings as its parent run's params (fixed for the study's life, as MLflow params must be)."""
     space = settings.space
-    params: dict[str, Any] = {"engine": engine, "space": space.name, "space_file": settings.space_source,
-                              "objective": space.objective, "max_epochs": space.max_epochs,
-                              "train_limit": settings.limit, "data_digest": settings.data_digest[:12]}
+    params: dict[str, Any] = {tags.PARAM_ENGINE: engine, tags.PARAM_SPACE: space.name,
+                              tags.SPACE_FILE: settings.space_source, tags.OBJECTIVE: space.objective,
+                              tags.PARAM_MAX_EPOCHS: space.max_epochs, tags.TRAIN_LIMIT: settings.limit,
+                              tags.DATA_DIGEST: settings.data_digest[:12]}
     if engine == "optuna":
-        params |= {"sampler": space.sampler, "pruner": space.pruner}
+        params |= {tags.PARAM_SAMPLER: space.sampler, tags.PARAM_PRUNER: space.pruner}
     for spec in space.params:
-        params[f"space.{spec.name}"] = spec.describe() + (
+        params[tags.PARAM_SPACE_PREFIX + spec.name] = spec.describe() + (
             f" when {', '.join(f'{k} in {list(v)}' for k, v in spec.when)}" if spec.when else "")
     return params
 
@@ -468,11 +470,12 @@ def describe_parent(parent: "TrackedRun", cfg: SearchConfig, settings: StudySett
         lines += ["", f"Best: **{space.objective} {out.best_value:.4f}**, trial {out.best_trial} "
                       f"(`{run_name(out.best_trial or 0, values)}`, run {out.best_run_id})."]
         info = parent.info()
-        logged = {k: v for k, v in info.params.items() if k.startswith("best.")}
+        best_key = tags.PARAM_BEST_PREFIX + "trial"
+        logged = {k: v for k, v in info.params.items() if k.startswith(tags.PARAM_BEST_PREFIX)}
         if not logged:
-            parent.log_params({f"best.{k}": v for k, v in values.items()} | {"best.trial": out.best_trial})
-        elif logged.get("best.trial") != str(out.best_trial):
-            lines.append(f"(The `best.*` params are trial {logged.get('best.trial')}'s, the first best; MLflow params "
+            parent.log_params({tags.PARAM_BEST_PREFIX + k: v for k, v in values.items()} | {best_key: out.best_trial})
+        elif logged.get(best_key) != str(out.best_trial):
+            lines.append(f"(The `best.*` params are trial {logged.get(best_key)}'s, the first best; MLflow params "
                          "cannot change.)")
         parent.set_tags({tags.BEST_TRIAL: out.best_trial})
     version = out.registered_version or None

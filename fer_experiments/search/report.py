@@ -299,8 +299,9 @@ def build_report(d: StudyData) -> str:
     sections: list[str] = []
 
     # Settings and outcome.
-    settings = {k: v for k, v in sorted(p.params.items()) if not k.startswith(("best.", "space."))}
-    space_rows = {k[len("space."):]: v for k, v in sorted(p.params.items()) if k.startswith("space.")}
+    space_prefix = tags.PARAM_SPACE_PREFIX
+    settings = {k: v for k, v in sorted(p.params.items()) if not k.startswith((tags.PARAM_BEST_PREFIX, space_prefix))}
+    space_rows = {k[len(space_prefix):]: v for k, v in sorted(p.params.items()) if k.startswith(space_prefix)}
     outcome = (f"{len(d.trials)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, "
                f"{counts['FAIL']} failed. Best {d.objective}: "
                + (f"{best.value:.4f} (trial {best.number}, {_e(best.run_name)})" if best else "none yet"))
@@ -392,12 +393,13 @@ def build_report(d: StudyData) -> str:
 
 def _shown_params(d: StudyData) -> set[str]:
     """The params the space searched over (the table's columns): those that vary across trials."""
-    searched = {k[len("space."):] for k in d.parent.params if k.startswith("space.")}
+    prefix = tags.PARAM_SPACE_PREFIX
+    searched = {k[len(prefix):] for k in d.parent.params if k.startswith(prefix)}
     values: dict[str, set[str]] = {}
     for t in d.trials:
         for k, v in t.params.items():
             values.setdefault(k, set()).add(v)
-    varying = {k for k, v in values.items() if len(v) > 1} - {"trial_number", "n_train", "n_val"}
+    varying = {k for k, v in values.items() if len(v) > 1} - {tags.TRIAL_NUMBER, tags.PARAM_N_TRAIN, tags.PARAM_N_VAL}
     return searched & set(values) if searched else varying
 
 
