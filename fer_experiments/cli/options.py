@@ -16,11 +16,12 @@ DATA_ENV = "FER2013_CSV"
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def data_option(required: bool = True) -> Decorator:
+def data_option(required: bool = True, help_text: str = "") -> Decorator:
     """``--data``: the data set (CSV or image tree)."""
     return click.option("--data", "data_path", envvar=DATA_ENV, required=required, show_envvar=True,
                         type=click.Path(dir_okay=True, file_okay=True, path_type=str),
-                        help="FER2013 CSV (.csv/.csv.gz, Kaggle format) or an image-folder tree.")
+                        help="FER2013 CSV (.csv/.csv.gz, Kaggle format) or an image-folder tree." +
+                             (f" {help_text}" if help_text else ""))
 
 
 cache_dir_option = click.option(

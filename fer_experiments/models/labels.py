@@ -26,10 +26,13 @@ def describe(values: Mapping[str, Any]) -> str:
         parts.append(_BATCHNORM[values["batchnorm"]])
     if values.get("head") in _HEAD:
         parts.append(_HEAD[values["head"]])
-    dense = values.get("dense_layers")
+    try:  # run params come back from MLflow as strings
+        dense = int(values.get("dense_layers") or 0)
+    except (TypeError, ValueError):
+        dense = 0
     if dense:
         units = values.get("dense_units")
-        parts.append(f"d{units if units is not None else '?'}" + (f"x{dense}" if int(dense) > 1 else ""))
+        parts.append(f"d{units if units is not None else '?'}" + (f"x{dense}" if dense > 1 else ""))
     return " ".join(parts)
 
 

@@ -315,6 +315,7 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
         space = load_space(resolve_space_path(cfg.space_path))
     # The first ~30 s (decoding the data, opening the stores, importing TensorFlow) say what they do.
     early = Progress(cfg.n_trials or 0, progress_stream)
+    early.header(command_header(cfg, engine.name, space))
     with early.step(f"loading data {cfg.data.path}"):
         dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
     with early.step("opening the MLflow and Optuna stores"):
@@ -417,22 +418,30 @@ def _finish(run: SearchRun, register: bool) -> None:
                          f"{out.last_failure or 'unknown'})")
 
 
-def search_header(cfg: SearchConfig, engine: str, settings: StudySettings, data: "TrainingData", n_trials: int,
-                  finished: int) -> list[tuple[str, str]]:
-    """What a search command searches, for the lines it prints first (storages without passwords)."""
+def command_header(cfg: SearchConfig, engine: str, space: "SearchSpace | None") -> list[tuple[str, str]]:
+    """What a search command searches, printed before anything slow starts (storages without passwords)."""
     from fer_experiments.tracking import redact_uri
 
-    space = settings.space
+    lines = [("study", f"{cfg.study} ({engine})")]
+    if space is not None:
+        lines += [("space", f"{space.name} ({space.source}, hash {space.content_hash()[:12]})"),
+                  ("target", f"maximise {space.objective} on PublicTest; up to {space.max_epochs} epochs a trial"
+                             + (f"; {cfg.n_trials} finished trials" if cfg.n_trials else ""))]
+    lines.append(("MLflow", redact_uri(cfg.tracking_uri)))
+    if engine == "optuna":
+        lines.append(("storage", redact_uri(cfg.storage)))
+    return lines
+
+
+def search_header(cfg: SearchConfig, engine: str, settings: StudySettings, data: "TrainingData", n_trials: int,
+                  finished: int) -> list[tuple[str, str]]:
+    """What the study holds once opened: its data (digest, subset), experiment and progress so far."""
     limit = f"{len(data.train.y)} Training rows" + (f" (limit {settings.limit})" if settings.limit else " (all)")
     return [
-        ("study", f"{cfg.study} ({engine}; {finished} of {n_trials} trials finished so far)"),
-        ("space", f"{space.name} ({settings.space_source}, hash {settings.space_hash[:12]})"),
-        ("target", f"maximise {space.objective} on PublicTest; up to {space.max_epochs} epochs a trial"),
         ("data", f"{data.dataset.source} (digest {data.dataset.digest[:12]}); {limit}, "
                  f"{len(data.val.y)} PublicTest rows"),
-        ("MLflow", f"{redact_uri(cfg.tracking_uri)} (experiment {settings.experiment})"),
-        ("storage", redact_uri(cfg.storage) if engine == "optuna" else f"{redact_uri(cfg.storage)} (not used by "
-                                                                        f"{engine})"),
+        ("experiment", f"{settings.experiment} (space {settings.space.name}, hash {settings.space_hash[:12]})"),
+        ("trials", f"{finished} of {n_trials} finished so far"),
     ]
 
 
@@ -467,13 +476,14 @@ def describe_parent(parent: "TrackedRun", cfg: SearchConfig, settings: StudySett
     if out.best_run_id is not None and out.best_value is not None:
         best = get_run(cfg.tracking_uri, out.best_run_id)
         values = {k: v for k, v in best.params.items() if k in _hyperparameter_names()}
+        searched = {k: v for k, v in values.items() if k in space.names}
         lines += ["", f"Best: **{space.objective} {out.best_value:.4f}**, trial {out.best_trial} "
                       f"(`{run_name(out.best_trial or 0, values)}`, run {out.best_run_id})."]
         info = parent.info()
         best_key = tags.PARAM_BEST_PREFIX + "trial"
         logged = {k: v for k, v in info.params.items() if k.startswith(tags.PARAM_BEST_PREFIX)}
         if not logged:
-            parent.log_params({tags.PARAM_BEST_PREFIX + k: v for k, v in values.items()} | {best_key: out.best_trial})
+            parent.log_params({tags.PARAM_BEST_PREFIX + k: v for k, v in searched.items()} | {best_key: out.best_trial})
         elif logged.get(best_key) != str(out.best_trial):
             lines.append(f"(The `best.*` params are trial {logged.get(best_key)}'s, the first best; MLflow params "
                          "cannot change.)")

@@ -135,7 +135,7 @@ class TrackedRun:
         interactive = keras.utils.is_interactive_logging_enabled()
         keras.utils.disable_interactive_logging()  # mlflow calls predict on the example: no progress bar
         try:
-            with self._active(), _keras_save_dir_fix():
+            with self._active(), _keras_save_dir_fix(), skip_requirement_scan():
                 info = mlflow.keras.log_model(model, name=name, signature=signature, input_example=example,
                                               pip_requirements=model_requirements(), metadata=model_metadata())
         finally:
@@ -267,6 +267,24 @@ def _keras_save_dir_fix() -> Iterator[None]:
         yield
     finally:
         mlflow.keras.save_model = original
+
+
+@contextlib.contextmanager
+def skip_requirement_scan() -> Iterator[None]:
+    """Skip MLflow's check that a logged model's pip requirements match this environment.
+
+    Our requirements are pinned from the versions installed here (``model_requirements``), so the check can only
+    agree; it scans every installed distribution's files (``packages_distributions``), ~1 s of CPU per process and
+    much more on a busy machine, at every ``log_model``.
+    """
+    import mlflow.utils.environment as environment
+
+    original = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = original
 
 
 def model_metadata() -> dict[str, Any]:
