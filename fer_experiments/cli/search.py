@@ -124,7 +124,11 @@ def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
     if outcome.registered_version:
         click.echo(f"registered {cfg.model_name} version {outcome.registered_version} (alias challenger) "
                    f"from trial {outcome.best_trial}")
-    click.echo(f"see it with: {ui_command(cfg.tracking_uri)}")
+    from fer_experiments.tracking import get_run
+
+    experiment_id = get_run(cfg.tracking_uri, outcome.parent_run_id).experiment_id if outcome.parent_run_id else None
+    click.echo(f"see it with: {ui_command(cfg.tracking_uri, experiment_id)}")
+    click.echo(f"report: fer-exp report --study {shlex.quote(cfg.study)} (also summary/report.html on the study's run)")
 
 
 @click.command()

@@ -145,7 +145,8 @@ class TrackedRun:
         self.set_tags({names.model_id_tag(name): info.model_id})
         run_name = self._client().get_run(self.run_id).info.run_name
         if run_name:
-            _retry(lambda: self._client().set_logged_model_tags(info.model_id, {names.MLFLOW_RUN_NAME: run_name}))
+            _retry(lambda: self._client().set_logged_model_tags(info.model_id, {
+                names.MLFLOW_RUN_NAME: run_name, names.MLFLOW_SOURCE_NAME: command_source()}))
         if metrics:
             self.log_metrics(metrics, step=step, model_id=info.model_id)
         return f"runs:/{self.run_id}/{name}"
@@ -345,8 +346,13 @@ def list_artifacts(uri: str, run_id: str, folder: str | None = None) -> list[str
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     """Where a run opens in a browser: on the tracking server for http(s) stores, else on ``mlflow ui``'s default
     address (http://127.0.0.1:5000) once ``mlflow ui --backend-store-uri <store>`` runs."""
+    return f"{experiment_url(uri, experiment_id).split('?')[0]}/runs/{run_id}?{names.UI_TRAINING_VIEW_QUERY}"
+
+
+def experiment_url(uri: str, experiment_id: str) -> str:
+    """Where an experiment's runs open in a browser, in the UI's model-training view (see ``run_url``)."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}?{names.UI_TRAINING_VIEW_QUERY}"
 
 
 def command_source() -> str:

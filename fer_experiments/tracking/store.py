@@ -40,11 +40,13 @@ def redact_uri(uri: str) -> str:
     return uri
 
 
-def ui_command(uri: str) -> str:
-    """The exact ``mlflow ui`` command that shows this store."""
+def ui_command(uri: str, experiment_id: str | None = None) -> str:
+    """The exact ``mlflow ui`` command that shows this store (and the address of ``experiment_id``'s runs)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"{base}/#/experiments/{experiment_id}?{tags.UI_TRAINING_VIEW_QUERY}" if experiment_id else base
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {page} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}, then open {page}"
 
 
 _prepared: set[str] = set()

@@ -68,6 +68,12 @@ MLFLOW_NOTE = "mlflow.note.content"
 MLFLOW_SOURCE_NAME = "mlflow.source.name"
 MLFLOW_SOURCE_TYPE = "mlflow.source.type"
 MLFLOW_RUN_NAME = "mlflow.runName"
+#: On a LoggedModel: the registered versions made from it (JSON list of {name, version}), which MLflow's Models tab
+#: shows; MLflow's fluent register_model writes it, its client's create_model_version does not.
+MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"
+#: The query that opens MLflow 3.17's UI in its model-training view (it remembers a GenAI/Model training switch per
+#: browser, GenAI by default, and reads the experiment's EXPERIMENT_KIND only without that switch).
+UI_TRAINING_VIEW_QUERY = "workflowType=machine_learning"
 
 # ------------------------------------------------------------------------------------------ experiment tags
 #: The experiment tag MLflow 3's UI reads to choose its view; without it an experiment opens in the GenAI view

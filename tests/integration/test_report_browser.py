@@ -96,6 +96,7 @@ def test_report_is_self_contained(study: dict) -> None:
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs), srcs[:3]
     hrefs = re.findall(r"""href="([^"]+)""", page)
     assert all(h.startswith("http://127.0.0.1:5000/#/experiments/") for h in hrefs), hrefs
+    assert all(h.endswith("?workflowType=machine_learning") for h in hrefs), hrefs  # MLflow UI's training view
     for number, run_id in study["runs"].items():
         assert f"/runs/{run_id}" in page, number
 
