@@ -394,7 +394,8 @@ def build_report(d: StudyData) -> str:
 def _shown_params(d: StudyData) -> set[str]:
     """The params the space searched over (the table's columns): those that vary across trials."""
     prefix = tags.PARAM_SPACE_PREFIX
-    searched = {k[len(prefix):] for k in d.parent.params if k.startswith(prefix)}
+    searched = {k[len(prefix):] for k, v in d.parent.params.items() if k.startswith(prefix)
+                and not v.startswith("fixed")}
     values: dict[str, set[str]] = {}
     for t in d.trials:
         for k, v in t.params.items():
@@ -405,7 +406,11 @@ def _shown_params(d: StudyData) -> set[str]:
 
 def study_report(study: str, tracking_uri: str, storage: str | None = None) -> str:
     """The HTML report of ``study``."""
-    return build_report(gather(study, tracking_uri, storage))
+    import matplotlib
+
+    # Matplotlib's own look, whatever style another plot set globally before (Optuna's plots set ggplot).
+    with matplotlib.style.context("default"):
+        return build_report(gather(study, tracking_uri, storage))
 
 
 def log_study_report(study: str, tracking_uri: str, storage: str | None, parent: Any) -> None:

@@ -356,9 +356,10 @@ def experiment_url(uri: str, experiment_id: str) -> str:
 
 
 def command_source() -> str:
-    """The command that made a run, for MLflow's Source column: ``fer-exp search --study s1 ...``.
+    """The command that made a run, for MLflow's Source column: ``fer-exp search --data fer2013.csv.gz ...``.
 
-    URIs in the arguments lose their passwords; a long command line is cut.
+    Paths and URIs show their last part only: MLflow's UI shows a source after its last ``/`` (and URIs could
+    hold passwords); a long command line is cut.
     """
     import sys
 
@@ -367,7 +368,7 @@ def command_source() -> str:
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
     if prog in ("fer-exp", "__main__.py") or sys.argv[0].endswith("fer_experiments/cli/__main__.py"):
         prog = "fer-exp"
-    text = " ".join([prog, *(redact_uri(a) if "://" in a else a for a in sys.argv[1:])])
+    text = " ".join([prog, *(redact_uri(a).rstrip("/").rsplit("/", 1)[-1] if "/" in a else a for a in sys.argv[1:])])
     return text if len(text) <= 500 else text[:497] + "..."
 
 

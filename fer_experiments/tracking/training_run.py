@@ -28,10 +28,17 @@ def base_tags(data: "TrainingData") -> dict[str, str | None]:
     commit = git_commit()
     return {
         tags.MLFLOW_GIT_COMMIT: commit, tags.GIT_COMMIT: commit, tags.KERAS_BACKEND: backend_name(),
-        tags.DATA_DIGEST: data.dataset.digest, tags.DATA_SOURCE: str(data.dataset.source),
+        tags.DATA_DIGEST: data.dataset.digest, tags.DATA_SOURCE: _absolute(str(data.dataset.source)),
         tags.SELECTION_SPLIT: "PublicTest", tags.REPORT_SPLIT: "PrivateTest",
         tags.MLFLOW_SOURCE_NAME: command_source(), tags.MLFLOW_SOURCE_TYPE: "LOCAL",
     }
+
+
+def _absolute(path: str) -> str:
+    """A data set's path as an absolute one (``promote`` finds it from any folder), URIs unchanged."""
+    from pathlib import Path
+
+    return path if "://" in path else str(Path(path).resolve())
 
 
 def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: TrainParams, data: "TrainingData", *,

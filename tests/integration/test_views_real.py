@@ -41,7 +41,8 @@ def work(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     csv = root / "fer-tiny.csv"
     shutil.copy(tiny_real_csv, csv)  # a copy this module may move away (promote without --data)
     (root / "space.yaml").write_text(SPACE)
-    proc = run_cli("search", "--data", str(csv), "--space", "space.yaml", "--study", "v", "--n-trials", "3", cwd=root)
+    proc = run_cli("search", "--data", str(csv), "--space", "space.yaml", "--study", "v", "--n-trials", "3", cwd=root,
+                   timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     return {"root": root, "csv": csv, "uri": uri, "storage": f"sqlite:///{root}/mlruns/optuna.db", "search": proc}
@@ -76,7 +77,9 @@ def test_mlflow_ui_sees_training_runs_named_and_described(work: dict) -> None:
     for run in trials:
         number = run.data.tags["trial_number"]
         assert run.info.run_name.startswith(f"trial-{number} 1x1c")
-        assert run.data.tags["mlflow.source.name"].startswith("fer-exp search --data")
+        # MLflow's UI shows a source after its last "/": paths are shown by their last part.
+        assert run.data.tags["mlflow.source.name"] == "fer-exp search --data fer-tiny.csv --space space.yaml " \
+                                                      "--study v --n-trials 3"
         # Pruned trials end FINISHED (trial_state says PRUNED); nothing here was interrupted.
         assert run.info.status == "FINISHED" and run.data.tags["trial_state"] in ("COMPLETE", "PRUNED")
     assert {r.data.tags["trial_state"] for r in trials} == {"COMPLETE", "PRUNED"}, "seed 3 samples both"
