@@ -406,7 +406,7 @@ def _shown_params(d: StudyData) -> set[str]:
 
 def study_report(study: str, tracking_uri: str, storage: str | None = None) -> str:
     """The HTML report of ``study``."""
-    import matplotlib
+    import matplotlib.style
 
     # Matplotlib's own look, whatever style another plot set globally before (Optuna's plots set ggplot).
     with matplotlib.style.context("default"):
