@@ -25,6 +25,10 @@ from typing import Any, Callable
 
 from _common import REPO, TMP, default_data_path
 
+# As the CLI does (cli._quiet): no MLflow advice or progress bars between the figures.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 TINY = ("--set", "conv_blocks=1", "--set", "convs_per_block=1", "--set", "filters=8", "--set", "dense_layers=0",
         "--epochs", "1", "--preset", "seed-base")
 
