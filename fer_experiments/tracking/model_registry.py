@@ -46,11 +46,13 @@ def register_run_model(uri: str, name: str, run_id: str, tags: Mapping[str, Any]
     """
     existing = versions_of_run(uri, name, run_id)
     client = _client(uri)
+    model_id = _retry(lambda: client.get_run(run_id)).data.tags.get(names.model_id_tag(artifact))
     if existing:
         version = existing[0]
         created = False
+        if model_id:  # versions registered before fer-exp linked them: listed on their logged model from now on
+            _link_version(uri, model_id, name, version.version)
     else:
-        model_id = _retry(lambda: client.get_run(run_id)).data.tags.get(names.model_id_tag(artifact))
         if not model_id:
             raise ConfigError(f"run {run_id} has no logged model '{artifact}' to register")
         version = get_version(uri, name, register_logged_model(uri, name, model_id, run_id))
