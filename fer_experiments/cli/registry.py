@@ -27,7 +27,8 @@ def _sync_service(uri: str, name: str, alias: str) -> None:
 @click.command()
 @click.option("--study", default=None, help="Promote the best COMPLETE trial of this study.")
 @click.option("--run", "run_id", default=None, help="Promote this MLflow run instead.")
-@data_option(required=False)
+@data_option(required=False, help_text="For the PrivateTest report [default: the data set logged with the run, "
+                                       "when that file is here with the same digest].")
 @model_name_option()
 @alias_option
 @click.option("--force", is_flag=True, help="Move the alias even if the candidate is worse.")
@@ -52,11 +53,12 @@ def promote(study: str | None, run_id: str | None, data_path: str | None, model_
     click.echo(f"{'candidate':<20} {r.version or '-':>8} {fmt(c.public_accuracy):>15} {fmt(c.private_accuracy):>16}  "
                f"{source} (run {c.run_id})")
     click.echo(f"{model_name + '@' + alias:<20} {r.champion_version or '-':>8} "
-               f"{fmt(r.champion_public_accuracy):>15} {'':>16}")
+               f"{fmt(r.champion_public_accuracy):>15} {fmt(r.champion_private_accuracy):>16}")
     if r.decision == "already":
         click.echo(f"run {c.run_id} is already {model_name}@{alias} (version {r.version}); nothing changed")
     elif r.decision == "dry-run":
-        click.echo("dry run: the candidate would be promoted; nothing changed")
+        known = f" (already registered as version {r.version})" if r.version else ""
+        click.echo(f"dry run: the candidate{known} would be promoted; nothing changed")
     else:
         made = "registered" if r.created_version else "reused"
         click.echo(f"{made} {model_name} version {r.version}; {model_name}@{alias} -> version {r.version}"

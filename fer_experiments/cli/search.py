@@ -11,7 +11,7 @@ import click
 from fer_experiments.cli.options import (
     cache_dir_option,
     data_option,
-    limit_option,
+    search_limit_option,
     model_name_option,
     parse_duration,
     pin_gpu,
@@ -37,7 +37,7 @@ _max_failures_option = click.option(
               help="Finished (complete + pruned) trials the study should hold; a rerun adds the missing ones.")
 @click.option("--timeout", default=None, help="Stop starting new trials after this long (e.g. 90m, 6h).")
 @click.option("--enqueue", multiple=True, metavar="PRESET", help="Start the study from a preset (repeatable).")
-@limit_option
+@search_limit_option
 @_max_failures_option
 @model_name_option("Registered model for the challenger.")
 @click.option("--experiment", default=None, help="MLflow experiment [default: the study name].")
@@ -134,7 +134,11 @@ def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
     if outcome.registered_version:
         click.echo(f"registered {cfg.model_name} version {outcome.registered_version} (alias challenger) "
                    f"from trial {outcome.best_trial}")
-    click.echo(f"see it with: {ui_command(cfg.tracking_uri)}")
+    from fer_experiments.tracking import get_run
+
+    experiment_id = get_run(cfg.tracking_uri, outcome.parent_run_id).experiment_id if outcome.parent_run_id else None
+    click.echo(f"see it with: {ui_command(cfg.tracking_uri, experiment_id)}")
+    click.echo(f"report: fer-exp report --study {shlex.quote(cfg.study)} (also summary/report.html on the study's run)")
 
 
 @click.command()
@@ -204,7 +208,7 @@ def studies(storage: str, as_json: bool) -> None:
               help="Total epochs each engine may train per seed.")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many seeds (0, 1, ...) each engine runs with; the table gives the mean and spread.")
-@limit_option
+@search_limit_option
 @storage_option
 @tracking_option
 @cache_dir_option

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from fer_experiments.data import TrainingData
     from fer_experiments.spaces import SearchSpace
     from fer_experiments.tracking import TrackedRun
-    from fer_experiments.training.trainer import EpochObserver, TrainResult
+    from fer_experiments.training.trainer import BatchObserver, EpochObserver, TrainResult
 
 
 @dataclass(frozen=True)
@@ -288,9 +288,13 @@ class SearchRun:
         def show(epoch: int, metrics: dict[str, float]) -> None:
             self.progress.epoch(number, epoch, epochs, metrics, objective)
 
+        def show_batch(epoch: int, step: int, steps: int) -> None:
+            self.progress.batch(number, epoch, epochs, step, steps)
+
         run_tags = tags.trial_tags(study=self.cfg.study, engine=self.engine.name, number=number) | {
             tags.HOST: socket.gethostname(), tags.GPU: gpu_label(self.cfg)} | (extra_tags or {})
         self.running_trial = number
+        self.progress.trial_start(number)
         done = tracked_trial(tracking_uri=self.cfg.tracking_uri, experiment=self.experiment,
                              parent_run_id=self.parent.run_id, number=number, tags=run_tags, data=self.data,
                              values=values, epochs=epochs, objective=objective,
@@ -298,7 +302,8 @@ class SearchRun:
                                            tags.PARAM_ENGINE: self.engine.name},
                              observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run,
                              on_phase=self.outcome.add_time,
-                             on_end=self.interrupts.hold if hold_interrupts else None)
+                             on_end=self.interrupts.hold if hold_interrupts else None,
+                             on_batch=show_batch if self.progress.tty else None)
         self.running_trial = None
         self._account(done)
         return done
@@ -328,15 +333,18 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
                   stop_exceptions: tuple[type[BaseException], ...] = (),
                   on_run: Callable[[str], None] | None = None,
                   on_phase: Callable[[str, float], None] | None = None,
-                  on_end: Callable[[], None] | None = None) -> TrialRun:
+                  on_end: Callable[[], None] | None = None,
+                  on_batch: "BatchObserver | None" = None) -> TrialRun:
     """One trial as a child MLflow run of the study's parent run.
 
-    The run ends FINISHED (trial_state COMPLETE), FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
-    combination or any other error of this trial alone) or KILLED (PRUNED, tagged with the epoch reached, when an
-    observer raises one of ``stop_exceptions``). Ctrl-C/SIGTERM propagate after tagging the run FAIL.
-    ``on_phase(phase, seconds)`` receives the trial's ``trial_setup``, ``training`` and ``tracking`` wall times.
+    The run ends FINISHED (trial_state COMPLETE; or trial_state PRUNED, tagged with the epoch reached, when an
+    observer raises one of ``stop_exceptions``) or FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
+    combination or any other error of this trial alone). Ctrl-C/SIGTERM propagate after tagging the run FAIL; the
+    run then ends KILLED. ``on_phase(phase, seconds)`` receives the trial's ``trial_setup``, ``training`` and
+    ``tracking`` wall times.
     """
     from fer_experiments.errors import TrialFailed
+    from fer_experiments.models.labels import run_name
     from fer_experiments.params import split_params
     from fer_experiments.tracking import start_run, tags as names
     from fer_experiments.tracking.training_run import base_tags, tracked_training
@@ -348,7 +356,8 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
         reached["epoch"] = epoch
         clock["epoch_end"] = time.perf_counter()
 
-    with start_run(tracking_uri, experiment, run_name=f"trial-{number}", tags=base_tags(data) | tags,
+    # The run list then says what each trial trains: "trial-3 3x2c16 bn-after gap".
+    with start_run(tracking_uri, experiment, run_name=run_name(number, values), tags=base_tags(data) | tags,
                    parent_run_id=parent_run_id) as run:
         if on_run is not None:
             on_run(run.run_id)
@@ -358,11 +367,11 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
             clock["fit"] = clock["epoch_end"] = time.perf_counter()
             outcome.result = tracked_training(run, model_params, train_params, data, objective=objective,
                                               extra_params={names.TRIAL_NUMBER: number} | extra_params,
-                                              observers=[count, *observers])
+                                              observers=[count, *observers], on_batch=on_batch)
         except stop_exceptions as exc:
+            # Pruned = stopped on purpose, a normal end: FINISHED with trial_state PRUNED (as Optuna's and Ray Tune's
+            # MLflow integrations do). KILLED is kept for interruptions, so the UI's red cross means "interrupted".
             run.set_tags({names.TRIAL_STATE: "PRUNED", names.PRUNED_AT_EPOCH: reached["epoch"]})
-            # Pruned = stopped on purpose before its last epoch: KILLED, for every pruned trial alike.
-            run.final_status = "KILLED"
             outcome.stopped = exc
         except KeyboardInterrupt:
             run.set_tags({names.TRIAL_STATE: "FAIL"})
@@ -428,9 +437,14 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
     from fer_experiments.tracking.runs import heartbeat, process_tags
 
     started = time.perf_counter()
-    prepare_store(cfg.tracking_uri)
-    dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
-    settings = engine.open(cfg, space, dataset.digest)
+    # The first ~30 s (decoding the data, opening the stores, importing TensorFlow) say what they do.
+    early = Progress(cfg.n_trials or 0, progress_stream)
+    early.header(command_header(cfg, engine.name, space))
+    with early.step(f"loading data {cfg.data.path}"):
+        dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    with early.step("opening the MLflow and Optuna stores"):
+        prepare_store(cfg.tracking_uri)
+        settings = engine.open(cfg, space, dataset.digest)
     check_identity(cfg.study, settings, space=space, data_digest=dataset.digest, limit=cfg.data.limit,
                    experiment=cfg.experiment)
     n_trials = cfg.n_trials if cfg.n_trials is not None else settings.n_trials
@@ -444,6 +458,9 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
     progress = Progress(n_trials, progress_stream)
     best = best_trial_record(cfg.tracking_uri, cfg.study, engine.name)
     complete, pruned, failed = engine.counts()
+    progress.header(search_header(cfg, engine.name, settings, data, n_trials, complete + pruned))
+    with progress.step("starting TensorFlow"):
+        import fer_experiments.training.trainer  # noqa: F401 - imports Keras: the first trial would sit silent
     progress.seed(complete + pruned, complete, pruned, failed, best.objective_value if best else None,
                   best.number if best else None)
     run = SearchRun(cfg=cfg, engine=engine, space=settings.space, settings=settings, data=data, parent=parent,
@@ -489,8 +506,8 @@ def _on_interrupt(run: SearchRun, register: bool) -> Interruption:
 
 def _ensure_parent_run(cfg: SearchConfig, engine: Engine, settings: StudySettings) -> str:
     """The study's parent MLflow run, created once (under the engine's lock) by the first command."""
-    from fer_experiments.tracking import create_run, redact_uri
-    from fer_experiments.tracking.runs import git_commit
+    from fer_experiments.tracking import TrackedRun, create_run, redact_uri
+    from fer_experiments.tracking.runs import command_source, git_commit
 
     with engine.setup_lock():
         # Read under the lock: another worker may have created it since this one opened the study.
@@ -504,7 +521,9 @@ def _ensure_parent_run(cfg: SearchConfig, engine: Engine, settings: StudySetting
             tags.STORAGE: redact_uri(cfg.storage), tags.SPACE_FILE: str(space.source),
             tags.SPACE_HASH: space.content_hash(), tags.SPACE_NAME: space.name, tags.DATA_DIGEST: settings.data_digest,
             tags.TRAIN_LIMIT: str(settings.limit), tags.GIT_COMMIT: commit, tags.MLFLOW_GIT_COMMIT: commit,
-            tags.OBJECTIVE: space.objective} | engine.parent_tags())
+            tags.OBJECTIVE: space.objective, tags.MLFLOW_SOURCE_NAME: command_source(),
+            tags.MLFLOW_SOURCE_TYPE: "LOCAL"} | engine.parent_tags())
+        TrackedRun(run_id, cfg.tracking_uri).log_params(study_params(engine.name, settings))
         engine.remember_parent(run_id)
         return run_id
 
@@ -519,9 +538,10 @@ def _finish(run: SearchRun, register: bool) -> None:
     best = best_trial_record(cfg.tracking_uri, cfg.study, engine.name)
     if best is not None:
         out.best_value, out.best_trial, out.best_run_id = best.objective_value, best.number, best.run_id
+    parent = TrackedRun(out.parent_run_id, cfg.tracking_uri)
     started = time.perf_counter()
     try:
-        out.notes += engine.summarise(TrackedRun(out.parent_run_id, cfg.tracking_uri), cfg.tracking_uri)
+        out.notes += engine.summarise(parent, cfg.tracking_uri)
     except Exception as exc:  # noqa: BLE001 - a summary must never lose the trials already run
         out.notes.append(f"summary incomplete: {type(exc).__name__}: {exc}")
     out.add_time("summary", time.perf_counter() - started)
@@ -530,12 +550,110 @@ def _finish(run: SearchRun, register: bool) -> None:
         with engine.setup_lock():  # workers ending together register the new best once
             out.registered_version = register_challenger(cfg, run.settings, out)
         out.add_time("registration", time.perf_counter() - started)
+    try:
+        describe_parent(parent, cfg, run.settings, out)
+    except Exception as exc:  # noqa: BLE001 - a description must never lose the trials already run
+        out.notes.append(f"study description incomplete: {type(exc).__name__}: {exc}")
+    try:
+        from fer_experiments.search.report import log_study_report
+
+        log_study_report(cfg.study, cfg.tracking_uri, cfg.storage if engine.name == "optuna" else None, parent)
+    except Exception as exc:  # noqa: BLE001 - the report is a view; the study is what matters
+        out.notes.append(f"study report not written: {type(exc).__name__}: {exc}")
     if out.stopped:
         raise FatalError(f"search stopped: {out.stopped} (last reason: {out.last_failure or 'none'}); "
                          f"{format_outcome(out)}")
     if out.ran and out.finished == 0 and out.failed:
         raise FatalError(f"{engine.name} study {cfg.study!r}: no trial finished ({out.failed} failed; last reason: "
                          f"{out.last_failure or 'unknown'})")
+
+
+def command_header(cfg: SearchConfig, engine: str, space: "SearchSpace | None") -> list[tuple[str, str]]:
+    """What a search command searches, printed before anything slow starts (storages without passwords)."""
+    from fer_experiments.tracking import redact_uri
+
+    lines = [("study", f"{cfg.study} ({engine})")]
+    if space is not None:
+        lines += [("space", f"{space.name} ({space.source}, hash {space.content_hash()[:12]})"),
+                  ("target", f"maximise {space.objective} on PublicTest; up to {space.max_epochs} epochs a trial"
+                             + (f"; {cfg.n_trials} finished trials" if cfg.n_trials else ""))]
+    lines.append(("MLflow", redact_uri(cfg.tracking_uri)))
+    if engine == "optuna":
+        lines.append(("storage", redact_uri(cfg.storage)))
+    return lines
+
+
+def search_header(cfg: SearchConfig, engine: str, settings: StudySettings, data: "TrainingData", n_trials: int,
+                  finished: int) -> list[tuple[str, str]]:
+    """What the study holds once opened: its data (digest, subset), experiment and progress so far."""
+    limit = f"{len(data.train.y)} Training rows" + (f" (limit {settings.limit})" if settings.limit else " (all)")
+    return [
+        ("data", f"{data.dataset.source} (digest {data.dataset.digest[:12]}); {limit}, "
+                 f"{len(data.val.y)} PublicTest rows"),
+        ("experiment", f"{settings.experiment} (space {settings.space.name}, hash {settings.space_hash[:12]})"),
+        ("trials", f"{finished} of {n_trials} finished so far"),
+    ]
+
+
+def study_params(engine: str, settings: StudySettings) -> dict[str, Any]:
+    """The study's settings as its parent run's params (fixed for the study's life, as MLflow params must be)."""
+    space = settings.space
+    params: dict[str, Any] = {tags.PARAM_ENGINE: engine, tags.PARAM_SPACE: space.name,
+                              tags.SPACE_FILE: settings.space_source, tags.OBJECTIVE: space.objective,
+                              tags.PARAM_MAX_EPOCHS: space.max_epochs, tags.TRAIN_LIMIT: settings.limit,
+                              tags.DATA_DIGEST: settings.data_digest[:12]}
+    if engine == "optuna":
+        params |= {tags.PARAM_SAMPLER: space.sampler, tags.PARAM_PRUNER: space.pruner}
+    for spec in space.params:
+        params[tags.PARAM_SPACE_PREFIX + spec.name] = spec.describe() + (
+            f" when {', '.join(f'{k} in {list(v)}' for k, v in spec.when)}" if spec.when else "")
+    return params
+
+
+def describe_parent(parent: "TrackedRun", cfg: SearchConfig, settings: StudySettings, out: SearchOutcome) -> None:
+    """The parent run's description (MLflow's note) with the outcome, and the best trial's params.
+
+    MLflow params cannot change once logged: the best trial's params (``best.<name>``) are logged with the first
+    best; the ``best_trial`` tag and the description always name the current best.
+    """
+    from fer_experiments.models.labels import run_name
+    from fer_experiments.tracking import get_run
+
+    space = settings.space
+    lines = [f"**Study {cfg.study}** ({out.engine}): space `{space.name}`, maximise `{space.objective}` on "
+             f"PublicTest, up to {space.max_epochs} epochs a trial, Training limit {settings.limit}.", "",
+             f"{out.finished} finished ({out.complete} complete, {out.pruned} pruned), {out.failed} failed."]
+    if out.best_run_id is not None and out.best_value is not None:
+        best = get_run(cfg.tracking_uri, out.best_run_id)
+        values = {k: v for k, v in best.params.items() if k in _hyperparameter_names()}
+        searched = {k: v for k, v in values.items() if k in space.names}
+        lines += ["", f"Best: **{space.objective} {out.best_value:.4f}**, trial {out.best_trial} "
+                      f"(`{run_name(out.best_trial or 0, values)}`, run {out.best_run_id})."]
+        info = parent.info()
+        best_key = tags.PARAM_BEST_PREFIX + "trial"
+        logged = {k: v for k, v in info.params.items() if k.startswith(tags.PARAM_BEST_PREFIX)}
+        if not logged:
+            parent.log_params({tags.PARAM_BEST_PREFIX + k: v for k, v in searched.items()} | {best_key: out.best_trial})
+        elif logged.get(best_key) != str(out.best_trial):
+            lines.append(f"(The `best.*` params are trial {logged.get(best_key)}'s, the first best; MLflow params "
+                         "cannot change.)")
+        parent.set_tags({tags.BEST_TRIAL: out.best_trial})
+    version = out.registered_version or None
+    if version:
+        lines.append(f"Registered as {cfg.model_name} version {version} (alias `{DEFAULT_CHALLENGER_ALIAS}`).")
+    if out.stopped:
+        lines.append(f"Stopped early: {out.stopped}.")
+    lines += ["", "Report: `summary/report.html` in this run's artifacts."]
+    parent.set_tags({tags.MLFLOW_NOTE: "\n".join(lines)})
+
+
+def _hyperparameter_names() -> set[str]:
+    """The names of the family's model and training parameters (what a trial's params hold besides bookkeeping)."""
+    import dataclasses
+
+    from fer_experiments.params import ModelParams, TrainParams
+
+    return {f.name for f in (*dataclasses.fields(ModelParams), *dataclasses.fields(TrainParams))}
 
 
 def best_trial_record(tracking_uri: str, study: str, engine: str | None = None) -> "tags.TrialRecord | None":

@@ -1,4 +1,5 @@
-"""Reconcile Optuna and MLflow after a crash: fail stale trials, end their orphaned MLflow runs as KILLED."""
+"""Reconcile Optuna and MLflow after a crash: fail stale trials, end their orphaned MLflow runs (KILLED, or FINISHED
+when Optuna had recorded the trial COMPLETE or PRUNED)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ def fail_stale(study: optuna.Study) -> None:
 
 def reconcile(study: optuna.Study, tracking_uri: str, experiment: str) -> list[str]:
     """Fail trials whose worker stopped beating (Optuna's retry callback re-enqueues their params), then mark
-    every RUNNING MLflow run of this study whose trial is no longer RUNNING as KILLED. Returns what it did."""
-    from fer_experiments.tracking import end_run, find_runs, tags
+    every RUNNING MLflow run of this study whose trial is no longer RUNNING: FINISHED when Optuna recorded the trial
+    COMPLETE or PRUNED (a normal end), else KILLED. Returns what it did."""
+    from fer_experiments.tracking import TrackedRun, end_run, find_runs, tags
 
     done: list[str] = []
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
@@ -41,8 +43,15 @@ def reconcile(study: optuna.Study, tracking_uri: str, experiment: str) -> list[s
         trial = trials.get(-1 if number is None else number)
         if trial is None or trial.state == TrialState.RUNNING:
             continue
-        end_run(tracking_uri, run.run_id, "KILLED",
-                reason=f"trial {number} is {trial.state.name} in Optuna: its worker died before ending this run")
+        reason = f"trial {number} is {trial.state.name} in Optuna: its worker died before ending this run"
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            # Optuna recorded the trial's normal end: the run ends as a finished trial would (pruned ones too).
+            state = "COMPLETE" if trial.state == TrialState.COMPLETE else "PRUNED"
+            TrackedRun(run.run_id, tracking_uri).set_tags({tags.TRIAL_STATE: state})
+            end_run(tracking_uri, run.run_id, "FINISHED")
+            done.append(f"MLflow run {run.run_id} of trial {number}: RUNNING -> FINISHED ({state})")
+            continue
+        end_run(tracking_uri, run.run_id, "KILLED", reason=reason)
         done.append(f"MLflow run {run.run_id} of trial {number}: RUNNING -> KILLED")
     return done
 

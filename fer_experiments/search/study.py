@@ -215,6 +215,17 @@ def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
         return False
 
 
+def study_in_storage(storage_url: str, name: str) -> bool:
+    """Whether ``storage_url`` holds study ``name``; a SQLite file that does not exist is not created."""
+    db = sqlite_file(storage_url)
+    if db is not None and not db.exists():
+        return False
+    try:
+        return study_exists(open_storage(storage_url), name)
+    except (FatalError, ConfigError):
+        return False
+
+
 def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, name: str, space: "SearchSpace | None",
                      *, data_digest: str, limit: int | None, experiment: str | None, n_trials: int | None = None,
                      ) -> tuple[optuna.Study, StudySettings, bool]:
@@ -244,6 +255,13 @@ def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, nam
             study.set_user_attr(tags.ATTR_CREATED, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
             created = True
         loaded = optuna.load_study(study_name=name, storage=storage)
+        objective = str((loaded.user_attrs.get(tags.ATTR_SPACE) or {}).get("objective") or "")
+        if objective and loaded.metric_names != [objective]:
+            # optuna-dashboard and Optuna's plots label the value with it (instead of "Objective 0"); older
+            # studies get it on resume.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                loaded.set_metric_names([objective])
         if not created and n_trials is not None and loaded.user_attrs.get(tags.ATTR_N_TRIALS) != n_trials:
             loaded.set_user_attr(tags.ATTR_N_TRIALS, n_trials)  # a search command sets the study's target for all workers
         attrs = loaded.user_attrs

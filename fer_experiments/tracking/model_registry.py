@@ -54,11 +54,13 @@ def register_run_model(uri: str, name: str, run_id: str, tags: Mapping[str, Any]
     """
     existing = versions_of_run(uri, name, run_id)
     client = _client(uri)
+    model_id = _retry(lambda: client.get_run(run_id)).data.tags.get(names.model_id_tag(artifact))
     if existing:
         version = existing[0]
         created = False
+        if model_id:  # versions registered before fer-exp linked them: listed on their logged model from now on
+            _link_version(uri, model_id, name, version.version)
     else:
-        model_id = _retry(lambda: client.get_run(run_id)).data.tags.get(names.model_id_tag(artifact))
         if not model_id:
             raise ConfigError(f"run {run_id} has no logged model '{artifact}' to register")
         version = get_version(uri, name, register_logged_model(uri, name, model_id, run_id))
@@ -83,7 +85,22 @@ def register_logged_model(uri: str, name: str, model_id: str, run_id: str, *, de
     clean = {k: str(v) for k, v in (version_tags or {}).items() if v is not None}
     mv = _retry(lambda: client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id,
                                                     tags=clean, await_creation_for=60))
+    _link_version(uri, model_id, name, str(mv.version))
     return str(mv.version)
+
+
+def _link_version(uri: str, model_id: str, name: str, version: str) -> None:
+    """Record the version on its LoggedModel, as MLflow's fluent ``register_model`` does: the Models tab lists it."""
+    import json
+
+    client = _client(uri)
+    try:
+        known = json.loads(client.get_logged_model(model_id).tags.get(names.MLFLOW_MODEL_VERSIONS) or "[]")
+    except Exception:  # noqa: BLE001 - a missing LoggedModel leaves nothing to link
+        return
+    entry = {"name": name, "version": version}
+    if entry not in known:
+        _retry(lambda: client.set_logged_model_tags(model_id, {names.MLFLOW_MODEL_VERSIONS: json.dumps(known + [entry])}))
 
 
 def get_version(uri: str, name: str, version: str) -> ModelVersion:

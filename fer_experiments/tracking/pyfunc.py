@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import mlflow.pyfunc
 import pandas as pd
 
-from fer_experiments.tracking.runs import model_requirements, start_run
+from fer_experiments.tracking.runs import model_requirements, skip_requirement_scan, start_run
 from fer_experiments.tracking.store import prepare_store
 
 #: The ``model_config`` key naming the factory.
@@ -61,7 +61,8 @@ def log_keras_delegate(uri: str, experiment: str, *, run_name: str, run_tags: Ma
         with contextlib.suppress(PackageNotFoundError):
             reqs.append(f"{dist}=={version(dist)}")
     code_paths = [str(Path(code_package.__file__).parent)] if code_package is not None else None
-    with start_run(uri, experiment, run_name=run_name, tags=run_tags) as run, warnings.catch_warnings():
+    with start_run(uri, experiment, run_name=run_name, tags=run_tags) as run, warnings.catch_warnings(), \
+            skip_requirement_scan():
         # An input example would make MLflow load the Keras model once more just to validate it (seconds).
         warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)
         info = mlflow.pyfunc.log_model(

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fer_experiments.config import DEFAULT_STORE_DIR, DEFAULT_TRACKING_URI
 from fer_experiments.errors import ConfigError, FatalError
 from fer_experiments.locks import STORE_SETUP_KEY, setup_lock, sqlite_file, sqlite_write_problem
+from fer_experiments.tracking import tags
 
 __all__ = ["DEFAULT_STORE_DIR", "DEFAULT_TRACKING_URI", "default_tracking_uri", "prepare_store", "redact_uri"]
 
@@ -39,11 +40,13 @@ def redact_uri(uri: str) -> str:
     return uri
 
 
-def ui_command(uri: str) -> str:
-    """The exact ``mlflow ui`` command that shows this store."""
+def ui_command(uri: str, experiment_id: str | None = None) -> str:
+    """The exact ``mlflow ui`` command that shows this store (and the address of ``experiment_id``'s runs)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"{base}/#/experiments/{experiment_id}?{tags.UI_TRAINING_VIEW_QUERY}" if experiment_id else base
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {page} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}, then open {page}"
 
 
 _prepared: set[str] = set()
@@ -110,11 +113,15 @@ def ensure_experiment(uri: str, name: str) -> str:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
                               "or choose another --experiment")
+        if exp.tags.get(tags.EXPERIMENT_KIND) is None:
+            # Experiments made by older versions: tag them too, so the UI opens them on their training runs.
+            client.set_experiment_tag(exp.experiment_id, tags.EXPERIMENT_KIND, tags.EXPERIMENT_KIND_TRAINING)
         return str(exp.experiment_id)
     root = artifact_root(uri)
     location = f"{root}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}" if root else None
     try:
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(client.create_experiment(name, artifact_location=location,
+                                            tags={tags.EXPERIMENT_KIND: tags.EXPERIMENT_KIND_TRAINING}))
     except MlflowException:
         # Another process created it between our lookup and create.
         exp = client.get_experiment_by_name(name)

@@ -62,8 +62,27 @@ SELECTION_SPLIT = "selection_split"
 REPORT_SPLIT = "report_split"
 #: On a study's parent run: the run whose model is the study's registered challenger.
 CHALLENGER_RUN = "fer.challenger_run"
+#: On a study's parent run: the number of its best COMPLETE trial now.
+BEST_TRIAL = "best_trial"
 #: ``fer.model_id.<artifact>``: the MLflow 3 LoggedModel id of a run's logged model.
 MODEL_ID_PREFIX = "fer.model_id."
+#: MLflow's run description (shown as the run's "Description" in the UI) and the command that made a run.
+MLFLOW_NOTE = "mlflow.note.content"
+MLFLOW_SOURCE_NAME = "mlflow.source.name"
+MLFLOW_SOURCE_TYPE = "mlflow.source.type"
+MLFLOW_RUN_NAME = "mlflow.runName"
+#: On a LoggedModel: the registered versions made from it (JSON list of {name, version}), which MLflow's Models tab
+#: shows; MLflow's fluent register_model writes it, its client's create_model_version does not.
+MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"
+#: The query that opens MLflow 3.17's UI in its model-training view (it remembers a GenAI/Model training switch per
+#: browser, GenAI by default, and reads the experiment's EXPERIMENT_KIND only without that switch).
+UI_TRAINING_VIEW_QUERY = "workflowType=machine_learning"
+
+# ------------------------------------------------------------------------------------------ experiment tags
+#: The experiment tag MLflow 3's UI reads to choose its view; without it an experiment opens in the GenAI view
+#: ("Traces"). Our experiments hold model-training runs.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 # Names older versions wrote beside the ones above (read, never written).
 _OLD_STUDY = "optuna_study"
@@ -77,6 +96,13 @@ PARAM_ENGINE = "engine"
 PARAM_LIMIT = "limit"
 PARAM_N_TRAIN = "n_train"
 PARAM_N_VAL = "n_val"
+#: On a study's parent run: ``space.<name>`` (what each parameter was searched over) and ``best.<name>`` (the best
+#: trial's values, ``best.trial`` its number), beside the study's settings (SPACE_FILE, TRAIN_LIMIT, ...).
+PARAM_SPACE_PREFIX = "space."
+PARAM_BEST_PREFIX = "best."
+PARAM_MAX_EPOCHS = "max_epochs"
+PARAM_SAMPLER = "sampler"
+PARAM_PRUNER = "pruner"
 
 # --------------------------------------------------------------------------------------------------- metrics
 #: PublicTest accuracy / macro-F1 of the logged (best-epoch) model: what the promote guard compares.

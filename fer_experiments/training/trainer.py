@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 #: Called after every epoch with (epoch number from 1, that epoch's metrics); may raise to stop training
 #: (a pruner raises its "pruned" exception here).
 EpochObserver = Callable[[int, dict[str, float]], None]
+#: Called with (epoch, step, steps per epoch) after training batches: a live display within an epoch.
+BatchObserver = Callable[[int, int, int], None]
 
 OBJECTIVES: tuple[str, ...] = ("val_accuracy", "val_macro_f1")
 
@@ -101,7 +103,7 @@ def check_fits_in_memory(model_params: ModelParams, train_params: TrainParams) -
 
 def train_model(model_params: ModelParams, train_params: TrainParams, train_split: "Split", val_split: "Split", *,
                 objective: str = "val_accuracy", observers: Sequence[EpochObserver] = (),
-                restore_best: bool = True) -> TrainResult:
+                restore_best: bool = True, on_batch: BatchObserver | None = None) -> TrainResult:
     """Build, compile and fit one model; evaluate on ``val_split`` (PublicTest) after every epoch.
 
     Raises TrialFailed on a NaN/inf loss or an out-of-memory error; observers' exceptions propagate.
@@ -122,6 +124,8 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
 
     evaluator = _EpochEvaluator(val_split, objective, observers, restore_best, len(train_split.y))
     callbacks: list[keras.callbacks.Callback] = [evaluator]
+    if on_batch is not None:
+        callbacks.append(_BatchReporter(on_batch, steps))
     if train_params.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-6))
     if train_params.early_stopping_patience > 0:
@@ -202,3 +206,21 @@ class _EpochEvaluator(keras.callbacks.Callback):
             self.best = (epoch + 1, ev, self.model.get_weights() if self.keep_best else None)
         for observer in self.observers:
             observer(epoch + 1, metrics)
+
+
+class _BatchReporter(keras.callbacks.Callback):
+    """Feeds ``on_batch`` with (epoch, step, steps), at most ~5 times a second (a terminal's live line)."""
+
+    def __init__(self, on_batch: BatchObserver, steps: int, every: float = 0.2) -> None:
+        super().__init__()
+        self.on_batch, self.steps, self.every = on_batch, steps, every
+        self._epoch, self._last = 1, 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch, self._last = epoch + 1, 0.0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every or batch + 1 == self.steps:
+            self._last = now
+            self.on_batch(self._epoch, batch + 1, self.steps)

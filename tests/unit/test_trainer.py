@@ -146,3 +146,11 @@ def test_same_seed_same_history_different_seed_differs(data, two_epochs) -> None
     np.testing.assert_array_equal(predict_proba(again.model, data[1].x), predict_proba(two_epochs.model, data[1].x))
     other = train_model(TINY, _train(seed=6), *data)
     assert other.history["loss"] != two_epochs.history["loss"]
+
+
+def test_batches_reported_for_a_live_line(data) -> None:
+    """``on_batch`` (a terminal's in-epoch progress) hears each epoch's last step; steps = ceil(64 / 16)."""
+    calls: list[tuple[int, int, int]] = []
+    train_model(TINY, _train(seed=5), *data, on_batch=lambda e, s, n: calls.append((e, s, n)))
+    assert calls and all(n == 4 and 1 <= s <= 4 for _, s, n in calls)
+    assert (1, 4, 4) in calls and (2, 4, 4) in calls
