@@ -93,6 +93,10 @@ class SearchConfig:
     grace_period: int = 180
     #: GPU index this worker is pinned to (tagged on its runs), or None.
     gpu: int | None = None
+    #: ``--budget``: the wall-clock time (``time.time()``) by which the whole command, refit included, must end.
+    budget_deadline: float | None = None
+    #: ``--refit/--no-refit``: retrain the best trials after the search; None = when the space has ``refit:``.
+    refit: bool | None = None
 
     def __post_init__(self) -> None:
         check_study_name(self.study)

@@ -21,6 +21,11 @@ MAX_FILTER_GROWTH = 4.0
 MAX_DENSE_UNITS = 8192
 MAX_BATCH_SIZE = 4096
 MAX_EPOCHS = 1000
+#: plain: stacked convolutions; residual: the block's convolutions plus a shortcut (a 1x1 projection when the width
+#: changes); separable: depthwise-separable convolutions, 3x3/2 max-pool and a strided 1x1 shortcut (mini-Xception).
+BLOCKS: tuple[str, ...] = ("plain", "residual", "separable")
+#: Test-time augmentation built into the exported model: none, or the mean of the image's and its mirror's probabilities.
+TTAS: tuple[str, ...] = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,11 @@ class ModelParams:
     dense_dropout: float = 0.5
     head: str = "flatten"
     l2: float = 0.0
+    block: str = "plain"
+    #: Filters of a stem of two 3x3 convolutions before the blocks (0: no stem); mini-Xception starts with one.
+    stem_filters: int = 0
+    #: Built into the exported model only (training trains the network itself): see ``models.builder.with_tta``.
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -60,6 +70,9 @@ class ModelParams:
             (0.0 <= self.dense_dropout < 1.0, f"dense_dropout must be in [0, 1), got {self.dense_dropout}"),
             (self.head in HEADS, f"head must be one of {', '.join(HEADS)}; got {short_repr(self.head)}"),
             (self.l2 >= 0.0, f"l2 must be >= 0, got {self.l2}"),
+            (self.block in BLOCKS, f"block must be one of {', '.join(BLOCKS)}; got {self.block!r}"),
+            (0 <= self.stem_filters <= 512, f"stem_filters must be 0-512, got {self.stem_filters}"),
+            (self.tta in TTAS, f"tta must be one of {', '.join(TTAS)}; got {self.tta!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -94,6 +107,11 @@ class TrainParams:
     augment_zoom: float = 0.0
     label_smoothing: float = 0.0
     seed: int = 42
+    #: Pad this many pixels by reflection and crop a random 48x48 window back (0: off).
+    augment_crop: int = 0
+    #: Wall-clock limit of the training in seconds (0: none): it stops after the epoch that would overrun (or
+    #: mid-epoch past the limit), keeps the best epoch, and a cosine schedule is sized to the epochs that fit.
+    time_budget_s: float = 0.0
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -110,6 +128,8 @@ class TrainParams:
             (0.0 <= self.augment_translation <= 0.5, f"augment_translation must be in [0, 0.5], got {self.augment_translation}"),
             (0.0 <= self.augment_zoom <= 0.5, f"augment_zoom must be in [0, 0.5], got {self.augment_zoom}"),
             (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.augment_crop <= 16, f"augment_crop must be 0-16 pixels, got {self.augment_crop}"),
+            (self.time_budget_s >= 0.0, f"time_budget_s must be >= 0, got {self.time_budget_s}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -118,7 +138,8 @@ class TrainParams:
     @property
     def augments(self) -> bool:
         """Whether any augmentation layer is switched on."""
-        return self.augment_flip or self.augment_rotation > 0 or self.augment_translation > 0 or self.augment_zoom > 0
+        return (self.augment_flip or self.augment_rotation > 0 or self.augment_translation > 0 or self.augment_zoom > 0
+                or self.augment_crop > 0)
 
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
@@ -133,6 +154,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS,
     "lr_schedule": LR_SCHEDULES,
     "class_weight": CLASS_WEIGHTS,
+    "block": BLOCKS,
+    "tta": TTAS,
 }
 
 MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelParams))

@@ -46,6 +46,11 @@ def load_dataset(
         digest = folders.tree_digest(p, scan)
         parse = functools.partial(folders.read_tree, p, scan, source)
         fresh_notes = folders.scan_notes(scan)
+    elif p.is_file() and p.suffix == ".npz":
+        # Arrays are already decoded: no parsing and no cache (see data/arrays.py).
+        from fer_experiments.data.arrays import read_arrays
+
+        return read_arrays(p, file_digest(p))
     elif p.is_file():
         try:
             data = p.read_bytes()  # read once: hashed here, parsed below on a cache miss

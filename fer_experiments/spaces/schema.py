@@ -57,8 +57,19 @@ DEFAULT_SEED = 42
 DEFAULT_OBJECTIVE = "val_accuracy"
 
 TOP_LEVEL_KEYS: tuple[str, ...] = (
-    "name", "description", "objective", "max_epochs", "train_limit", "sampler", "pruner", "params",
+    "name", "description", "objective", "max_epochs", "train_limit", "sampler", "pruner", "params", "refit",
 )
+#: ``refit:`` keys, each with a check, a description of the check and its default.
+REFIT_KEYS: dict[str, tuple[Any, str, Any]] = {
+    # How many of the best trials are retrained.
+    "top_k": (lambda v: _is_int(v) and v >= 1, "an int >= 1", 1),
+    # Epochs of a refit (null: the trial's own epochs); the PublicTest-best epoch is kept.
+    "epochs": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or null (the trial's epochs)", None),
+    # Training rows of a refit (null: all of Training).
+    "train_limit": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or null (all rows)", None),
+    # Under --budget: the largest share of the budget the refits may reserve (the trials get the rest at least).
+    "budget_share": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)", 0.5),
+}
 SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "int": ("type", "low", "high", "step", "log", "when"),
     "float": ("type", "low", "high", "step", "log", "when"),
@@ -174,6 +185,9 @@ class SearchSpace:
     pruner: dict[str, Any]
     #: In dependency order (parents before children), ties broken by name, so the order is canonical.
     params: tuple[ParamSpec, ...]
+    #: ``{"top_k", "epochs", "train_limit", "budget_share"}`` (all keys set) or None: retrain the best trials after
+    #: the search (``search.lifecycle``). Not part of the content hash: it does not change how trials compare.
+    refit: dict[str, Any] | None = None
     #: Where the space came from (a path as given, or "<dict>"); not part of the content.
     source: str = field(default="<dict>", compare=False)
 
@@ -201,7 +215,7 @@ class SearchSpace:
                         "options": dict(self.sampler["options"])},
             "pruner": dict(self.pruner),
             "params": {p.name: p.to_dict() for p in self.params},
-        }
+        } | ({"refit": dict(self.refit)} if self.refit is not None else {})
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the space, without ``source`` and ``description``.
@@ -211,6 +225,7 @@ class SearchSpace:
         """
         d = self.to_dict()
         d.pop("description")
+        d.pop("refit", None)  # what happens after the trials; spaces without it keep the hashes they had
         canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -429,7 +444,24 @@ class _Validator:
 
         return SearchSpace(name=name, description=description, objective=objective, max_epochs=max_epochs,
                            train_limit=train_limit, sampler=sampler, pruner=pruner, params=params,
-                           source=self.source)
+                           refit=self.refit(d.get("refit")), source=self.source)
+
+    def refit(self, raw: Any) -> dict[str, Any] | None:
+        """``refit:`` absent or null: no refit; a mapping: its keys over the defaults (``refit: {}`` = all defaults)."""
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping):
+            raise self.fail("refit", f"must be a mapping ({', '.join(REFIT_KEYS)}), got {_type_name(raw)}")
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in REFIT_KEYS:
+                raise self.fail(f"refit.{key}", f"unknown key (allowed: {', '.join(REFIT_KEYS)})"
+                                                f"{_hint(key, tuple(REFIT_KEYS))}")
+            check, wanted, _ = REFIT_KEYS[key]
+            if not check(value):
+                raise self.fail(f"refit.{key}", f"must be {wanted}, got {value!r}")
+            out[key] = float(value) if key == "budget_share" else value
+        return {key: out.get(key, default) for key, (_, _, default) in REFIT_KEYS.items()}
 
     def sampler(self, raw: Any) -> dict[str, Any]:
         if raw is None:

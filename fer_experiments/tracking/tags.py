@@ -113,6 +113,14 @@ PRIVATE_ACCURACY = "test_accuracy"
 PRIVATE_MACRO_F1 = "test_macro_f1"
 #: On a study's parent run: the best objective value so far.
 BEST_VALUE = "best_value"
+#: Per training run: training throughput (fit only, no evaluation), images fitted, and seconds.
+TRAIN_IMAGES_PER_SECOND = "train_images_per_second"
+TRAIN_IMAGES_SEEN = "train_images_seen"
+TRAIN_SECONDS = "train_seconds"
+#: Params of a training run: its Training rows, epochs, and (a refit) the trial run it retrains.
+PARAM_N_TRAIN = "n_train"
+PARAM_EPOCHS = "epochs"
+PARAM_REFIT_OF = "refit_of"
 
 # ------------------------------------------------------------------------------------------ registry tags
 VERSION_STUDY = "study"

@@ -72,7 +72,8 @@ def log_result(run: TrackedRun, result: "TrainResult") -> None:
     best = {f"best_{k}": v for k, v in ev.summary_metrics("val").items()}
     run.log_metrics({**ev.per_class_metrics("val"), **best,
                      "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                     "train_images_per_second": result.images_per_second, "train_seconds": result.train_seconds},
+                     tags.TRAIN_IMAGES_PER_SECOND: result.images_per_second,
+                     tags.TRAIN_SECONDS: result.train_seconds, tags.TRAIN_IMAGES_SEEN: result.images_seen},
                     step=result.best_epoch)
     log_evaluation_artifacts(run, ev, prefix="evaluation/val")
     run.log_figure(learning_curves_figure(result.history), "learning_curves.png")
