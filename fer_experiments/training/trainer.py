@@ -143,7 +143,11 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
     if restore_best and best_weights is not None:
         model.set_weights(best_weights)
     if loss is not None:
-        compile_model(model, train_params, steps)
+        # The plain loss for the returned model, keeping the trained optimizer (a fresh one would be saved unbuilt,
+        # and Keras warns about the mismatch when the logged model is loaded).
+        model.compile(optimizer=model.optimizer,
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_params.label_smoothing),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     return TrainResult(
         model=model, history=evaluator.history, best_epoch=best_epoch, epochs_run=len(evaluator.history["loss"]),
         evaluation=best_eval, objective=objective, objective_value=_objective_value(best_eval, objective),
