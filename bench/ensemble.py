@@ -16,6 +16,7 @@ from __future__ import annotations
 import _common  # noqa: F401  (environment first)
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -53,15 +54,15 @@ def make_study(data: str, trials: int, limit: int, epochs: int) -> tuple[str, st
            "bench-ens", "--n-trials", str(trials), "--tracking-uri", uri, "--storage", sqlite_url("optuna.db"),
            "--cache-dir", default_cache_dir()]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=TMP, stdout=subprocess.DEVNULL, env=_env())
+    proc = subprocess.run(cmd, cwd=TMP, capture_output=True, text=True, env=_env())
+    if proc.returncode != 0:
+        sys.exit(f"the search failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     print(f"study bench-ens: {trials} trials in {time.perf_counter() - t0:.0f} s "
           f"({limit} Training images, {epochs} epochs each)")
     return "bench-ens", uri
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return os.environ | {"PYTHONPATH": str(REPO)}
 
 
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.3)
     args = parser.parse_args()
     quiet_libraries()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     print(machine_line())
     if args.study is None:
         study, uri = make_study(args.data, args.trials, args.limit, args.epochs)
