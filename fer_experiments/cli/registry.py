@@ -48,7 +48,8 @@ def promote(study: str | None, run_id: str | None, data_path: str | None, model_
                         min_accuracy=min_accuracy, cache_dir=cache_dir)
     r = do_promote(cfg, on_alias_moved=_sync_service)
     c = r.candidate
-    source = f"study {c.study} trial {c.trial}" if c.study else "run"
+    # An ensemble or distilled run belongs to a study but to no trial.
+    source = (f"study {c.study}" + (f" trial {c.trial}" if c.trial is not None else "")) if c.study else "run"
     click.echo(f"{'':<20} {'version':>8} {'PublicTest acc':>15} {'PrivateTest acc':>16}  source")
     click.echo(f"{'candidate':<20} {r.version or '-':>8} {fmt(c.public_accuracy):>15} {fmt(c.private_accuracy):>16}  "
                f"{source} (run {c.run_id})")

@@ -497,3 +497,8 @@ def find_trial_records(uri: str, study: str, *, engine: str | None = None, state
         flt = names.study_filter(study, kind=kind, engine=engine, state=state)
         found += [names.TrialRecord.from_run(r.run_id, r.tags) for r in find_runs(uri, None, filter_string=flt)]
     return found
+
+
+def experiment_name(uri: str, experiment_id: str) -> str:
+    """The name of the experiment with this id."""
+    return _retry(lambda: _client(uri).get_experiment(experiment_id)).name

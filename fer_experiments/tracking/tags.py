@@ -84,6 +84,19 @@ UI_TRAINING_VIEW_QUERY = "workflowType=machine_learning"
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
+#: On an ensemble run (params): its members' run IDs (comma-separated, in the model's order), their weights, the
+#: method that chose them (mean or greedy) and the K asked for; the best member (highest PublicTest accuracy).
+ENSEMBLE_MEMBERS = "ensemble_members"
+ENSEMBLE_WEIGHTS = "ensemble_weights"
+ENSEMBLE_METHOD = "method"
+ENSEMBLE_TOP = "ensemble_top"
+ENSEMBLE_CANDIDATES = "ensemble_candidates"
+ENSEMBLE_BEST_MEMBER = "ensemble_best_member"
+#: On a distilled run (params): the teacher's run ID, the temperature and the weight of the true labels.
+TEACHER_RUN = "teacher_run_id"
+DISTILL_TEMPERATURE = "distill_temperature"
+DISTILL_ALPHA = "distill_alpha"
+
 # Names older versions wrote beside the ones above (read, never written).
 _OLD_STUDY = "optuna_study"
 _OLD_TRIAL_NUMBER = "optuna_trial_number"
@@ -121,11 +134,16 @@ TRAIN_SECONDS = "train_seconds"
 PARAM_N_TRAIN = "n_train"
 PARAM_EPOCHS = "epochs"
 PARAM_REFIT_OF = "refit_of"
+#: Size and serving speed of a logged model: weights, and faces/s classified one at a time (predict_on_batch).
+N_PARAMS = "n_params"
+FACES_PER_SECOND = "faces_per_second_one_at_a_time"
 
 # ------------------------------------------------------------------------------------------ registry tags
 VERSION_STUDY = "study"
 VERSION_TRIAL = "trial"
 VERSION_ENGINE = "engine"
+#: What a version's run is (its ``fer.kind``: trial, refit, ensemble, distilled ...).
+VERSION_KIND = "kind"
 VERSION_PUBLIC_ACCURACY = "public_accuracy"
 VERSION_PUBLIC_MACRO_F1 = "public_macro_f1"
 VERSION_PRIVATE_ACCURACY = "private_accuracy"

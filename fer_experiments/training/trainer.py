@@ -60,8 +60,9 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def compile_model(model: keras.Model, train: TrainParams, steps_per_epoch: int) -> None:
-    """Compile with the optimiser, learning-rate schedule and loss that ``train`` asks for.
+def compile_model(model: keras.Model, train: TrainParams, steps_per_epoch: int,
+                  loss: keras.losses.Loss | None = None) -> None:
+    """Compile with the optimiser, learning-rate schedule and loss that ``train`` asks for (or ``loss``).
 
     A cosine schedule under a time budget is driven by ``_TimeBudget`` (sized once the first epoch is timed), so the
     optimiser gets a plain learning rate then.
@@ -76,7 +77,7 @@ def compile_model(model: keras.Model, train: TrainParams, steps_per_epoch: int) 
         "rmsprop": lambda: keras.optimizers.RMSprop(lr),
     }
     model.compile(optimizer=optimizers[train.optimizer](),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+                  loss=loss or keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
@@ -111,8 +112,13 @@ def check_fits_in_memory(model_params: ModelParams, train_params: TrainParams) -
 
 def train_model(model_params: ModelParams, train_params: TrainParams, train_split: "Split", val_split: "Split", *,
                 objective: str = "val_accuracy", observers: Sequence[EpochObserver] = (),
-                restore_best: bool = True, on_batch: BatchObserver | None = None) -> TrainResult:
+                restore_best: bool = True, on_batch: BatchObserver | None = None,
+                targets: np.ndarray | None = None, loss: keras.losses.Loss | None = None) -> TrainResult:
     """Build, compile and fit one model; evaluate on ``val_split`` (PublicTest) after every epoch.
+
+    ``targets`` (one row per Training image, its first 7 columns the one-hot label) and ``loss`` replace the
+    one-hot labels and the cross-entropy (distillation: ``fer_experiments.training.distill``); the
+    returned model is the uncompiled exported network, so a logged model carries no custom loss.
 
     Raises TrialFailed on a NaN/inf loss or an out-of-memory error; observers' exceptions propagate.
     """
@@ -133,7 +139,11 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
     model = with_augmentation(network, train_params)
     exported = with_tta(network, model_params.tta)
     steps = math.ceil(len(train_split.y) / train_params.batch_size)
-    compile_model(model, train_params, steps)
+    compile_model(model, train_params, steps, loss)
+    y_fit = one_hot(train_split.y) if targets is None else np.asarray(targets, dtype=np.float32)
+    if len(y_fit) != len(train_split.y):
+        raise ConfigError(f"{len(y_fit)} target rows for {len(train_split.y)} Training images")
+    weights = class_weights(train_split.y, train_params.class_weight)
 
     evaluator = _EpochEvaluator(val_split, objective, observers, restore_best, len(train_split.y), exported)
     callbacks: list[keras.callbacks.Callback] = [evaluator]
@@ -150,9 +160,13 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
         callbacks.append(keras.callbacks.EarlyStopping(monitor=objective, mode="max",
                                                        patience=train_params.early_stopping_patience))
     try:
-        model.fit(as_model_input(train_split.x), one_hot(train_split.y), batch_size=train_params.batch_size,
+        # Custom targets get the class weights as per-image weights: Keras's class_weight reads the class from
+        # the targets, which need not be a plain one-hot row then.
+        per_image = None if weights is None or targets is None else \
+            np.array([weights[int(c)] for c in train_split.y], dtype=np.float32)
+        model.fit(as_model_input(train_split.x), y_fit, batch_size=train_params.batch_size,
                   epochs=train_params.epochs, shuffle=True, verbose=0, callbacks=callbacks,
-                  class_weight=class_weights(train_split.y, train_params.class_weight))
+                  class_weight=weights if targets is None else None, sample_weight=per_image)
     except (TrialFailed, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - only resource exhaustion is re-labelled; the rest propagates
