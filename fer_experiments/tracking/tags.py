@@ -61,6 +61,10 @@ REPORT_SPLIT = "report_split"
 CHALLENGER_RUN = "fer.challenger_run"
 #: ``fer.model_id.<artifact>``: the MLflow 3 LoggedModel id of a run's logged model.
 MODEL_ID_PREFIX = "fer.model_id."
+#: A run whose model was exported (``onnx``) beside the Keras model, or why it could not be; seconds it took.
+EXPORTED = "fer.exported"
+EXPORT_ERROR = "fer.export_error"
+EXPORT_SECONDS = "fer.export_seconds"
 
 # Names older versions wrote beside the ones above (read, never written).
 _OLD_STUDY = "optuna_study"

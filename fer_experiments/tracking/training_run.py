@@ -14,6 +14,7 @@ from fer_experiments.config import TrainConfig
 from fer_experiments.evaluation.metrics import Evaluation, confusion_csv, format_report
 from fer_experiments.params import ModelParams, TrainParams, flat_params
 from fer_experiments.tracking import tags
+from fer_experiments.tracking.exported import log_exported_model
 from fer_experiments.tracking.runs import TrackedRun, git_commit, start_run
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def log_result(run: TrackedRun, result: "TrainResult") -> None:
     run.log_figure(learning_curves_figure(result.history), "learning_curves.png")
     run.log_text(history_csv(result.history), "history.csv")
     run.log_keras_model(result.model)
+    log_exported_model(run, result.model)  # the ONNX graph serving runs, beside the Keras model
 
 
 def log_evaluation_artifacts(run: TrackedRun, ev: Evaluation, prefix: str) -> None:
