@@ -92,6 +92,13 @@ class ImageSizeBody(BaseModel):
 
 
 class PredictBody(BaseModel):
+    model_config = {"json_schema_extra": {"examples": [{
+        "faces": [{"box": {"x": 250, "y": 176, "w": 134, "h": 134}, "label": "Happy",
+                   "probabilities": {"Angry": 0.02, "Disgust": 0.0, "Fear": 0.03, "Happy": 0.81, "Sad": 0.04,
+                                     "Surprise": 0.02, "Neutral": 0.08}}],
+        "model": {"name": "fer-cnn", "version": "3", "uri": "models:/fer-cnn/3"},
+        "image": {"width": 640, "height": 480}, "time_ms": 12.6, "runtime": "exported"}]}}
+
     faces: list[FaceBody] = Field(description="left to right; empty when no face was found")
     model: ModelBody = Field(description="the model version that answered")
     image: ImageSizeBody

@@ -41,7 +41,8 @@ def _save_onnx_folder(onnx_path: Path, folder: Path) -> Path:
 
     proto = onnx.load(str(onnx_path))
     reqs = [f"onnx=={version('onnx')}", f"onnxruntime=={version('onnxruntime')}", f"numpy=={version('numpy')}"]
-    mlflow.onnx.save_model(proto, str(folder), pip_requirements=reqs)
+    # One self-contained file (MLflow would split large weights into external-data files beside it otherwise).
+    mlflow.onnx.save_model(proto, str(folder), pip_requirements=reqs, save_as_external_data=False)
     return folder
 
 
@@ -60,11 +61,11 @@ def log_exported_model(run: TrackedRun, model: "keras.Model") -> bool:
     with tempfile.TemporaryDirectory(prefix="fer-export-") as tmp:
         try:
             path = export_onnx(model, Path(tmp) / ONNX_FILE)
-        except ExportError as exc:
+            _log_graph(run.uri, run.run_id, path)
+        except (ExportError, OSError, ImportError) as exc:  # never fails the training: Keras serves it then
             log.warning("model of run %s not exported: %s", run.run_id, exc)
-            run.set_tags({names.EXPORT_ERROR: str(exc)[:500]})
+            run.set_tags({names.EXPORT_ERROR: f"{type(exc).__name__}: {exc}"[:500]})
             return False
-        _log_graph(run.uri, run.run_id, path)
     run.set_tags({names.EXPORTED: "onnx", names.EXPORT_SECONDS: f"{time.perf_counter() - started:.1f}"})
     return True
 
@@ -96,12 +97,13 @@ def find_exported(run_id: str, tracking_uri: str) -> Path | None:
     wanted = f"{EXPORTED_ARTIFACT}/{ONNX_FILE}"
     if wanted not in listed:
         return None
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=wanted,
-                                                        tracking_uri=tracking_uri))
+    try:  # the whole folder: a graph saved with external data keeps its weight files beside it
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EXPORTED_ARTIFACT,
+                                                          tracking_uri=tracking_uri))
     except (MlflowException, OSError) as exc:
         log.warning("exported graph of run %s unreadable: %s", run_id, exc)
         return None
+    return folder / ONNX_FILE
 
 
 def _cache_dir() -> Path:
