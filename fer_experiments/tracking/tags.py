@@ -96,6 +96,10 @@ ENSEMBLE_BEST_MEMBER = "ensemble_best_member"
 TEACHER_RUN = "teacher_run_id"
 DISTILL_TEMPERATURE = "distill_temperature"
 DISTILL_ALPHA = "distill_alpha"
+#: A run whose model was exported (``onnx``) beside the Keras model, or why it could not be; seconds it took.
+EXPORTED = "fer.exported"
+EXPORT_ERROR = "fer.export_error"
+EXPORT_SECONDS = "fer.export_seconds"
 
 # Names older versions wrote beside the ones above (read, never written).
 _OLD_STUDY = "optuna_study"

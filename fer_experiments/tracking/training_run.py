@@ -14,6 +14,7 @@ from fer_experiments.config import TrainConfig
 from fer_experiments.evaluation.metrics import Evaluation, confusion_csv, format_report
 from fer_experiments.params import ModelParams, TrainParams, flat_params
 from fer_experiments.tracking import tags
+from fer_experiments.tracking.exported import log_exported_model
 from fer_experiments.tracking.runs import TrackedRun, command_source, git_commit, start_run
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ def log_result(run: TrackedRun, result: "TrainResult") -> None:
     run.log_figure(learning_curves_figure(result.history), "learning_curves.png")
     run.log_text(history_csv(result.history), "history.csv")
     run.log_keras_model(result.model, metrics=best, step=result.best_epoch)
+    log_exported_model(run, result.model)  # the ONNX graph serving runs, beside the Keras model
 
 
 def log_selection_evaluation(run: TrackedRun, ev: Evaluation, extra: dict[str, float] | None = None,

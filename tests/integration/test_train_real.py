@@ -58,6 +58,10 @@ def test_run_has_params_metrics_artifacts_and_input(trained: dict) -> None:
     assert 0.0 <= run.data.metrics["best_val_macro_f1"] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"learning_curves.png", "history.csv", "evaluation"} <= artifacts
+    # The exported ONNX graph beside the Keras model (an MLflow onnx-flavour folder).
+    assert "exported" in artifacts and run.data.tags["fer.exported"] == "onnx"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "exported")} >= {"exported/model.onnx",
+                                                                                     "exported/MLmodel"}
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert evaluation == {f"evaluation/val_{n}" for n in ("confusion_matrix.png", "confusion_matrix.csv",
                                                         "classification_report.txt", "classification_report.json")}
