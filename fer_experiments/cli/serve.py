@@ -154,7 +154,7 @@ def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, 
 
     from fer_experiments.errors import DataError, Terminated
     from fer_experiments.serving.predictor import load_model
-    from fer_experiments.serving.video import FOURCC, VideoConfig, analyse_video
+    from fer_experiments.serving.video import FOURCC, VideoConfig, analyse_video, open_capture
 
     config = VideoConfig(every=every, window=window, max_frames=max_frames)
     if out_path is not None and Path(out_path).suffix.lower() not in FOURCC:
@@ -162,6 +162,8 @@ def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, 
                                  param_hint="'--out'")
     stem = f"camera{source}" if isinstance(source, int) else Path(source).stem
     csv_target = csv_path or (str(Path(out_path).with_suffix(".csv")) if out_path else f"{stem}-faces.csv")
+    if not isinstance(source, int):
+        open_capture(source).release()  # a missing or unreadable video fails at once, before the model loads
     loaded = load_model(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin))
     last = [time.perf_counter()]
 

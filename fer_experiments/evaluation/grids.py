@@ -128,7 +128,7 @@ def cells_figure(x: np.ndarray, cells: Sequence[GridCell | None], columns: int, 
     n = max(len(cells), 1)
     cols = max(1, min(columns, n))
     rows = -(-n // cols)
-    fig = _figure(CELL * 1.25 * cols, CELL * 1.6 * rows + 0.5)
+    fig = _figure(max(CELL * 1.25 * cols, 4.5), CELL * 1.6 * rows + 0.8)
     axes = fig.subplots(rows, cols, squeeze=False)
     for k, ax in enumerate(axes.flat):
         cell = cells[k] if k < len(cells) else None
@@ -142,22 +142,22 @@ def cells_figure(x: np.ndarray, cells: Sequence[GridCell | None], columns: int, 
     if not any(cells):
         axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=12)
     fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / (CELL * 1.6 * rows + 0.5),
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.75 / (CELL * 1.6 * rows + 0.8),
                         wspace=0.08, hspace=0.45)
     return fig
 
 
 def prediction_grid(x: np.ndarray, y: np.ndarray, probs: np.ndarray, per_class: int = 3, seed: int = 0,
                     label: str = "") -> tuple["Figure", list[GridCell]]:
-    """The study's grid of test predictions: ``per_class`` faces per true class, one row per class."""
+    """The study's grid of test predictions: ``per_class`` faces per true class, one column per class."""
     cells = prediction_cells(y, probs, per_class, seed)
     right = sum(c.right for c in cells)
     title = f"{label + ': ' if label else ''}{right} of {len(cells)} right ({per_class} random faces per true class)"
-    laid_out: list[GridCell | None] = []
-    for c in range(NUM_CLASSES):  # one row per true class, padded where a class has fewer faces
-        mine = [cell for cell in cells if cell.true == c]
-        laid_out += mine + [None] * (per_class - len(mine))
-    return cells_figure(x, laid_out, per_class, title), cells
+    by_class = [[cell for cell in cells if cell.true == c] for c in range(NUM_CLASSES)]
+    # One column per true class (row-major cells), empty where a class has fewer faces.
+    laid_out: list[GridCell | None] = [by_class[c][r] if r < len(by_class[c]) else None
+                                       for r in range(per_class) for c in range(NUM_CLASSES)]
+    return cells_figure(x, laid_out, NUM_CLASSES, title), cells
 
 
 def mistakes_grid(x: np.ndarray, y: np.ndarray, probs: np.ndarray, n: int = 24, columns: int = 8,

@@ -293,7 +293,7 @@ def _loop(first: np.ndarray, frames: Iterator[np.ndarray], predictor: "object", 
             if index % config.every == 0:
                 faces = predictor.faces(to_gray(frame))  # type: ignore[attr-defined]  # one batch per frame
                 shown = tracker.update([f.box for f in faces],
-                                       np.array([f.probabilities for f in faces]).reshape(len(faces), -1))
+                                       np.array([f.probabilities for f in faces]).reshape(len(faces), len(EXPRESSIONS)))
                 summary.analysed += 1
                 summary.frames_with_faces += bool(shown)
                 for face in shown:

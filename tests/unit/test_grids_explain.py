@@ -74,7 +74,7 @@ def test_prediction_and_mistakes_grids_render() -> None:
     right = sum(c.right for c in cells)
     assert f"{right} of 21 right" in fig._suptitle.get_text()
     w, h = _png_size(figure_png(fig))
-    assert h > w  # 7 rows of 3
+    assert w > h  # 3 rows of 7 (one column per class)
     fig2, wrong = mistakes_grid(x, y, probs, n=16)
     assert len(wrong) == 16 and all(not c.right for c in wrong)
     assert _png_size(figure_png(fig2))[0] > 500
