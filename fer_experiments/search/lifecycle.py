@@ -206,7 +206,8 @@ class SearchRun:
         done = tracked_trial(tracking_uri=self.cfg.tracking_uri, experiment=self.experiment,
                              parent_run_id=self.parent.run_id, number=number, tags=run_tags, data=self.data,
                              values=values, epochs=epochs, objective=objective,
-                             extra_params={"space": self.space.name, "engine": self.engine.name},
+                             extra_params={tags.PARAM_SPACE: self.space.name,
+                                           tags.PARAM_ENGINE: self.engine.name},
                              observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run)
         self._account(done)
         return done
@@ -259,7 +260,7 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
         try:
             model_params, train_params = split_params(values | {"epochs": epochs})
             outcome.result = tracked_training(run, model_params, train_params, data, objective=objective,
-                                              extra_params={"trial_number": number} | extra_params,
+                                              extra_params={names.TRIAL_NUMBER: number} | extra_params,
                                               observers=[count, *observers])
         except stop_exceptions as exc:
             run.set_tags({names.TRIAL_STATE: "PRUNED", names.PRUNED_AT_EPOCH: reached["epoch"]})

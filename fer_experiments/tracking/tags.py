@@ -67,6 +67,14 @@ _OLD_STUDY = "optuna_study"
 _OLD_TRIAL_NUMBER = "optuna_trial_number"
 _OLD_FAIL_REASON = "fail_reason"
 
+# ---------------------------------------------------------------------------------------------------- params
+# (besides every ModelParams/TrainParams field under its own name, and OBJECTIVE / TRIAL_NUMBER / PRESET above)
+PARAM_SPACE = "space"
+PARAM_ENGINE = "engine"
+PARAM_LIMIT = "limit"
+PARAM_N_TRAIN = "n_train"
+PARAM_N_VAL = "n_val"
+
 # --------------------------------------------------------------------------------------------------- metrics
 #: PublicTest accuracy / macro-F1 of the logged (best-epoch) model: what the promote guard compares.
 PUBLIC_ACCURACY = "best_val_accuracy"
@@ -89,6 +97,8 @@ VERSION_PRIVATE_MACRO_F1 = "private_macro_f1"
 SOURCE_MODEL = "source_model"
 SOURCE_VERSION = "source_version"
 SOURCE_RUN_ID = "source_run_id"
+#: The serving wrapper's format version (older wrappers pickled a class that no longer exists).
+WRAPPER_FORMAT = "fer.wrapper_format"
 #: Registered-model tag: the JSON list of versions an alias pointed at, oldest first.
 ALIAS_HISTORY = "fer.alias_history.{alias}"
 

@@ -40,7 +40,8 @@ def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: T
     from fer_experiments.training.trainer import train_model
 
     run.log_params(flat_params(model_params, train_params) | {
-        "limit": data.limit, "n_train": len(data.train.y), "n_val": len(data.val.y), "objective": objective,
+        tags.PARAM_LIMIT: data.limit, tags.PARAM_N_TRAIN: len(data.train.y), tags.PARAM_N_VAL: len(data.val.y),
+        tags.OBJECTIVE: objective,
     } | (extra_params or {}))
     run.log_dataset(name="fer2013", digest=data.dataset.digest, source=str(data.dataset.source), context="training",
                     tags={"splits": "Training (train), PublicTest (selection)"})
@@ -100,6 +101,6 @@ def run_training(cfg: TrainConfig, data: "TrainingData | None" = None,
     started = time.time()
     with start_run(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_name=cfg.run_name, tags=run_tags) as run:
         result = tracked_training(run, cfg.model, cfg.train, data, objective=cfg.objective,
-                                  extra_params={"preset": cfg.preset}, observers=[on_epoch] if on_epoch else [])
+                                  extra_params={tags.PRESET: cfg.preset}, observers=[on_epoch] if on_epoch else [])
         run.set_tags({tags.WALL_SECONDS: f"{time.time() - started:.1f}"})
     return run.run_id, result

@@ -122,7 +122,11 @@ def test_shipped_spaces_match_the_design() -> None:
 
 
 def test_resolve_space_path_finds_shipped_spaces_by_name(tmp_path: Path) -> None:
-    assert resolve_space_path("cpu-quick") == ROOT / "search_spaces" / "cpu-quick.yaml"
+    # Package data (found from any folder); the checkout's search_spaces/ link shows the same files.
+    shipped = resolve_space_path("cpu-quick")
+    assert shipped == ROOT / "fer_experiments" / "search_spaces" / "cpu-quick.yaml"
+    assert shipped.resolve() == (ROOT / "search_spaces" / "cpu-quick.yaml").resolve()
+    assert resolve_space_path("cpu-quick.yaml") == shipped
     own = write(tmp_path, BASE)
     assert resolve_space_path(own) == own
     with pytest.raises(ConfigError, match="no shipped space of that name"):
