@@ -162,8 +162,7 @@ def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, 
                                  param_hint="'--out'")
     stem = f"camera{source}" if isinstance(source, int) else Path(source).stem
     csv_target = csv_path or (str(Path(out_path).with_suffix(".csv")) if out_path else f"{stem}-faces.csv")
-    if not isinstance(source, int):
-        open_capture(source).release()  # a missing or unreadable video fails at once, before the model loads
+    open_capture(source).release()  # a missing or unreadable video or camera fails at once, before the model loads
     loaded = load_model(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin))
     last = [time.perf_counter()]
 

@@ -51,6 +51,7 @@ def is_video(path: str | Path) -> bool:
         pass
     import cv2
 
+    _quiet_opencv()
     cap = cv2.VideoCapture(str(p))
     try:
         return bool(cap.isOpened() and cap.read()[0])
@@ -191,10 +192,22 @@ class VideoSummary:
                 "tracks": {str(k): v for k, v in self.labels.items()}}
 
 
+def _quiet_opencv() -> None:
+    """OpenCV's WARN lines (a missing camera) and FFmpeg's (a damaged container: "moov atom not found") would
+    surround our one-line error; FFmpeg's level is read when OpenCV first loads its FFmpeg backend (-8: quiet)."""
+    import os
+
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
 def open_capture(source: str | int) -> "object":
     """An opened ``cv2.VideoCapture`` for a file or a camera index; DataError (exit 3) when it cannot be opened."""
     import cv2
 
+    _quiet_opencv()
     if isinstance(source, int):
         cap = cv2.VideoCapture(source)
         if not cap.isOpened():
