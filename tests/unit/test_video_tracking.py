@@ -87,3 +87,39 @@ def test_is_video_by_suffix_and_by_probing(tmp_path: Path) -> None:
     png.write_bytes(buf.tobytes())
     assert not is_video(png)
     assert not is_video(tmp_path / "photo.jpg")
+
+
+def test_a_video_cut_short_keeps_what_was_read_and_says_so(tmp_path: Path) -> None:
+    """An MJPG .avi cut in half: the frames before the cut are analysed and written, ``stopped`` says why."""
+    import cv2
+
+    from fer_experiments.models.builder import build_model
+    from fer_experiments.params import ModelParams
+    from fer_experiments.serving.detector import FaceDetector
+    from fer_experiments.serving.predictor import Classifier, Predictor
+    from fer_experiments.serving.video import VideoConfig, analyse_video
+
+    full = tmp_path / "full.avi"
+    writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        writer.write(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    model = build_model(ModelParams(conv_blocks=1, convs_per_block=1, filters=2, dense_layers=0, head="global_avg"))
+    predictor = Predictor(Classifier(model), FaceDetector())
+    summary = analyse_video(str(cut), predictor, tmp_path / "out.avi", tmp_path / "out.csv", VideoConfig())
+    assert summary.stopped == "decode-error" and summary.expected_frames == 40
+    assert 10 <= summary.frames < 38 and summary.analysed == summary.frames
+    cap = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == summary.frames
+    cap.release()
+    assert (tmp_path / "out.csv").read_text().startswith("frame,time_s,face,")
+    # Not a video at all: DataError before anything is written.
+    from fer_experiments.errors import DataError
+
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 100)
+    with pytest.raises(DataError, match="junk.mp4"):
+        analyse_video(str(tmp_path / "junk.mp4"), predictor, tmp_path / "j.mp4", tmp_path / "j.csv")
+    assert not (tmp_path / "j.mp4").exists() and not (tmp_path / "j.csv").exists()
