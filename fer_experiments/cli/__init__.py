@@ -105,12 +105,12 @@ def cli() -> None:
 
 def _register() -> None:
     """Add every command family's commands to the group (each lives in its own module of this package)."""
-    from fer_experiments.cli import data, ensemble, registry, report, search, serve, train
+    from fer_experiments.cli import data, ensemble, explain, registry, report, search, serve, train
 
     for command in (data.data, data.presets, train.train, train.evaluate, search.search, search.worker,
                     search.reconcile, search.studies, search.compare_engines_command, report.report,
                     ensemble.ensemble, ensemble.distill, registry.promote,
-                    registry.rollback, registry.models, serve.predict, serve.serve):
+                    registry.rollback, registry.models, serve.predict, serve.serve, explain.explain):
         cli.add_command(command)
 
 
