@@ -52,6 +52,7 @@ class Objective:
                 observers=[self._reporter(trial, epochs)], stop_exceptions=(optuna.TrialPruned,),
                 on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
         except KeyboardInterrupt:
+            _queue_again(trial)
             trial.set_user_attr("fail_reason", "interrupted")
             raise
         if done.stopped is not None:
@@ -73,3 +74,14 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({objective} {metrics[objective]:.4f})")
 
         return report
+
+
+def _queue_again(trial: optuna.Trial) -> None:
+    """Ctrl-C / SIGTERM (docker stop) is no verdict on the params: queue them again for the next trial of any worker,
+    as Optuna's heartbeat retry does for a dead worker's trial (same system attrs, at most 3 retries)."""
+    import warnings
+
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(trial.study, frozen)
