@@ -119,6 +119,17 @@ def check_storage_writable(storage: str) -> None:
         raise FatalError(f"the Optuna storage {redact_uri(storage)} cannot be written: {problem}")
 
 
+def retry_callback() -> Any:
+    """Optuna's retry of a trial whose worker died or was stopped: the same params queued again, once.
+
+    One retry: a worker lost with its host (or stopped by ``docker stop``) deserves a second chance, but a trial that
+    killed its worker (the kernel's OOM killer) would kill the next one too; its retry failing as well ends it FAIL.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
 def open_storage(storage: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  ) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for ``storage``, tables created once under a lock.
@@ -132,11 +143,7 @@ def open_storage(storage: str, heartbeat_interval: int | None = None, grace_peri
     check_storage_writable(storage)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # One retry: a worker lost with its host deserves a second chance, but a trial that killed its worker
-            # (the kernel's OOM killer) would kill the next one too; its retry failing as well ends it FAIL.
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+        retry = retry_callback()
         kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period or 3 * heartbeat_interval,
                   "heartbeat_stale_trial_callback": retry}
     try:

@@ -112,7 +112,7 @@ class TrackedRun:
 
         ds = MetaDataset(source=LocalArtifactDatasetSource(str(Path(source).resolve())), name=name, digest=digest[:36])
         with self._active():
-            mlflow.log_input(ds, context=context, tags=dict(tags or {}))
+            _retry(lambda: mlflow.log_input(ds, context=context, tags=dict(tags or {})))
 
     def log_keras_model(self, model: "keras.Model", name: str = "model", metrics: Mapping[str, float] | None = None,
                         step: int | None = None) -> str:
@@ -467,8 +467,11 @@ def _retry(fn: Any, attempts: int = 5, first_delay: float = 0.5) -> Any:
 
 def _transient(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
+    # "duplicate key": workers starting together race to create the same row (e.g. the data set input, dataset_pk)
+    # in a PostgreSQL-backed server; the retry finds the row the other one made.
     return any(s in text for s in ("connection refused", "connectionerror", "max retries exceeded",
-                                   "database is locked", "temporarily unavailable", "503", "502", "timed out"))
+                                   "database is locked", "temporarily unavailable", "503", "502", "timed out",
+                                   "duplicate key value violates unique constraint"))
 
 
 

@@ -200,7 +200,11 @@ def test_signal_leaves_nothing_running(synthetic_csv: Path, tmp_path: Path, sig:
     assert proc.returncode == code, err
     assert "Resume with" in err and "--study s" in err
     trials = _study(tmp_path, "s").get_trials()
-    assert trials and trials[-1].state == TrialState.FAIL
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and failed[-1].user_attrs.get("fail_reason") == "interrupted"
+    # Its params are queued again: the resumed search runs them first.
+    assert [(t.state, t.params) for t in trials if t.system_attrs.get("failed_trial") == failed[-1].number] == [
+        (TrialState.WAITING, failed[-1].params)]
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     runs = _mlflow_runs(tmp_path)
     assert not [r for r in runs if r.info.status == "RUNNING"]

@@ -232,7 +232,9 @@ def test_sigterm_exits_143_and_leaves_nothing_running(synthetic_csv: Path, datab
             proc.kill()
     assert proc.returncode == 143
     trials = _study(databases, "term").get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL]
+    # The interrupted trial's params are queued again for the next worker (WAITING, a retry of trial 0).
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].params == trials[0].params and trials[1].system_attrs["failed_trial"] == 0
     runs = _runs(server)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert [r.info.status for r in runs if r.data.tags.get("fer.kind") == "trial"] == ["KILLED"]

@@ -271,3 +271,23 @@ def test_atomic_write_text_error_leaves_no_temp_file(tmp_path: Path) -> None:
         atomic_write_text(fresh, "\ud800")
     assert not fresh.exists()
     assert os.listdir(tmp_path) == ["report.txt"]
+
+
+def test_a_create_race_on_a_postgresql_backed_server_is_retried() -> None:
+    # Two workers starting together log the same data set input: the MLflow server's insert of the second one fails
+    # with a unique violation (seen in docker/smoke.sh); the retry finds the row the first one made.
+    from fer_experiments.tracking.runs import _retry, _transient
+
+    race = RuntimeError('RestException: BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates '
+                        'unique constraint "dataset_pk"')
+    assert _transient(race)
+    calls = []
+
+    def log_input() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise race
+        return "logged"
+
+    assert _retry(log_input, first_delay=0.01) == "logged" and len(calls) == 2
+    assert not _transient(RuntimeError("INVALID_PARAMETER_VALUE: Changing param values is not allowed"))

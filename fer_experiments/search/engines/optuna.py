@@ -21,6 +21,7 @@ from fer_experiments.search.study import (
     create_or_resume,
     finished_count,
     open_storage,
+    retry_callback,
     sole_sqlite_writer,
     storage_lock,
 )
@@ -161,6 +162,7 @@ class _Objective:
                                   hold_interrupts=True)
         except KeyboardInterrupt:
             trial.set_user_attr(tags.ATTR_FAIL_REASON, "interrupted")
+            _queue_again(trial)
             raise
         self.run.running_trial = None
         if done.stopped is not None:
@@ -180,6 +182,13 @@ class _Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({objective} {metrics[objective]:.4f})")
 
         return report
+
+
+def _queue_again(trial: optuna.Trial) -> None:
+    """Ctrl-C / SIGTERM (``docker stop``) is no verdict on the params: queue them again for the next trial of any
+    worker, as the heartbeat retry does for a dead worker's trial (same system attrs, the same one retry)."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    retry_callback()(trial.study, frozen)
 
 
 def _taken(study: optuna.Study) -> int:
