@@ -11,7 +11,7 @@ import click
 from fer_experiments.cli.options import (
     cache_dir_option,
     data_option,
-    limit_option,
+    search_limit_option,
     model_name_option,
     parse_duration,
     pin_gpu,
@@ -21,6 +21,7 @@ from fer_experiments.cli.options import (
     worker_options,
 )
 from fer_experiments.config import DEFAULT_STORAGE
+from fer_experiments.errors import ConfigError
 
 #: The trial target of a --budget search without --n-trials: as many as the budget allows.
 BUDGET_TRIALS = 10**6
@@ -46,7 +47,7 @@ _max_failures_option = click.option(
               help="Retrain the best trials on all of Training after the search and register the best refit as "
                    "challenger [default: when the space has a refit: section].")
 @click.option("--enqueue", multiple=True, metavar="PRESET", help="Start the study from a preset (repeatable).")
-@limit_option
+@search_limit_option
 @_max_failures_option
 @model_name_option("Registered model for the challenger.")
 @click.option("--experiment", default=None, help="MLflow experiment [default: the study name].")
@@ -138,9 +139,18 @@ def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
 
     try:
         outcome = run_search(cfg, engine)
-    except KeyboardInterrupt:
-        click.echo(f"\nstopped; the running trial was marked FAIL (MLflow run KILLED). Resume with:\n  {resume_hint}",
-                   err=True)
+    except KeyboardInterrupt as exc:
+        info = getattr(exc, "search_interruption", None)
+        lines = ["", "stopped; " + (
+            "the running trial was marked FAIL (MLflow run KILLED)" if info is None else
+            "no trial was running (every trial so far had ended)" if info.running_trial is None else
+            f"trial {info.running_trial} was running: marked FAIL (its MLflow run KILLED)")]
+        if info is not None and info.registered_version:
+            lines.append(f"registered {cfg.model_name} version {info.registered_version} (alias challenger) from "
+                         f"trial {info.best_trial}, the study's best ({info.best_value:.4f})")
+        if info is not None and info.note:
+            lines.append(f"note: {info.note}")
+        click.echo("\n".join(lines + [f"Resume with:\n  {resume_hint}"]), err=True)
         raise
     for note in outcome.notes:
         click.echo(f"note: {note}")
@@ -153,23 +163,45 @@ def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
                   and outcome.challenger_run_id != outcome.best_run_id else f"trial {outcome.best_trial}")
         click.echo(f"registered {cfg.model_name} version {outcome.registered_version} (alias challenger) "
                    f"from {source}")
-    click.echo(f"see it with: {ui_command(cfg.tracking_uri)}")
+    from fer_experiments.tracking import get_run
+
+    experiment_id = get_run(cfg.tracking_uri, outcome.parent_run_id).experiment_id if outcome.parent_run_id else None
+    click.echo(f"see it with: {ui_command(cfg.tracking_uri, experiment_id)}")
+    click.echo(f"report: fer-exp report --study {shlex.quote(cfg.study)} (also summary/report.html on the study's run)")
 
 
 @click.command()
-@click.option("--study", required=True, help="The Optuna study whose dead workers' trials to clean up.")
+@click.option("--study", default=None,
+              help="Only this Optuna study [default: the whole store: every study of --storage and every RUNNING "
+                   "MLflow run, `train` runs included].")
 @storage_option
 @tracking_option
 @click.option("--grace-period", type=click.IntRange(min=1), default=180, show_default=True,
-              help="Seconds without a heartbeat after which a RUNNING trial's worker counts as dead.")
-def reconcile(study: str, storage: str, tracking_uri: str | None, grace_period: int) -> None:
-    """Fail trials whose worker died and mark their orphaned MLflow runs KILLED (workers also do this at start)."""
+              help="Seconds without a heartbeat after which a RUNNING trial or run of another host counts as dead "
+                   "(runs of this host whose process is gone are ended at once).")
+def reconcile(study: str | None, storage: str, tracking_uri: str | None, grace_period: int) -> None:
+    """End what dead processes left RUNNING: fail their Optuna trials and mark their MLflow runs KILLED."""
     from fer_experiments.search.engines.optuna import reconcile_study
+    from fer_experiments.search.reconcile import reconcile_runs
+    from fer_experiments.search.study import list_studies
+    from fer_experiments.tracking.store import require_existing_store
 
-    notes = reconcile_study(storage, study, tracking_uri_or_default(tracking_uri), grace_period)
+    uri = tracking_uri_or_default(tracking_uri)
+    if study is not None:
+        notes = reconcile_study(storage, study, uri, grace_period)
+    else:
+        require_existing_store(uri)
+        notes = []
+        try:
+            names = [row.name for row in list_studies(storage)]
+        except ConfigError:
+            names = []  # no Optuna storage here: MLflow runs only
+        for name in names:
+            notes += reconcile_study(storage, name, uri, grace_period)
+        notes += reconcile_runs(uri, grace_period)
     for note in notes:
         click.echo(note)
-    click.echo(f"reconciled study {study}: {len(notes)} change(s)")
+    click.echo(f"reconciled {'study ' + study if study else 'the whole store'}: {len(notes)} change(s)")
 
 
 @click.command()
@@ -205,7 +237,7 @@ def studies(storage: str, as_json: bool) -> None:
               help="Total epochs each engine may train per seed.")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many seeds (0, 1, ...) each engine runs with; the table gives the mean and spread.")
-@limit_option
+@search_limit_option
 @storage_option
 @tracking_option
 @cache_dir_option

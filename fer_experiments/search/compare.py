@@ -99,9 +99,9 @@ def compare_engines(base: SearchConfig, budget_epochs: int, seeds: int,
     runs: list[EngineRun] = []
     status = "FAILED"
     try:
-        parent.log_params({"budget_epochs": budget_epochs, "seeds": seeds, "space": space.name,
-                           "objective": space.objective,
-                           "limit": base.data.limit if base.data.limit is not None else space.train_limit})
+        parent.log_params({"budget_epochs": budget_epochs, "seeds": seeds, tags.PARAM_SPACE: space.name,
+                           tags.OBJECTIVE: space.objective,
+                           tags.PARAM_LIMIT: base.data.limit if base.data.limit is not None else space.train_limit})
         for seed in range(seeds):
             study = f"cmp-{stamp}-optuna-s{seed}"
             echo(f"== optuna seed {seed}: study {study}")

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from fer_experiments.data import TrainingData
     from fer_experiments.spaces import SearchSpace
     from fer_experiments.tracking import TrackedRun
-    from fer_experiments.training.trainer import EpochObserver, TrainResult
+    from fer_experiments.training.trainer import BatchObserver, EpochObserver, TrainResult
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,14 @@ class StudySettings:
             object.__setattr__(self, "space_hash", self.space.content_hash())
         if not self.space_source:
             object.__setattr__(self, "space_source", str(self.space.source))
+
+
+#: The phases a search command's wall time is recorded in (``SearchOutcome.timings``): set-up before the engine's
+#: loop (space, store, data, study, parent run); per trial, its run's start (``trial_setup``), the training up to its
+#: last epoch (``training``, with the per-epoch metrics and the params logged before it) and the end-of-trial logging
+#: and run end (``tracking``: evaluation artifacts, figures, the model); after the loop, the engine's summary and the
+#: challenger registration. Time not in a phase is the engine's own (asking, pruning, reconciling).
+TIMED_PHASES: tuple[str, ...] = ("setup", "trial_setup", "training", "tracking", "summary", "registration")
 
 
 @dataclass
@@ -96,6 +104,77 @@ class SearchOutcome:
     challenger_run_id: str | None = None
     challenger_trial: int | None = None
     challenger_value: float | None = None
+    #: Wall seconds per phase of ``TIMED_PHASES``, summed over this command's trials: where a search's time goes
+    #: (``bench/search_overhead.py`` reads it).
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        """Add ``seconds`` to ``phase`` (one of ``TIMED_PHASES``)."""
+        if phase not in TIMED_PHASES:
+            raise ValueError(f"unknown phase {phase!r}; phases: {', '.join(TIMED_PHASES)}")
+        self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+
+
+class InterruptHold:
+    """Holds a Ctrl-C / SIGTERM that arrives while a finished trial is being recorded, and delivers it right after.
+
+    Between the end of a trial's training and its engine recording the outcome (Optuna's ``tell``) an interruption
+    would fail a trial whose MLflow run already says COMPLETE; held, it lands between trials instead.
+    """
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: BaseException | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers belong to the main thread; elsewhere nothing is held
+            return
+        from fer_experiments.errors import Terminated
+
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            exc: BaseException = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+            if self.holding:
+                self.pending = exc
+                return
+            raise exc
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        """Stop holding; raise the interruption that arrived meanwhile, if any."""
+        self.holding = False
+        if self.pending is not None:
+            exc, self.pending = self.pending, None
+            raise exc
+
+
+@dataclass
+class Interruption:
+    """What a Ctrl-C (or SIGTERM) stopped, attached to the KeyboardInterrupt as ``exc.search_interruption``."""
+
+    #: The trial that was running (now FAIL, its MLflow run KILLED), or None when it came between trials.
+    running_trial: int | None
+    best_trial: int | None = None
+    best_value: float | None = None
+    #: The challenger version registered on the way out (a new best found before the interruption).
+    registered_version: str | None = None
+    note: str | None = None
 
 
 @dataclass
@@ -192,6 +271,10 @@ class SearchRun:
     epoch_budget: int | None = None
     deadline: float | None = None
     consecutive_failures: int = 0
+    #: The trial being run now (set by the engine as soon as its trial exists), None between trials: what an
+    #: interruption stops.
+    running_trial: int | None = None
+    interrupts: InterruptHold = field(default_factory=InterruptHold)
     #: ``--budget``: ``time.time()`` by which the command ends, and that budget's length in seconds.
     budget_deadline: float | None = None
     budget_seconds: float = 0.0
@@ -241,15 +324,24 @@ class SearchRun:
 
     def trial(self, number: int, values: dict[str, Any], epochs: int, *, extra_tags: dict[str, Any] | None = None,
               observers: Sequence["EpochObserver"] = (), stop_exceptions: tuple[type[BaseException], ...] = (),
-              on_run: Callable[[str], None] | None = None) -> TrialRun:
-        """Run one trial as a child run of the study's parent run and account for it."""
+              on_run: Callable[[str], None] | None = None, hold_interrupts: bool = False) -> TrialRun:
+        """Run one trial as a child run of the study's parent run and account for it.
+
+        ``hold_interrupts``: from the trial's end, hold Ctrl-C / SIGTERM until the engine has recorded the outcome
+        and calls ``self.interrupts.release()``.
+        """
         objective = self.space.objective
 
         def show(epoch: int, metrics: dict[str, float]) -> None:
             self.progress.epoch(number, epoch, epochs, metrics, objective)
 
+        def show_batch(epoch: int, step: int, steps: int) -> None:
+            self.progress.batch(number, epoch, epochs, step, steps)
+
         run_tags = tags.trial_tags(study=self.cfg.study, engine=self.engine.name, number=number) | {
             tags.HOST: socket.gethostname(), tags.GPU: gpu_label(self.cfg)} | (extra_tags or {})
+        self.running_trial = number
+        self.progress.trial_start(number)
         if self.budget_deadline is not None:
             # A trial never trains past the trials' share of the budget (it stops after the epoch that would overrun),
             # less what logging it takes afterwards.
@@ -259,8 +351,13 @@ class SearchRun:
         done = tracked_trial(tracking_uri=self.cfg.tracking_uri, experiment=self.experiment,
                              parent_run_id=self.parent.run_id, number=number, tags=run_tags, data=self.data,
                              values=values, epochs=epochs, objective=objective,
-                             extra_params={"space": self.space.name, "engine": self.engine.name},
-                             observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run)
+                             extra_params={tags.PARAM_SPACE: self.space.name,
+                                           tags.PARAM_ENGINE: self.engine.name},
+                             observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run,
+                             on_phase=self.outcome.add_time,
+                             on_end=self.interrupts.hold if hold_interrupts else None,
+                             on_batch=show_batch if self.progress.tty else None)
+        self.running_trial = None
         if done.epochs_reached:
             wall = time.time() - started
             fit = done.result.train_seconds if done.result is not None else 0.0
@@ -295,37 +392,48 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
                   data: "TrainingData", values: dict[str, Any], epochs: int, objective: str,
                   extra_params: dict[str, Any], observers: Sequence["EpochObserver"] = (),
                   stop_exceptions: tuple[type[BaseException], ...] = (),
-                  on_run: Callable[[str], None] | None = None, run_name: str | None = None) -> TrialRun:
+                  on_run: Callable[[str], None] | None = None,
+                  on_phase: Callable[[str, float], None] | None = None,
+                  on_end: Callable[[], None] | None = None,
+                  on_batch: "BatchObserver | None" = None, run_name: str | None = None) -> TrialRun:
     """One trial as a child MLflow run of the study's parent run.
 
-    The run ends FINISHED (trial_state COMPLETE), FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
-    combination or any other error of this trial alone) or KILLED (PRUNED, tagged with the epoch reached, when an
-    observer raises one of ``stop_exceptions``). Ctrl-C/SIGTERM propagate after tagging the run FAIL.
+    The run ends FINISHED (trial_state COMPLETE; or trial_state PRUNED, tagged with the epoch reached, when an
+    observer raises one of ``stop_exceptions``) or FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
+    combination or any other error of this trial alone). Ctrl-C/SIGTERM propagate after tagging the run FAIL; the
+    run then ends KILLED. ``on_phase(phase, seconds)`` receives the trial's ``trial_setup``, ``training`` and
+    ``tracking`` wall times.
     """
     from fer_experiments.errors import TrialFailed
+    from fer_experiments.models.labels import run_name as describe_run
     from fer_experiments.params import split_params
     from fer_experiments.tracking import start_run, tags as names
     from fer_experiments.tracking.training_run import base_tags, tracked_training
 
     reached = {"epoch": 0}
+    clock = {"start": time.perf_counter(), "fit": 0.0, "epoch_end": 0.0}
 
     def count(epoch: int, metrics: dict[str, float]) -> None:
         reached["epoch"] = epoch
+        clock["epoch_end"] = time.perf_counter()
 
-    with start_run(tracking_uri, experiment, run_name=run_name or f"trial-{number}", tags=base_tags(data) | tags,
+    # The run list then says what each trial trains: "trial-3 3x2c16 bn-after gap" (a refit names itself).
+    with start_run(tracking_uri, experiment, run_name=run_name or describe_run(number, values),
+                   tags=base_tags(data) | tags,
                    parent_run_id=parent_run_id) as run:
         if on_run is not None:
             on_run(run.run_id)
         outcome = TrialRun(run_id=run.run_id, number=number)
         try:
             model_params, train_params = split_params(values | {"epochs": epochs})
+            clock["fit"] = clock["epoch_end"] = time.perf_counter()
             outcome.result = tracked_training(run, model_params, train_params, data, objective=objective,
-                                              extra_params={"trial_number": number} | extra_params,
-                                              observers=[count, *observers])
+                                              extra_params={names.TRIAL_NUMBER: number} | extra_params,
+                                              observers=[count, *observers], on_batch=on_batch)
         except stop_exceptions as exc:
+            # Pruned = stopped on purpose, a normal end: FINISHED with trial_state PRUNED (as Optuna's and Ray Tune's
+            # MLflow integrations do). KILLED is kept for interruptions, so the UI's red cross means "interrupted".
             run.set_tags({names.TRIAL_STATE: "PRUNED", names.PRUNED_AT_EPOCH: reached["epoch"]})
-            # Pruned = stopped on purpose before its last epoch: KILLED, for every pruned trial alike.
-            run.final_status = "KILLED"
             outcome.stopped = exc
         except KeyboardInterrupt:
             run.set_tags({names.TRIAL_STATE: "FAIL"})
@@ -334,12 +442,23 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
             outcome.failure = str(exc)
         except Exception as exc:  # noqa: BLE001 - an unexpected error fails this trial, not the search
             outcome.failure = f"{type(exc).__name__}: {exc}"
+        if on_end is not None:
+            on_end()  # training is over: from here the outcome is recorded whole
         if outcome.failure is not None:
             outcome.failure = outcome.failure.splitlines()[0][:1000] if outcome.failure else "unknown error"
             run.set_tags({names.TRIAL_STATE: "FAIL", names.FAILURE_REASON: outcome.failure})
             run.final_status = "FAILED"
         elif outcome.result is not None:
             run.set_tags({names.TRIAL_STATE: "COMPLETE", names.OBJECTIVE_VALUE: outcome.result.objective_value})
+    if on_phase is not None:
+        # A trial that failed before training counts all its time as set-up; one stopped mid-epoch, up to its last
+        # finished epoch as training.
+        ended = time.perf_counter()
+        fit = clock["fit"] or ended
+        trained_until = max(clock["epoch_end"], fit)
+        on_phase("trial_setup", fit - clock["start"])
+        on_phase("training", trained_until - fit)
+        on_phase("tracking", ended - trained_until)
     outcome.epochs_reached = reached["epoch"]
     return outcome
 
@@ -352,21 +471,42 @@ def run_search(cfg: SearchConfig, engine: Engine, *, space: "SearchSpace | None"
     search once its trials have trained that many epochs; ``register=False`` leaves the registry alone.
     Raises FatalError after ``max_consecutive_failures`` failed trials in a row or when no trial could finish.
     """
+    if space is None and cfg.space_path is not None:
+        from fer_experiments.spaces import load_space, resolve_space_path
+
+        # Before the engine's session: a space with an error must leave nothing behind (no lock file, no store).
+        space = load_space(resolve_space_path(cfg.space_path))
+    _check_stores_writable(cfg)
     with engine.session(cfg):
         return _run(cfg, engine, space, epoch_budget, register, progress_stream)
+
+
+def _check_stores_writable(cfg: SearchConfig) -> None:
+    """Both stores writable before anything is written to either (one line naming the store, exit 5)."""
+    from fer_experiments.locks import sqlite_write_problem
+    from fer_experiments.tracking.store import check_store_writable, redact_uri
+
+    check_store_writable(cfg.tracking_uri)
+    problem = sqlite_write_problem(cfg.storage)
+    if problem:
+        raise FatalError(f"the Optuna storage {redact_uri(cfg.storage)} cannot be written: {problem}")
 
 
 def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_budget: int | None, register: bool,
          progress_stream: Any) -> SearchOutcome:
     from fer_experiments.data import load_dataset, load_training_data
-    from fer_experiments.spaces import load_space, resolve_space_path
     from fer_experiments.tracking import TrackedRun, prepare_store, set_status
+    from fer_experiments.tracking.runs import heartbeat, process_tags
 
-    if space is None and cfg.space_path is not None:
-        space = load_space(resolve_space_path(cfg.space_path))
-    prepare_store(cfg.tracking_uri)
-    dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
-    settings = engine.open(cfg, space, dataset.digest)
+    started = time.perf_counter()
+    # The first ~30 s (decoding the data, opening the stores, importing TensorFlow) say what they do.
+    early = Progress(cfg.n_trials or 0, progress_stream)
+    early.header(command_header(cfg, engine.name, space))
+    with early.step(f"loading data {cfg.data.path}"):
+        dataset = load_dataset(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    with early.step("opening the MLflow and Optuna stores"):
+        prepare_store(cfg.tracking_uri)
+        settings = engine.open(cfg, space, dataset.digest)
     check_identity(cfg.study, settings, space=space, data_digest=dataset.digest, limit=cfg.data.limit,
                    experiment=cfg.experiment)
     n_trials = cfg.n_trials if cfg.n_trials is not None else settings.n_trials
@@ -380,6 +520,9 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
     progress = Progress(n_trials, progress_stream)
     best = best_trial_record(cfg.tracking_uri, cfg.study, engine.name)
     complete, pruned, failed = engine.counts()
+    progress.header(search_header(cfg, engine.name, settings, data, n_trials, complete + pruned))
+    with progress.step("starting TensorFlow"):
+        import fer_experiments.training.trainer  # noqa: F401 - imports Keras: the first trial would sit silent
     progress.seed(complete + pruned, complete, pruned, failed, best.objective_value if best else None,
                   best.number if best else None)
     run = SearchRun(cfg=cfg, engine=engine, space=settings.space, settings=settings, data=data, parent=parent,
@@ -397,13 +540,17 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
     final = "FAILED"
     # From here on the parent run is RUNNING; every way out below gives it a terminal status.
     set_status(cfg.tracking_uri, parent_id, "RUNNING")
+    parent.set_tags(process_tags())  # this command now keeps the parent run RUNNING: reconcile checks on it
+    outcome.add_time("setup", time.perf_counter() - started)
     try:
-        engine.search(run)
-        if run.refit_plan is not None and not outcome.stopped and not engine.others_running():
-            refit(run)
+        with heartbeat(cfg.tracking_uri, parent_id), run.interrupts.installed():
+            engine.search(run)
+            if run.refit_plan is not None and not outcome.stopped and not engine.others_running():
+                refit(run)
         final = "FAILED" if outcome.stopped else "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         final = "KILLED"
+        exc.search_interruption = _on_interrupt(run, register)  # type: ignore[attr-defined]
         raise
     finally:
         if final != "FINISHED" or not engine.others_running():
@@ -412,10 +559,28 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
     return outcome
 
 
+def _on_interrupt(run: SearchRun, register: bool) -> Interruption:
+    """Say what the interruption stopped, and register a new best found before it as challenger now rather than at
+    the next resume (a failure to do so is a note: the interruption itself must go through)."""
+    cfg, out = run.cfg, run.outcome
+    info = Interruption(running_trial=run.running_trial)
+    try:
+        best = best_trial_record(cfg.tracking_uri, cfg.study, run.engine.name)
+        if best is not None:
+            info.best_trial, info.best_value = best.number, best.objective_value
+            out.best_value, out.best_trial, out.best_run_id = best.objective_value, best.number, best.run_id
+            if register:
+                with run.engine.setup_lock():
+                    info.registered_version = register_challenger(cfg, run.settings, out)
+    except Exception as exc:  # noqa: BLE001 - housekeeping on the way out; the next run registers it
+        info.note = f"challenger not registered: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return info
+
+
 def _ensure_parent_run(cfg: SearchConfig, engine: Engine, settings: StudySettings) -> str:
     """The study's parent MLflow run, created once (under the engine's lock) by the first command."""
-    from fer_experiments.tracking import create_run, redact_uri
-    from fer_experiments.tracking.runs import git_commit
+    from fer_experiments.tracking import TrackedRun, create_run, redact_uri
+    from fer_experiments.tracking.runs import command_source, git_commit
 
     with engine.setup_lock():
         # Read under the lock: another worker may have created it since this one opened the study.
@@ -429,7 +594,9 @@ def _ensure_parent_run(cfg: SearchConfig, engine: Engine, settings: StudySetting
             tags.STORAGE: redact_uri(cfg.storage), tags.SPACE_FILE: str(space.source),
             tags.SPACE_HASH: space.content_hash(), tags.SPACE_NAME: space.name, tags.DATA_DIGEST: settings.data_digest,
             tags.TRAIN_LIMIT: str(settings.limit), tags.GIT_COMMIT: commit, tags.MLFLOW_GIT_COMMIT: commit,
-            tags.OBJECTIVE: space.objective} | engine.parent_tags())
+            tags.OBJECTIVE: space.objective, tags.MLFLOW_SOURCE_NAME: command_source(),
+            tags.MLFLOW_SOURCE_TYPE: "LOCAL"} | engine.parent_tags())
+        TrackedRun(run_id, cfg.tracking_uri).log_params(study_params(engine.name, settings))
         engine.remember_parent(run_id)
         return run_id
 
@@ -444,23 +611,126 @@ def _finish(run: SearchRun, register: bool) -> None:
     best = best_trial_record(cfg.tracking_uri, cfg.study, engine.name)
     if best is not None:
         out.best_value, out.best_trial, out.best_run_id = best.objective_value, best.number, best.run_id
+    parent = TrackedRun(out.parent_run_id, cfg.tracking_uri)
+    started = time.perf_counter()
     chosen = best_trial_record(cfg.tracking_uri, cfg.study, engine.name, kinds=(tags.KIND_REFIT,)) or best
     if chosen is not None:
         out.challenger_run_id, out.challenger_trial = chosen.run_id, chosen.number
         out.challenger_value = chosen.objective_value
     try:
-        out.notes += engine.summarise(TrackedRun(out.parent_run_id, cfg.tracking_uri), cfg.tracking_uri)
+        out.notes += engine.summarise(parent, cfg.tracking_uri)
     except Exception as exc:  # noqa: BLE001 - a summary must never lose the trials already run
         out.notes.append(f"summary incomplete: {type(exc).__name__}: {exc}")
+    out.add_time("summary", time.perf_counter() - started)
     if register:
+        started = time.perf_counter()
         with engine.setup_lock():  # workers ending together register the new best once
             out.registered_version = register_challenger(cfg, run.settings, out)
+        out.add_time("registration", time.perf_counter() - started)
+    try:
+        describe_parent(parent, cfg, run.settings, out)
+    except Exception as exc:  # noqa: BLE001 - a description must never lose the trials already run
+        out.notes.append(f"study description incomplete: {type(exc).__name__}: {exc}")
+    try:
+        from fer_experiments.search.report import log_study_report
+
+        log_study_report(cfg.study, cfg.tracking_uri, cfg.storage if engine.name == "optuna" else None, parent)
+    except Exception as exc:  # noqa: BLE001 - the report is a view; the study is what matters
+        out.notes.append(f"study report not written: {type(exc).__name__}: {exc}")
     if out.stopped:
         raise FatalError(f"search stopped: {out.stopped} (last reason: {out.last_failure or 'none'}); "
                          f"{format_outcome(out)}")
     if out.ran and out.finished == 0 and out.failed:
         raise FatalError(f"{engine.name} study {cfg.study!r}: no trial finished ({out.failed} failed; last reason: "
                          f"{out.last_failure or 'unknown'})")
+
+
+def command_header(cfg: SearchConfig, engine: str, space: "SearchSpace | None") -> list[tuple[str, str]]:
+    """What a search command searches, printed before anything slow starts (storages without passwords)."""
+    from fer_experiments.tracking import redact_uri
+
+    lines = [("study", f"{cfg.study} ({engine})")]
+    if space is not None:
+        lines += [("space", f"{space.name} ({space.source}, hash {space.content_hash()[:12]})"),
+                  ("target", f"maximise {space.objective} on PublicTest; up to {space.max_epochs} epochs a trial"
+                             + (f"; {cfg.n_trials} finished trials" if cfg.n_trials else ""))]
+    lines.append(("MLflow", redact_uri(cfg.tracking_uri)))
+    if engine == "optuna":
+        lines.append(("storage", redact_uri(cfg.storage)))
+    return lines
+
+
+def search_header(cfg: SearchConfig, engine: str, settings: StudySettings, data: "TrainingData", n_trials: int,
+                  finished: int) -> list[tuple[str, str]]:
+    """What the study holds once opened: its data (digest, subset), experiment and progress so far."""
+    limit = f"{len(data.train.y)} Training rows" + (f" (limit {settings.limit})" if settings.limit else " (all)")
+    return [
+        ("data", f"{data.dataset.source} (digest {data.dataset.digest[:12]}); {limit}, "
+                 f"{len(data.val.y)} PublicTest rows"),
+        ("experiment", f"{settings.experiment} (space {settings.space.name}, hash {settings.space_hash[:12]})"),
+        ("trials", f"{finished} of {n_trials} finished so far"),
+    ]
+
+
+def study_params(engine: str, settings: StudySettings) -> dict[str, Any]:
+    """The study's settings as its parent run's params (fixed for the study's life, as MLflow params must be)."""
+    space = settings.space
+    params: dict[str, Any] = {tags.PARAM_ENGINE: engine, tags.PARAM_SPACE: space.name,
+                              tags.SPACE_FILE: settings.space_source, tags.OBJECTIVE: space.objective,
+                              tags.PARAM_MAX_EPOCHS: space.max_epochs, tags.TRAIN_LIMIT: settings.limit,
+                              tags.DATA_DIGEST: settings.data_digest[:12]}
+    if engine == "optuna":
+        params |= {tags.PARAM_SAMPLER: space.sampler, tags.PARAM_PRUNER: space.pruner}
+    for spec in space.params:
+        params[tags.PARAM_SPACE_PREFIX + spec.name] = spec.describe() + (
+            f" when {', '.join(f'{k} in {list(v)}' for k, v in spec.when)}" if spec.when else "")
+    return params
+
+
+def describe_parent(parent: "TrackedRun", cfg: SearchConfig, settings: StudySettings, out: SearchOutcome) -> None:
+    """The parent run's description (MLflow's note) with the outcome, and the best trial's params.
+
+    MLflow params cannot change once logged: the best trial's params (``best.<name>``) are logged with the first
+    best; the ``best_trial`` tag and the description always name the current best.
+    """
+    from fer_experiments.models.labels import run_name
+    from fer_experiments.tracking import get_run
+
+    space = settings.space
+    lines = [f"**Study {cfg.study}** ({out.engine}): space `{space.name}`, maximise `{space.objective}` on "
+             f"PublicTest, up to {space.max_epochs} epochs a trial, Training limit {settings.limit}.", "",
+             f"{out.finished} finished ({out.complete} complete, {out.pruned} pruned), {out.failed} failed."]
+    if out.best_run_id is not None and out.best_value is not None:
+        best = get_run(cfg.tracking_uri, out.best_run_id)
+        values = {k: v for k, v in best.params.items() if k in _hyperparameter_names()}
+        searched = {k: v for k, v in values.items() if k in space.names}
+        lines += ["", f"Best: **{space.objective} {out.best_value:.4f}**, trial {out.best_trial} "
+                      f"(`{run_name(out.best_trial or 0, values)}`, run {out.best_run_id})."]
+        info = parent.info()
+        best_key = tags.PARAM_BEST_PREFIX + "trial"
+        logged = {k: v for k, v in info.params.items() if k.startswith(tags.PARAM_BEST_PREFIX)}
+        if not logged:
+            parent.log_params({tags.PARAM_BEST_PREFIX + k: v for k, v in searched.items()} | {best_key: out.best_trial})
+        elif logged.get(best_key) != str(out.best_trial):
+            lines.append(f"(The `best.*` params are trial {logged.get(best_key)}'s, the first best; MLflow params "
+                         "cannot change.)")
+        parent.set_tags({tags.BEST_TRIAL: out.best_trial})
+    version = out.registered_version or None
+    if version:
+        lines.append(f"Registered as {cfg.model_name} version {version} (alias `{DEFAULT_CHALLENGER_ALIAS}`).")
+    if out.stopped:
+        lines.append(f"Stopped early: {out.stopped}.")
+    lines += ["", "Report: `summary/report.html` in this run's artifacts."]
+    parent.set_tags({tags.MLFLOW_NOTE: "\n".join(lines)})
+
+
+def _hyperparameter_names() -> set[str]:
+    """The names of the family's model and training parameters (what a trial's params hold besides bookkeeping)."""
+    import dataclasses
+
+    from fer_experiments.params import ModelParams, TrainParams
+
+    return {f.name for f in (*dataclasses.fields(ModelParams), *dataclasses.fields(TrainParams))}
 
 
 def best_trial_record(tracking_uri: str, study: str, engine: str | None = None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 
 import fer_experiments
+from fer_experiments.config import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
 from fer_experiments.tracking import tags
 from fer_experiments.tracking.model_registry import (
     ModelVersion,
@@ -38,7 +39,6 @@ SERVING_EXPERIMENT = "fer-exp-serving"
 #: What the wrapper calls with the Keras model and its config (``serving.pyfunc.ServiceModel``).
 FACTORY = "fer_experiments.serving.pyfunc:ServiceModel.from_keras"
 #: Wrappers logged before the generic pyfunc existed pickled another class; a new one is logged instead of those.
-WRAPPER_FORMAT_TAG = "fer.wrapper_format"
 WRAPPER_FORMAT = "2"
 
 
@@ -55,7 +55,7 @@ def find_service_version(uri: str, model_name: str, version: str) -> ModelVersio
         return None
     for mv in versions:
         if (mv.tags.get(tags.SOURCE_VERSION) == str(version) and mv.tags.get(tags.SOURCE_MODEL) == model_name
-                and mv.tags.get(WRAPPER_FORMAT_TAG) == WRAPPER_FORMAT):
+                and mv.tags.get(tags.WRAPPER_FORMAT) == WRAPPER_FORMAT):
             return mv
     return None
 
@@ -77,17 +77,28 @@ def log_service_model(uri: str, model_name: str, version: str, *, detector: str 
               "detector": detector, "detect_size": detect_size,
               "margin": DEFAULT_MARGIN if margin is None else margin}
     run_tags = {tags.KIND: tags.KIND_SERVICE, tags.SOURCE_MODEL: model_name, tags.SOURCE_VERSION: str(version),
-                tags.SOURCE_RUN_ID: source.run_id, WRAPPER_FORMAT_TAG: WRAPPER_FORMAT}
+                tags.SOURCE_RUN_ID: source.run_id, tags.WRAPPER_FORMAT: WRAPPER_FORMAT}
+    extra = {}
+    if source.run_id:  # the exported graph goes into the wrapper too (exported now for a model logged before exports)
+        from fer_experiments.tracking.exported import EXPORTED_ARTIFACT, ensure_exported
+        from fer_experiments.tracking.model_io import load_keras_model
+
+        keras_uri = f"models:/{model_name}/{version}"
+        _, where = ensure_exported(keras_uri, uri, lambda: load_keras_model(keras_uri, uri))
+        if "run" in where:
+            extra["exported"] = f"runs:/{source.run_id}/{EXPORTED_ARTIFACT}"
     run_id, model_id = log_keras_delegate(
         uri, SERVING_EXPERIMENT, run_name=f"{service}-v{version}", run_tags=run_tags,
         keras_model_uri=f"models:/{model_name}/{version}", factory=FACTORY, config=config,
-        extra_requirements=("opencv-python-headless", "pillow", "pandas"), code_package=fer_experiments)
+        extra_requirements=("opencv-python-headless", "pillow", "pandas", "onnxruntime"),
+        code_package=fer_experiments, extra_artifacts=extra)
     made = register_logged_model(uri, service, model_id, run_id, version_tags=run_tags, description=(
         f"{model_name} with its face detector: image bytes in, the fer-exp /predict JSON out"))
     return get_version(uri, service, made), True
 
 
-def sync_service_alias(uri: str, model_name: str = "fer-cnn", alias: str = "champion") -> ModelVersion | None:
+def sync_service_alias(uri: str, model_name: str = DEFAULT_MODEL_NAME, alias: str = DEFAULT_ALIAS,
+                       ) -> ModelVersion | None:
     """Point ``<model_name>-service@<alias>`` at the wrapper of ``<model_name>@<alias>`` (logging it if needed).
 
     Returns the wrapper version, or None when ``<model_name>@<alias>`` does not exist. Safe to call repeatedly.

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 #: Called after every epoch with (epoch number from 1, that epoch's metrics); may raise to stop training
 #: (a pruner raises its "pruned" exception here).
 EpochObserver = Callable[[int, dict[str, float]], None]
+#: Called with (epoch, step, steps per epoch) after training batches: a live display within an epoch.
+BatchObserver = Callable[[int, int, int], None]
 
 OBJECTIVES: tuple[str, ...] = ("val_accuracy", "val_macro_f1")
 
@@ -58,8 +60,9 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def compile_model(model: keras.Model, train: TrainParams, steps_per_epoch: int) -> None:
-    """Compile with the optimiser, learning-rate schedule and loss that ``train`` asks for.
+def compile_model(model: keras.Model, train: TrainParams, steps_per_epoch: int,
+                  loss: keras.losses.Loss | None = None) -> None:
+    """Compile with the optimiser, learning-rate schedule and loss that ``train`` asks for (or ``loss``).
 
     A cosine schedule under a time budget is driven by ``_TimeBudget`` (sized once the first epoch is timed), so the
     optimiser gets a plain learning rate then.
@@ -74,7 +77,7 @@ def compile_model(model: keras.Model, train: TrainParams, steps_per_epoch: int) 
         "rmsprop": lambda: keras.optimizers.RMSprop(lr),
     }
     model.compile(optimizer=optimizers[train.optimizer](),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+                  loss=loss or keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
@@ -94,10 +97,28 @@ def one_hot(y: np.ndarray) -> np.ndarray:
     return np.eye(NUM_CLASSES, dtype=np.float32)[y]
 
 
+def check_fits_in_memory(model_params: ModelParams, train_params: TrainParams) -> None:
+    """TrialFailed, before anything is built, when the model's estimated training memory exceeds what is available
+    (the kernel would otherwise kill the whole process, and a search with it)."""
+    from fer_experiments.models.memory import estimate_training_memory, gib
+    from fer_experiments.training.backend import available_memory_bytes
+
+    need = estimate_training_memory(model_params, train_params)
+    available = available_memory_bytes()
+    if available is not None and need.total > available:
+        raise TrialFailed(f"does not fit in memory: needs {need.describe()}, {gib(available)} GiB available; "
+                          "not started (lower filters, dense_units or batch_size)")
+
+
 def train_model(model_params: ModelParams, train_params: TrainParams, train_split: "Split", val_split: "Split", *,
                 objective: str = "val_accuracy", observers: Sequence[EpochObserver] = (),
-                restore_best: bool = True) -> TrainResult:
+                restore_best: bool = True, on_batch: BatchObserver | None = None,
+                targets: np.ndarray | None = None, loss: keras.losses.Loss | None = None) -> TrainResult:
     """Build, compile and fit one model; evaluate on ``val_split`` (PublicTest) after every epoch.
+
+    ``targets`` (one row per Training image, its first 7 columns the one-hot label) and ``loss`` replace the
+    one-hot labels and the cross-entropy (distillation: ``fer_experiments.training.distill``); the
+    returned model is the uncompiled exported network, so a logged model carries no custom loss.
 
     Raises TrialFailed on a NaN/inf loss or an out-of-memory error; observers' exceptions propagate.
     """
@@ -108,6 +129,7 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
         raise ConfigError("training and PublicTest splits must not be empty")
     # Drop Keras's global state from earlier models (a search builds hundreds); no gc.collect here: it scans every
     # live object and costs ~1 s per trial, while Python's own collector frees the cycles soon enough.
+    check_fits_in_memory(model_params, train_params)
     keras.backend.clear_session(free_memory=False)
     seed_everything(train_params.seed)
     started = time.monotonic()
@@ -117,10 +139,16 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
     model = with_augmentation(network, train_params)
     exported = with_tta(network, model_params.tta)
     steps = math.ceil(len(train_split.y) / train_params.batch_size)
-    compile_model(model, train_params, steps)
+    compile_model(model, train_params, steps, loss)
+    y_fit = one_hot(train_split.y) if targets is None else np.asarray(targets, dtype=np.float32)
+    if len(y_fit) != len(train_split.y):
+        raise ConfigError(f"{len(y_fit)} target rows for {len(train_split.y)} Training images")
+    weights = class_weights(train_split.y, train_params.class_weight)
 
     evaluator = _EpochEvaluator(val_split, objective, observers, restore_best, len(train_split.y), exported)
     callbacks: list[keras.callbacks.Callback] = [evaluator]
+    if on_batch is not None:
+        callbacks.append(_BatchReporter(on_batch, steps))
     if train_params.time_budget_s:
         # After the evaluator: the epoch's PublicTest pass counts in the time it judges.
         views = 2 if model_params.tta == "flip" else 1
@@ -132,9 +160,13 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
         callbacks.append(keras.callbacks.EarlyStopping(monitor=objective, mode="max",
                                                        patience=train_params.early_stopping_patience))
     try:
-        model.fit(as_model_input(train_split.x), one_hot(train_split.y), batch_size=train_params.batch_size,
+        # Custom targets get the class weights as per-image weights: Keras's class_weight reads the class from
+        # the targets, which need not be a plain one-hot row then.
+        per_image = None if weights is None or targets is None else \
+            np.array([weights[int(c)] for c in train_split.y], dtype=np.float32)
+        model.fit(as_model_input(train_split.x), y_fit, batch_size=train_params.batch_size,
                   epochs=train_params.epochs, shuffle=True, verbose=0, callbacks=callbacks,
-                  class_weight=class_weights(train_split.y, train_params.class_weight))
+                  class_weight=weights if targets is None else None, sample_weight=per_image)
     except (TrialFailed, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - only resource exhaustion is re-labelled; the rest propagates
@@ -227,6 +259,24 @@ class _EpochEvaluator(keras.callbacks.Callback):
             self.best = (epoch + 1, ev, self.exported.get_weights() if self.keep_best else None)
         for observer in self.observers:
             observer(epoch + 1, metrics)
+
+
+class _BatchReporter(keras.callbacks.Callback):
+    """Feeds ``on_batch`` with (epoch, step, steps), at most ~5 times a second (a terminal's live line)."""
+
+    def __init__(self, on_batch: BatchObserver, steps: int, every: float = 0.2) -> None:
+        super().__init__()
+        self.on_batch, self.steps, self.every = on_batch, steps, every
+        self._epoch, self._last = 1, 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch, self._last = epoch + 1, 0.0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every or batch + 1 == self.steps:
+            self._last = now
+            self.on_batch(self._epoch, batch + 1, self.steps)
 
 
 class _TimeBudget(keras.callbacks.Callback):
