@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli as _run_cli
+
+#: A training subprocess took 4-10 minutes on the shared 2-core machine at load 20+: generous, but finite.
+SLOW_MACHINE_TIMEOUT = 1800
+
+
+def run_cli(*args: str, timeout: float = SLOW_MACHINE_TIMEOUT, **kwargs: object):
+    return _run_cli(*args, timeout=timeout, **kwargs)
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
