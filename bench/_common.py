@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 TMP = Path(tempfile.mkdtemp(prefix="fer-bench-"))
 _keep = {"tmp": False}
 
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # tf.data's harmless E0000 lines
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("DISABLE_TELEMETRY", "true")
 os.environ["KERAS_HOME"] = str(TMP / "keras")

@@ -1,6 +1,6 @@
 """``fer-exp``: a thin click shell. Parse options -> build one typed config -> call the library -> exit code.
 
-One module per command family (``data``, ``train``, ``search``, ``registry``, ``serve``); options several commands
+One module per command family (``data``, ``train``, ``search``, ``ensemble``, ``registry``, ``serve``); options several commands
 share are declared once in ``options``. Heavy libraries (TensorFlow, MLflow, Optuna) are imported inside the
 commands so that ``--help`` is instant.
 Exit codes: 0 ok, 2 bad config/usage, 3 bad data, 4 failed training, 5 fatal, 6 refused, 130 Ctrl-C, 143 SIGTERM.
@@ -24,10 +24,17 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def _quiet() -> None:
     # Keep TensorFlow / MLflow start-up noise out of the user's terminal and home folder.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ logger writes harmless lines at ERROR level (tf.data's "E0000 ... NodeDef mentions attribute
+    # use_unbounded_threadpool", twice per trial), which level 2 still shows: level 3 silences its C++ log. Real
+    # failures still surface as Python exceptions and as our own one-line errors. FER_EXP_DEBUG=1 keeps the
+    # user's TF_CPP_MIN_LOG_LEVEL (TensorFlow's default when unset) for debugging TensorFlow itself.
+    if os.environ.get("FER_EXP_DEBUG") != "1":
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow configures its own loggers when imported (after this): its level must come from the environment.
+    # ERROR keeps library advice (CloudPickle, requirement mismatches, ...) out of the commands' output.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import logging
     import warnings
@@ -76,7 +83,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(FatalError.exit_code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+#: Environment variables fer-exp reads, shown at the end of ``fer-exp --help`` (options that read one also say so
+#: in their own help through ``show_envvar``).
+ENVIRONMENT = (
+    ("FER2013_CSV", "--data: the FER2013 CSV or image tree"),
+    ("MLFLOW_TRACKING_URI", "--tracking-uri: the MLflow store [sqlite:///mlruns/mlflow.db]"),
+    ("FER_EXP_STORAGE", "--storage: the Optuna storage [sqlite:///mlruns/optuna.db]"),
+    ("FER_EXP_CACHE", "--cache-dir: the decoded-array cache [~/.cache/fer-exp]"),
+    ("FER_EXP_GPU_LABEL", "the GPU a container runtime pinned, tagged on each trial"),
+    ("FER_EXP_DEBUG", "1: full tracebacks, and TensorFlow's own C++ log level (otherwise silenced)"),
+)
+_EPILOG = "\b\nEnvironment variables:\n" + "\n".join(f"  {name:<20} {text}" for name, text in ENVIRONMENT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}, epilog=_EPILOG)
 @click.version_option(package_name="fer-experiments")
 def cli() -> None:
     """fer-exp: search, track, promote and serve facial-expression CNNs (FER2013)."""
@@ -85,10 +105,11 @@ def cli() -> None:
 
 def _register() -> None:
     """Add every command family's commands to the group (each lives in its own module of this package)."""
-    from fer_experiments.cli import data, explain, registry, search, serve, train
+    from fer_experiments.cli import data, ensemble, explain, registry, report, search, serve, train
 
     for command in (data.data, data.presets, train.train, train.evaluate, search.search, search.worker,
-                    search.reconcile, search.studies, search.compare_engines_command, registry.promote,
+                    search.reconcile, search.studies, search.compare_engines_command, report.report,
+                    ensemble.ensemble, ensemble.distill, registry.promote,
                     registry.rollback, registry.models, serve.predict, serve.serve, explain.explain):
         cli.add_command(command)
 

@@ -63,6 +63,6 @@ def presets() -> None:
     from fer_experiments.models.builder import build_model
     from fer_experiments.models.presets import PRESETS
 
-    click.echo(f"{'preset':<14} {'params':>10}  description")
+    click.echo(f"{'preset':<18} {'params':>10}  description")
     for p in PRESETS.values():
-        click.echo(f"{p.name:<14} {build_model(p.model).count_params():>10,}  {p.description}")
+        click.echo(f"{p.name:<18} {build_model(p.model).count_params():>10,}  {p.description}")

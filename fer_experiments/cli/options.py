@@ -16,11 +16,12 @@ DATA_ENV = "FER2013_CSV"
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def data_option(required: bool = True) -> Decorator:
+def data_option(required: bool = True, help_text: str = "") -> Decorator:
     """``--data``: the data set (CSV or image tree)."""
     return click.option("--data", "data_path", envvar=DATA_ENV, required=required, show_envvar=True,
                         type=click.Path(dir_okay=True, file_okay=True, path_type=str),
-                        help="FER2013 CSV (.csv/.csv.gz, Kaggle format) or an image-folder tree.")
+                        help="FER2013 CSV (.csv/.csv.gz, Kaggle format) or an image-folder tree." +
+                             (f" {help_text}" if help_text else ""))
 
 
 cache_dir_option = click.option(
@@ -34,8 +35,12 @@ storage_option = click.option(
     help="Optuna storage URL (PostgreSQL for many workers).")
 limit_option = click.option(
     "--limit", type=click.IntRange(min=1), default=None,
-    help="Train on a stratified subset of this many Training rows (for a search: overrides the space's "
-         "train_limit when the study is created; later commands must agree).")
+    help="Train on a stratified subset of this many Training rows [default: all of Training].")
+search_limit_option = click.option(
+    "--limit", type=click.IntRange(min=1), default=None,
+    help="Train every trial on a stratified subset of this many Training rows. Replaces the space's train_limit "
+         "[default: the space's train_limit; all of Training when it has none]. Fixed when the study is created: "
+         "a resumed study keeps its own and refuses another value.")
 
 
 def model_name_option(help_text: str = "Registered model.", default: str | None = DEFAULT_MODEL_NAME) -> Decorator:

@@ -27,7 +27,8 @@ def _sync_service(uri: str, name: str, alias: str) -> None:
 @click.command()
 @click.option("--study", default=None, help="Promote the best COMPLETE trial of this study.")
 @click.option("--run", "run_id", default=None, help="Promote this MLflow run instead.")
-@data_option(required=False)
+@data_option(required=False, help_text="For the PrivateTest report [default: the data set logged with the run, "
+                                       "when that file is here with the same digest].")
 @model_name_option()
 @alias_option
 @click.option("--force", is_flag=True, help="Move the alias even if the candidate is worse.")
@@ -47,16 +48,18 @@ def promote(study: str | None, run_id: str | None, data_path: str | None, model_
                         min_accuracy=min_accuracy, cache_dir=cache_dir)
     r = do_promote(cfg, on_alias_moved=_sync_service)
     c = r.candidate
-    source = f"study {c.study} trial {c.trial}" if c.study else "run"
+    # An ensemble or distilled run belongs to a study but to no trial.
+    source = (f"study {c.study}" + (f" trial {c.trial}" if c.trial is not None else "")) if c.study else "run"
     click.echo(f"{'':<20} {'version':>8} {'PublicTest acc':>15} {'PrivateTest acc':>16}  source")
     click.echo(f"{'candidate':<20} {r.version or '-':>8} {fmt(c.public_accuracy):>15} {fmt(c.private_accuracy):>16}  "
                f"{source} (run {c.run_id})")
     click.echo(f"{model_name + '@' + alias:<20} {r.champion_version or '-':>8} "
-               f"{fmt(r.champion_public_accuracy):>15} {'':>16}")
+               f"{fmt(r.champion_public_accuracy):>15} {fmt(r.champion_private_accuracy):>16}")
     if r.decision == "already":
         click.echo(f"run {c.run_id} is already {model_name}@{alias} (version {r.version}); nothing changed")
     elif r.decision == "dry-run":
-        click.echo("dry run: the candidate would be promoted; nothing changed")
+        known = f" (already registered as version {r.version})" if r.version else ""
+        click.echo(f"dry run: the candidate{known} would be promoted; nothing changed")
     else:
         made = "registered" if r.created_version else "reused"
         click.echo(f"{made} {model_name} version {r.version}; {model_name}@{alias} -> version {r.version}"
@@ -89,7 +92,10 @@ def models(model_name: str | None, as_json: bool, tracking_uri: str | None) -> N
     from fer_experiments.registry.promote import list_models
     from fer_experiments.tracking import prepare_store
 
+    from fer_experiments.tracking.store import require_existing_store
+
     uri = tracking_uri_or_default(tracking_uri)
+    require_existing_store(uri)  # a reading command never creates a store
     prepare_store(uri)
     rows = list_models(uri, model_name)
     if as_json:
@@ -103,4 +109,9 @@ def models(model_name: str | None, as_json: bool, tracking_uri: str | None) -> N
     for r in rows:
         click.echo(f"{r.name:<10} {r.version:>7} {','.join(r.aliases) or '-':<28} {r.study or '-':<12} "
                    f"{r.trial or '-':>5} {fmt(r.public_accuracy):>8} {fmt(r.public_macro_f1):>8} "
-                   f"{fmt(r.private_accuracy):>8} {fmt(r.private_macro_f1):>8}")
+                   f"{fmt(r.private_accuracy):>8} {fmt(r.private_macro_f1):>8}"
+                   + ("  ARTIFACTS MISSING" if r.missing else ""))
+    for r in rows:
+        if r.missing:
+            click.echo(f"warning: {r.name} version {r.version}"
+                       f"{' (' + ','.join(r.aliases) + ')' if r.aliases else ''} cannot be loaded: {r.missing}")

@@ -32,6 +32,9 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--margin", type=click.FloatRange(0, 1), default=None,
                      help="Widen each detected box by this fraction on every side before cropping "
                           "[default: 0.03, the framing of FER2013's faces]."),
+        click.option("--runtime", type=click.Choice(["exported", "keras"]), default="exported", show_default=True,
+                     help="exported: the model's ONNX graph in ONNX Runtime (exported now and logged to its run if "
+                          "it has none yet; Keras when it cannot be exported); keras: the Keras model itself."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -72,9 +75,9 @@ def _margin(margin: float | None) -> float:
                    "<video name>-faces.csv].")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Video: stop after this many frames.")
 def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, detector: str, detect_size: int,
-            min_face: int, margin: float | None, out_path: str | None, as_json: bool, no_detect: bool,
-            max_pixels: int | None, camera: int | None, every: int, window: int, csv_path: str | None,
-            max_frames: int | None) -> None:
+            min_face: int, margin: float | None, runtime: str, out_path: str | None, as_json: bool,
+            no_detect: bool, max_pixels: int | None, camera: int | None, every: int, window: int,
+            csv_path: str | None, max_frames: int | None) -> None:
     """Find every face in IMAGES, classify them and print box, label and the 7 probabilities per face.
 
     An image with no face is reported as such (exit 0). A file that cannot be read or is not an image gets one
@@ -97,25 +100,25 @@ def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, d
         if no_detect:
             raise click.UsageError("--no-detect is for 48x48 images, not videos")
         _predict_video(camera if camera is not None else images[0], model_uri, tracking_uri, detector, detect_size,
-                       min_face, margin, out_path, csv_path, as_json, every, window, max_frames)
+                       min_face, margin, runtime, out_path, csv_path, as_json, every, window, max_frames)
         return
     if not images:
         raise click.UsageError("give one or more images, a video, or --camera N")
     if out_path is not None and Path(out_path).is_file():
         raise click.BadParameter(f"{out_path!r} is a file; for images --out is a folder", param_hint="'--out'")
-    _predict_images(images, model_uri, tracking_uri, detector, detect_size, min_face, margin, out_path, as_json,
-                    no_detect, max_pixels)
+    _predict_images(images, model_uri, tracking_uri, detector, detect_size, min_face, margin, runtime, out_path,
+                    as_json, no_detect, max_pixels)
 
 
 def _predict_images(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, detector: str,
-                    detect_size: int, min_face: int, margin: float | None, out_dir: str | None, as_json: bool,
-                    no_detect: bool, max_pixels: int | None) -> None:
+                    detect_size: int, min_face: int, margin: float | None, runtime: str, out_dir: str | None,
+                    as_json: bool, no_detect: bool, max_pixels: int | None) -> None:
     from fer_experiments.errors import DataError
     from fer_experiments.serving.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
     from fer_experiments.serving.predictor import load_model
 
     det = None if no_detect else _detector(detector, detect_size, min_face)
-    loaded = load_model(model_uri, tracking_uri, det, _margin(margin))
+    loaded = load_model(model_uri, tracking_uri, det, _margin(margin), runtime)
     pixel_limit = max_pixels or DEFAULT_MAX_PIXELS
     results: list[dict[str, Any]] = []
     bad: list[str] = []
@@ -147,8 +150,8 @@ def _predict_images(images: tuple[str, ...], model_uri: str, tracking_uri: str |
 
 
 def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, detector: str, detect_size: int,
-                   min_face: int, margin: float | None, out_path: str | None, csv_path: str | None, as_json: bool,
-                   every: int, window: int, max_frames: int | None) -> None:
+                   min_face: int, margin: float | None, runtime: str, out_path: str | None, csv_path: str | None,
+                   as_json: bool, every: int, window: int, max_frames: int | None) -> None:
     """``predict`` on a video file or a webcam: annotated video + CSV, a summary and the frames per second."""
     import time
 
@@ -163,7 +166,7 @@ def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, 
     stem = f"camera{source}" if isinstance(source, int) else Path(source).stem
     csv_target = csv_path or (str(Path(out_path).with_suffix(".csv")) if out_path else f"{stem}-faces.csv")
     open_capture(source).release()  # a missing or unreadable video or camera fails at once, before the model loads
-    loaded = load_model(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin))
+    loaded = load_model(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin), runtime)
     last = [time.perf_counter()]
 
     def progress(index: int, faces: list[Any]) -> None:  # a line every 5 s, so a webcam run shows it is alive
@@ -207,7 +210,7 @@ def _print_result(result: dict[str, Any]) -> None:
         click.echo(f"{result['file']}: no face found ({m['name']}{version})")
         return
     click.echo(f"{result['file']}: {len(faces)} face{'s' if len(faces) > 1 else ''} ({m['name']}{version}, "
-               f"{result['time_ms']:.0f} ms)")
+               f"{result['runtime']}, {result['time_ms']:.0f} ms)")
     for i, face in enumerate(faces, 1):
         b = face["box"]
         probs = " ".join(f"{k} {v:.3f}" for k, v in face["probabilities"].items())
@@ -247,10 +250,20 @@ def _write_annotated(image: Any, faces: list[dict[str, Any]], name: str, out_dir
               help="Largest upload accepted (413 above).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
               help="Largest image accepted, in pixels (413 above: decompression bombs).")
+@click.option("--batch-window-ms", type=click.FloatRange(0, 1000), default=3.0, show_default=True,
+              help="Micro-batching: faces of requests arriving within this many milliseconds of the first waiting "
+                   "one are classified in one call (0: off).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Micro-batching: at most this many faces per classifier call.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+              help="Answer 408 when an upload sends no byte for this many seconds (or its whole body takes 4x).")
+@click.option("--max-uploads", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Uploads received at once; more get 503 with Retry-After.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True, help="uvicorn's log level (info adds one line per request).")
 def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: int, min_face: int,
-          margin: float | None, host: str, port: int, poll_seconds: float, max_bytes: int, max_pixels: int,
+          margin: float | None, runtime: str, host: str, port: int, poll_seconds: float, max_bytes: int,
+          max_pixels: int, batch_window_ms: float, max_batch: int, body_timeout: float, max_uploads: int,
           log_level: str) -> None:
     """Serve the model over HTTP: POST /predict, GET /health, GET /metrics, POST /reload, docs at /docs.
 
@@ -264,23 +277,44 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
     """
     import uvicorn
 
-    from fer_experiments.serving.app import create_app
+    from fer_experiments.serving.app import create_app, json_error_protocol
     from fer_experiments.serving.predictor import Limits, ModelHolder
 
     holder = ModelHolder(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin),
-                         poll_seconds)
+                         poll_seconds, runtime=runtime, batch_window_ms=batch_window_ms, max_batch=max_batch)
     holder.refresh()  # a bad URI or an unreachable store fails here with its exit code; no alias yet is not fatal
     if holder.current is None:
         click.echo(f"warning: {holder.not_ready_reason}; /predict answers 503 until then", err=True)
     else:
-        click.echo(f"model: {holder.current.name} version {holder.current.version} ({holder.current.uri})", err=True)
+        rt = holder.current.runtime
+        click.echo(f"model: {holder.current.name} version {holder.current.version} ({holder.current.uri}); runtime "
+                   f"{rt['runtime']} ({rt['engine']}{', ' + rt['source'] if rt['source'] else ''})", err=True)
     sock = listen_socket(host, port)  # bound here: a port in use is a one-line error (exit 2), not a traceback
     bound = sock.getsockname()[1]
     click.echo(f"serving on http://{host}:{bound} (docs: http://{host}:{bound}/docs)", err=True)
-    app = create_app(holder, Limits(max_bytes, max_pixels))
+    app = create_app(holder, Limits(max_bytes, max_pixels), body_timeout=body_timeout, max_uploads=max_uploads)
+    # Graceful shutdown waits for requests in flight (bounded: a stalled upload times out after --body-timeout).
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
-                            timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+                            timeout_graceful_shutdown=body_timeout + 5, http=json_error_protocol())
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt as exc:  # uvicorn re-raises the signal once requests in flight have finished
+        _exit_now(exc)
+
+
+def _exit_now(exc: KeyboardInterrupt) -> None:
+    """Exit at once after uvicorn's graceful shutdown: nothing is left to save, and the interpreter's own
+    finalisation (TensorFlow, ONNX Runtime and idle worker threads) took 2-10 s more here."""
+    import os
+    import sys
+
+    from fer_experiments.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated
+
+    terminated = isinstance(exc, Terminated)
+    click.echo("terminated (SIGTERM)" if terminated else "interrupted", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_SIGTERM if terminated else EXIT_SIGINT)
 
 
 def listen_socket(host: str, port: int) -> "socket.socket":

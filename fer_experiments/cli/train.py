@@ -75,7 +75,9 @@ def train(data_path: str, preset: str, epochs: int | None, batch_size: int | Non
                f"({result.images_per_second:.0f} train images/s)")
     click.echo(format_report(result.evaluation))
     click.echo(f"run: {run_id}\nmodel: runs:/{run_id}/model")
-    click.echo(f"see it with: {ui_command(uri)}")
+    from fer_experiments.tracking import get_run
+
+    click.echo(f"see it with: {ui_command(uri, get_run(uri, run_id).experiment_id)}")
 
 
 @click.command()

@@ -46,6 +46,8 @@ def confusion_figure(ev: Evaluation, normalize: bool = True) -> "Figure":
 def learning_curves_figure(history: Mapping[str, Sequence[float]]) -> "Figure":
     """Loss and accuracy per epoch, training against PublicTest."""
     fig = _figure(10, 4)
+    from matplotlib.ticker import MaxNLocator
+
     for k, metric in enumerate(("loss", "accuracy")):
         ax = fig.add_subplot(1, 2, k + 1)
         for key, label in ((metric, "train"), (f"val_{metric}", "PublicTest")):
@@ -53,6 +55,7 @@ def learning_curves_figure(history: Mapping[str, Sequence[float]]) -> "Figure":
             if values:
                 ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers: no 1.5 tick
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -59,6 +59,8 @@ class PromoteResult:
     champion_version: str | None
     champion_public_accuracy: float | None
     decision: str
+    champion_private_accuracy: float | None = None
+    champion_private_macro_f1: float | None = None
     version: str | None = None
     created_version: bool = False
     notes: list[str] = field(default_factory=list)
@@ -117,7 +119,30 @@ def best_of_study(tracking_uri: str, study: str) -> tuple[str, int, str]:
     return study, best.number, best.run_id
 
 
-def evaluate_on_private_test(cfg: PromoteConfig, cand: Candidate) -> None:
+def logged_data_path(cfg: PromoteConfig, cand: Candidate, notes: list[str]) -> str:
+    """``--data``, else the data set logged with the candidate's run when that file is here with the same digest."""
+    from fer_experiments.data import load_dataset
+    from fer_experiments.tracking import get_run
+
+    if cfg.data_path is not None:
+        return cfg.data_path
+    source = get_run(cfg.tracking_uri, cand.run_id).tags.get(tags.DATA_SOURCE)
+    if not source:
+        raise ConfigError(f"run {cand.run_id} does not record its data set: give --data to evaluate it on PrivateTest")
+    from pathlib import Path
+
+    if not Path(source).exists():
+        raise ConfigError(f"the data set logged with run {cand.run_id} ({source}) is not on this machine: give --data "
+                          "(the same data set) to evaluate it on PrivateTest")
+    digest = load_dataset(source, cache_dir=cfg.cache_dir).digest
+    if cand.data_digest and digest != cand.data_digest:
+        raise ConfigError(f"the data set logged with run {cand.run_id} ({source}) changed since (digest {digest[:12]}, "
+                          f"the run trained on {cand.data_digest[:12]}): give --data with the original data set")
+    notes.append(f"PrivateTest from the data set logged with the run: {source} (digest {digest[:12]}, the same)")
+    return source
+
+
+def evaluate_on_private_test(cfg: PromoteConfig, cand: Candidate, notes: list[str] | None = None) -> None:
     """Evaluate the candidate once on PrivateTest and log ``test_*`` metrics and the per-class table to its run."""
     from fer_experiments.data import load_dataset
     from fer_experiments.registry.evaluate import evaluate_model
@@ -127,32 +152,52 @@ def evaluate_on_private_test(cfg: PromoteConfig, cand: Candidate) -> None:
     run = get_run(cfg.tracking_uri, cand.run_id)
     if tags.PRIVATE_ACCURACY in run.metrics and run.tags.get(tags.TEST_DATA_DIGEST) == cand.data_digest:
         return  # already evaluated (a rerun after a crash): do not look at PrivateTest twice
-    if cfg.data_path is None:
-        raise ConfigError("--data is needed to evaluate the candidate on PrivateTest")
-    ds = load_dataset(cfg.data_path, cache_dir=cfg.cache_dir)
+    data_path = logged_data_path(cfg, cand, notes if notes is not None else [])
+    ds = load_dataset(data_path, cache_dir=cfg.cache_dir)
     if cand.data_digest and ds.digest != cand.data_digest:
-        raise DataError(f"{cfg.data_path}: digest {ds.digest[:12]} differs from the candidate's training data "
+        raise DataError(f"{data_path}: digest {ds.digest[:12]} differs from the candidate's training data "
                         f"({cand.data_digest[:12]}); point --data at the same data set")
     ev = evaluate_model(f"runs:/{cand.run_id}/model", ds, "PrivateTest", cfg.tracking_uri)
     tracked = TrackedRun(cand.run_id, cfg.tracking_uri)
     log_evaluation_artifacts(tracked, ev, prefix="evaluation/test")
-    tracked.log_metrics({**ev.summary_metrics("test"), **ev.per_class_metrics("test")})
+    # Linked to the logged model too: MLflow's Models tab then shows its PrivateTest numbers.
+    tracked.log_metrics({**ev.summary_metrics("test"), **ev.per_class_metrics("test")},
+                        model_id=run.tags.get(tags.model_id_tag()))
     tracked.set_tags({tags.TEST_DATA_DIGEST: ds.digest})
     cand.private_accuracy, cand.private_macro_f1 = ev.accuracy, ev.macro_f1
 
 
 def promote(cfg: PromoteConfig, on_alias_moved: AliasHook | None = None) -> PromoteResult:
     """Promote the candidate behind the guard; see the module docstring. ``on_alias_moved`` runs after the alias
-    points at the candidate (also when it already did, so a crashed promotion is completed)."""
-    from fer_experiments.tracking.model_registry import alias_version, get_run_metric, register_run_model
+    points at the candidate (also when it already did, so a crashed promotion is completed).
+
+    Guard, registration, alias moves and the hook run as one critical section per registered model
+    (``registry_lock``): concurrent promotes end as some serial order of them would.
+    """
+    from fer_experiments.tracking import prepare_store
+    from fer_experiments.tracking.model_registry import registry_lock
+
+    if cfg.dry_run:
+        return _promote(cfg, on_alias_moved)  # reads only
+    prepare_store(cfg.tracking_uri)
+    with registry_lock(cfg.tracking_uri, cfg.model_name):
+        return _promote(cfg, on_alias_moved)
+
+
+def _promote(cfg: PromoteConfig, on_alias_moved: AliasHook | None) -> PromoteResult:
+    from fer_experiments.tracking import get_run
+    from fer_experiments.tracking.model_registry import alias_version, register_run_model, versions_of_run
 
     cand = resolve_candidate(cfg)
     champion = alias_version(cfg.tracking_uri, cfg.model_name, cfg.alias)
-    champ_acc = None
+    champ_acc = champ_metrics = None
     if champion is not None and champion.run_id:
-        champ_acc = get_run_metric(cfg.tracking_uri, champion.run_id, PUBLIC_ACC)
+        champ_metrics = get_run(cfg.tracking_uri, champion.run_id).metrics
+        champ_acc = champ_metrics.get(PUBLIC_ACC)
     result = PromoteResult(candidate=cand, champion_version=champion.version if champion else None,
-                           champion_public_accuracy=champ_acc, decision="promote")
+                           champion_public_accuracy=champ_acc, decision="promote",
+                           champion_private_accuracy=(champ_metrics or {}).get(tags.PRIVATE_ACCURACY),
+                           champion_private_macro_f1=(champ_metrics or {}).get(tags.PRIVATE_MACRO_F1))
     if champion is not None and champion.run_id == cand.run_id:
         result.decision = "already"
         result.version = champion.version
@@ -169,8 +214,11 @@ def promote(cfg: PromoteConfig, on_alias_moved: AliasHook | None = None) -> Prom
                       "nothing changed (use --force to promote anyway)")
     if cfg.dry_run:
         result.decision = "dry-run"
+        registered = versions_of_run(cfg.tracking_uri, cfg.model_name, cand.run_id)
+        result.version = registered[0].version if registered else None
         return result
-    evaluate_on_private_test(cfg, cand)
+    _refuse_unloadable_run(cfg.tracking_uri, cand.run_id)
+    evaluate_on_private_test(cfg, cand, result.notes)
     version, created = register_run_model(cfg.tracking_uri, cfg.model_name, cand.run_id, tags={
         tags.VERSION_STUDY: cand.study, tags.VERSION_TRIAL: cand.trial, tags.DATA_DIGEST: cand.data_digest,
         tags.VERSION_PUBLIC_ACCURACY: cand.public_accuracy, tags.VERSION_PUBLIC_MACRO_F1: cand.public_macro_f1,
@@ -180,6 +228,14 @@ def promote(cfg: PromoteConfig, on_alias_moved: AliasHook | None = None) -> Prom
     result.version, result.created_version = version.version, created
     _after_move(on_alias_moved, cfg.tracking_uri, cfg.model_name, cfg.alias, result.notes)
     return result
+
+
+def _refuse_unloadable_run(uri: str, run_id: str) -> None:
+    from fer_experiments.tracking.model_registry import run_model_problem
+
+    problem = run_model_problem(uri, run_id)
+    if problem:
+        raise Refused(f"candidate run {run_id} cannot be loaded: {problem}; nothing changed")
 
 
 def _after_move(hook: AliasHook | None, uri: str, name: str, alias: str, notes: list[str] | None) -> None:
@@ -210,11 +266,22 @@ def move_alias(uri: str, name: str, alias: str, version: str, previous: str | No
 
 def rollback(uri: str, name: str, alias: str = DEFAULT_ALIAS,
              on_alias_moved: AliasHook | None = None) -> tuple[str, str]:
-    """Point ``alias`` back at the version it pointed at before; returns (from, to)."""
+    """Point ``alias`` back at the version it pointed at before; returns (from, to). Runs under the same
+    per-model lock as promote."""
+    from fer_experiments.tracking import prepare_store
+    from fer_experiments.tracking.model_registry import registry_lock
+
+    prepare_store(uri)
+    with registry_lock(uri, name):
+        return _rollback(uri, name, alias, on_alias_moved)
+
+
+def _rollback(uri: str, name: str, alias: str, on_alias_moved: AliasHook | None) -> tuple[str, str]:
     from fer_experiments.tracking.model_registry import (
         alias_version,
         delete_alias,
         get_model_tag,
+        model_artifact_problem,
         set_alias,
         set_model_tag,
     )
@@ -228,6 +295,10 @@ def rollback(uri: str, name: str, alias: str = DEFAULT_ALIAS,
     if not history:
         raise ConfigError(f"{name}@{alias} (version {current.version}) has no earlier version to roll back to")
     target = history[-1]
+    problem = model_artifact_problem(uri, name, target)
+    if problem:
+        raise Refused(f"{name} version {target} cannot be loaded: {problem}; {name}@{alias} stays on version "
+                      f"{current.version}")
     set_model_tag(uri, name, HISTORY_TAG.format(alias=alias), json.dumps(history))
     if len(history) >= 2:
         set_alias(uri, name, f"previous-{alias}", history[-2])
@@ -250,12 +321,14 @@ class VersionRow:
     private_accuracy: float | None
     private_macro_f1: float | None
     run_id: str | None
+    #: Why this version cannot be loaded (its model files are gone), or None.
+    missing: str | None = None
 
 
 def list_models(uri: str, name: str | None = None) -> list[VersionRow]:
     """Registered versions with aliases, source study/trial and PublicTest / PrivateTest numbers."""
     from fer_experiments.tracking import get_run
-    from fer_experiments.tracking.model_registry import list_versions
+    from fer_experiments.tracking.model_registry import list_versions, model_artifact_problem
 
     rows = []
     for v in list_versions(uri, name):
@@ -271,5 +344,6 @@ def list_models(uri: str, name: str | None = None) -> list[VersionRow]:
                                study=v.tags.get(tags.VERSION_STUDY, ""), trial=v.tags.get(tags.VERSION_TRIAL, ""),
                                public_accuracy=metrics.get(PUBLIC_ACC), public_macro_f1=metrics.get(PUBLIC_F1),
                                private_accuracy=metrics.get(tags.PRIVATE_ACCURACY),
-                               private_macro_f1=metrics.get(tags.PRIVATE_MACRO_F1), run_id=v.run_id))
+                               private_macro_f1=metrics.get(tags.PRIVATE_MACRO_F1), run_id=v.run_id,
+                               missing=model_artifact_problem(uri, v.name, v.version)))
     return rows

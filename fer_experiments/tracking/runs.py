@@ -11,7 +11,9 @@ import functools
 import json
 import math
 import os
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,12 +69,13 @@ class TrackedRun:
         for i in range(0, len(items), 100):  # MLflow's batch limit is 100 params
             _retry(lambda: self._client().log_batch(self.run_id, params=items[i:i + 100]))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log finite metrics at ``step`` (NaN/inf are skipped: MLflow's UI cannot plot them)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None) -> None:
+        """Log finite metrics at ``step`` (NaN/inf are skipped: MLflow's UI cannot plot them); with ``model_id``
+        they are also the metrics of that logged model (MLflow 3's Models tab shows them)."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()
+        items = [Metric(k, float(v), ts, step or 0, model_id=model_id) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
         for i in range(0, len(items), 1000):
             _retry(lambda: self._client().log_batch(self.run_id, metrics=items[i:i + 1000]))
@@ -91,6 +94,13 @@ class TrackedRun:
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self._client().log_text(self.run_id, json.dumps(data, indent=2, default=_json_default), artifact_file)
 
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        """Log rows as an MLflow table (a JSON artifact the run's Evaluation/Artifacts views show as a table)."""
+        import mlflow
+
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        mlflow.log_table({c: [row.get(c) for row in rows] for c in columns}, artifact_file, run_id=self.run_id)
+
     def log_figure(self, fig: "Figure", artifact_file: str) -> None:
         self._client().log_figure(self.run_id, fig, artifact_file)
 
@@ -102,12 +112,16 @@ class TrackedRun:
 
         ds = MetaDataset(source=LocalArtifactDatasetSource(str(Path(source).resolve())), name=name, digest=digest[:36])
         with self._active():
-            mlflow.log_input(ds, context=context, tags=dict(tags or {}))
+            _retry(lambda: mlflow.log_input(ds, context=context, tags=dict(tags or {})))
 
-    def log_keras_model(self, model: "keras.Model", name: str = "model") -> str:
+    def log_keras_model(self, model: "keras.Model", name: str = "model", metrics: Mapping[str, float] | None = None,
+                        step: int | None = None) -> str:
         """Log ``model`` with signature, input example and explicit pip requirements; return ``runs:/<id>/<name>``.
 
         Explicit requirements keep the call at ~1 s (inferring them re-imports TensorFlow in a subprocess, ~20 s).
+        ``metrics`` (e.g. its PublicTest numbers) are linked to the logged model, so MLflow's Models tab shows them
+        beside its registered versions; its metadata names the classes in output order. The logged model keeps the
+        name ``name`` (``runs:/<run>/model`` finds a run's model by that name); its tags carry the run's name.
         """
         import mlflow
         import mlflow.keras
@@ -123,14 +137,20 @@ class TrackedRun:
         interactive = keras.utils.is_interactive_logging_enabled()
         keras.utils.disable_interactive_logging()  # mlflow calls predict on the example: no progress bar
         try:
-            with self._active(), _keras_save_dir_fix():
+            with self._active(), _keras_save_dir_fix(), skip_requirement_scan():
                 info = mlflow.keras.log_model(model, name=name, signature=signature, input_example=example,
-                                              pip_requirements=model_requirements())
+                                              pip_requirements=model_requirements(), metadata=model_metadata())
         finally:
             if interactive:
                 keras.utils.enable_interactive_logging()
         # MLflow 3 keeps the model as a LoggedModel; the registry registers it by this id.
         self.set_tags({names.model_id_tag(name): info.model_id})
+        run_name = self._client().get_run(self.run_id).info.run_name
+        if run_name:
+            _retry(lambda: self._client().set_logged_model_tags(info.model_id, {
+                names.MLFLOW_RUN_NAME: run_name, names.MLFLOW_SOURCE_NAME: command_source()}))
+        if metrics:
+            self.log_metrics(metrics, step=step, model_id=info.model_id)
         return f"runs:/{self.run_id}/{name}"
 
     @contextlib.contextmanager
@@ -160,7 +180,7 @@ def start_run(uri: str, experiment: str, *, run_name: str | None = None, tags: M
     prepare_store(uri)
     if run_id is None:
         exp_id = ensure_experiment(uri, experiment)
-        all_tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+        all_tags = {k: str(v) for k, v in (process_tags() | dict(tags or {})).items() if v is not None}
         active = _retry(lambda: mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags,
                                                  parent_run_id=parent_run_id))
     else:
@@ -168,16 +188,51 @@ def start_run(uri: str, experiment: str, *, run_name: str | None = None, tags: M
         if tags:
             TrackedRun(run_id, uri).set_tags(tags)
     tracked = TrackedRun(active.info.run_id, uri)
+    if run_id is not None:
+        tracked.set_tags(process_tags())
+    beat = heartbeat(uri, tracked.run_id)
+    beat.__enter__()
     try:
         yield tracked
     except (KeyboardInterrupt, SystemExit) as exc:
+        beat.__exit__(None, None, None)
         _end_active(uri, tracked.run_id, "KILLED", f"interrupted ({type(exc).__name__})")
         raise
     except BaseException as exc:
+        beat.__exit__(None, None, None)
         _end_active(uri, tracked.run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     else:
+        beat.__exit__(None, None, None)
         _end_active(uri, tracked.run_id, tracked.final_status, None)
+
+
+#: How often a RUNNING run's process renews its heartbeat tag.
+HEARTBEAT_SECONDS = 60.0
+
+
+def process_tags() -> dict[str, str]:
+    """Where this process runs, for the runs it opens: host, pid and a first heartbeat."""
+    return {names.HOST: socket.gethostname(), names.PID: str(os.getpid()), names.HEARTBEAT: f"{time.time():.0f}"}
+
+
+@contextlib.contextmanager
+def heartbeat(uri: str, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Renew the run's heartbeat tag every ``every`` seconds from a daemon thread while the block runs, so that
+    ``fer-exp reconcile`` on another host can tell a live run from one whose process died (SIGKILL, lost host)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(Exception):  # a missed beat only makes the run look older
+                _client(uri).set_tag(run_id, names.HEARTBEAT, f"{time.time():.0f}")
+
+    thread = threading.Thread(target=beat, name=f"fer-heartbeat-{run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _end_active(uri: str, run_id: str, status: str, reason: str | None) -> None:
@@ -252,6 +307,33 @@ def _keras_save_dir_fix() -> Iterator[None]:
         mlflow.keras.save_model = original
 
 
+@contextlib.contextmanager
+def skip_requirement_scan() -> Iterator[None]:
+    """Skip MLflow's check that a logged model's pip requirements match this environment.
+
+    Our requirements are pinned from the versions installed here (``model_requirements``), so the check can only
+    agree; it scans every installed distribution's files (``packages_distributions``), ~1 s of CPU per process and
+    much more on a busy machine, at every ``log_model``.
+    """
+    import mlflow.utils.environment as environment
+
+    original = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = original
+
+
+def model_metadata() -> dict[str, Any]:
+    """What a logged model's MLmodel ``metadata`` says about its input and output (class names in output order)."""
+    from fer_experiments import EXPRESSIONS, IMAGE_SIZE
+
+    return {"class_names": list(EXPRESSIONS),
+            "output": "softmax probabilities, one per class in class_names order (index = FER2013 label id)",
+            "input": f"{IMAGE_SIZE}x{IMAGE_SIZE}x1 grayscale pixels 0-255 (the model rescales them itself)"}
+
+
 def model_requirements() -> list[str]:
     """Pinned pip requirements of a logged model: the Keras backend actually in use, keras and numpy."""
     from importlib.metadata import PackageNotFoundError, version
@@ -266,6 +348,65 @@ def model_requirements() -> list[str]:
             reqs.append(f"{dist}=={version(dist)}")
             break
     return reqs
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of metric ``key`` (e.g. the objective per epoch), by step."""
+    history = _retry(lambda: _client(uri).get_metric_history(run_id, key))
+    return sorted((int(m.step), float(m.value)) for m in history)
+
+
+def read_artifact(uri: str, run_id: str, path: str) -> bytes | None:
+    """The bytes of one artifact file of a run, or None when it is not there."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
+                                                        tracking_uri=uri)
+        except Exception:  # noqa: BLE001 - a missing artifact (MLflow raises several types) is "not there"
+            return None
+        p = Path(local)
+        return p.read_bytes() if p.is_file() else None
+
+
+def list_artifacts(uri: str, run_id: str, folder: str | None = None) -> list[str]:
+    """Paths of the files directly in ``folder`` of a run's artifacts ([] when absent)."""
+    try:
+        return [f.path for f in _client(uri).list_artifacts(run_id, folder) if not f.is_dir]
+    except Exception:  # noqa: BLE001 - no such folder
+        return []
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a run opens in a browser: on the tracking server for http(s) stores, else on ``mlflow ui``'s default
+    address (http://127.0.0.1:5000) once ``mlflow ui --backend-store-uri <store>`` runs."""
+    return f"{experiment_url(uri, experiment_id).split('?')[0]}/runs/{run_id}?{names.UI_TRAINING_VIEW_QUERY}"
+
+
+def experiment_url(uri: str, experiment_id: str) -> str:
+    """Where an experiment's runs open in a browser, in the UI's model-training view (see ``run_url``)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}?{names.UI_TRAINING_VIEW_QUERY}"
+
+
+def command_source() -> str:
+    """The command that made a run, for MLflow's Source column: ``fer-exp search --data fer2013.csv.gz ...``.
+
+    Paths and URIs show their last part only: MLflow's UI shows a source after its last ``/`` (and URIs could
+    hold passwords); a long command line is cut.
+    """
+    import sys
+
+    from fer_experiments.tracking.store import redact_uri
+
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if prog in ("fer-exp", "__main__.py") or sys.argv[0].endswith("fer_experiments/cli/__main__.py"):
+        prog = "fer-exp"
+    text = " ".join([prog, *(redact_uri(a).rstrip("/").rsplit("/", 1)[-1] if "/" in a else a for a in sys.argv[1:])])
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 @functools.lru_cache(maxsize=1)
@@ -326,8 +467,11 @@ def _retry(fn: Any, attempts: int = 5, first_delay: float = 0.5) -> Any:
 
 def _transient(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
+    # "duplicate key": workers starting together race to create the same row (e.g. the data set input, dataset_pk)
+    # in a PostgreSQL-backed server; the retry finds the row the other one made.
     return any(s in text for s in ("connection refused", "connectionerror", "max retries exceeded",
-                                   "database is locked", "temporarily unavailable", "503", "502", "timed out"))
+                                   "database is locked", "temporarily unavailable", "503", "502", "timed out",
+                                   "duplicate key value violates unique constraint"))
 
 
 
@@ -336,7 +480,7 @@ def create_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, Any]
     """Create a run without making it MLflow's active run (a study's parent run); it starts RUNNING."""
     prepare_store(uri)
     exp_id = ensure_experiment(uri, experiment)
-    clean = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+    clean = {k: str(v) for k, v in (process_tags() | dict(tags or {})).items() if v is not None}
     return _retry(lambda: _client(uri).create_run(exp_id, run_name=run_name, tags=clean)).info.run_id
 
 
@@ -356,3 +500,8 @@ def find_trial_records(uri: str, study: str, *, engine: str | None = None, state
         flt = names.study_filter(study, kind=kind, engine=engine, state=state)
         found += [names.TrialRecord.from_run(r.run_id, r.tags) for r in find_runs(uri, None, filter_string=flt)]
     return found
+
+
+def experiment_name(uri: str, experiment_id: str) -> str:
+    """The name of the experiment with this id."""
+    return _retry(lambda: _client(uri).get_experiment(experiment_id)).name

@@ -8,7 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fer_experiments.config import DEFAULT_STORE_DIR, DEFAULT_TRACKING_URI
 from fer_experiments.errors import ConfigError, FatalError
-from fer_experiments.locks import STORE_SETUP_KEY, setup_lock, sqlite_file
+from fer_experiments.locks import STORE_SETUP_KEY, setup_lock, sqlite_file, sqlite_write_problem
+from fer_experiments.tracking import tags
 
 __all__ = ["DEFAULT_STORE_DIR", "DEFAULT_TRACKING_URI", "default_tracking_uri", "prepare_store", "redact_uri"]
 
@@ -39,14 +40,37 @@ def redact_uri(uri: str) -> str:
     return uri
 
 
-def ui_command(uri: str) -> str:
-    """The exact ``mlflow ui`` command that shows this store."""
+def ui_command(uri: str, experiment_id: str | None = None) -> str:
+    """The exact ``mlflow ui`` command that shows this store (and the address of ``experiment_id``'s runs)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"{base}/#/experiments/{experiment_id}?{tags.UI_TRAINING_VIEW_QUERY}" if experiment_id else base
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {page} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}, then open {page}"
 
 
 _prepared: set[str] = set()
+
+
+def check_store_writable(uri: str) -> None:
+    """FatalError naming the store when a SQLite tracking store (its database, folder or artifact folder) cannot be
+    written, before any work starts; tracking servers are checked by the server."""
+    db = sqlite_file(uri)
+    if db is None:
+        return
+    artifacts = db.resolve().parent / "artifacts" if db.parent.exists() else db.parent / "artifacts"
+    problem = sqlite_write_problem(uri, (artifacts,))
+    if problem:
+        raise FatalError(f"the MLflow tracking store {redact_uri(uri)} cannot be written: {problem}")
+
+
+def require_existing_store(uri: str) -> None:
+    """For reading commands: ConfigError saying which store was looked for when a SQLite store does not exist
+    (a reading command never creates one, e.g. when run from the wrong folder)."""
+    db = sqlite_file(uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"no MLflow tracking store at {db.resolve()} (--tracking-uri {uri}, from {os.getcwd()}); "
+                          "run from the folder that holds it or give --tracking-uri")
 
 
 def prepare_store(uri: str) -> None:
@@ -65,6 +89,7 @@ def prepare_store(uri: str) -> None:
 
     if not re.match(r"^[a-z][a-z0-9+.-]*:", uri) and not uri.startswith("/"):
         raise ConfigError(f"--tracking-uri {uri!r} is not a URI (e.g. sqlite:///mlruns/mlflow.db or http://host:5000)")
+    check_store_writable(uri)
     try:
         with setup_lock(uri, STORE_SETUP_KEY):
             mlflow.MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
@@ -88,11 +113,15 @@ def ensure_experiment(uri: str, name: str) -> str:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
                               "or choose another --experiment")
+        if exp.tags.get(tags.EXPERIMENT_KIND) is None:
+            # Experiments made by older versions: tag them too, so the UI opens them on their training runs.
+            client.set_experiment_tag(exp.experiment_id, tags.EXPERIMENT_KIND, tags.EXPERIMENT_KIND_TRAINING)
         return str(exp.experiment_id)
     root = artifact_root(uri)
     location = f"{root}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}" if root else None
     try:
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(client.create_experiment(name, artifact_location=location,
+                                            tags={tags.EXPERIMENT_KIND: tags.EXPERIMENT_KIND_TRAINING}))
     except MlflowException:
         # Another process created it between our lookup and create.
         exp = client.get_experiment_by_name(name)

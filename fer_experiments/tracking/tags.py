@@ -36,8 +36,11 @@ FAILURE_REASON = "failure_reason"
 PRUNED_AT_EPOCH = "pruned_at_epoch"
 #: The trial a refit run retrains.
 REFIT_OF = "fer.refit_of"
+#: Where a run's process runs: host name and pid (``fer-exp reconcile`` ends runs whose process is gone).
 HOST = "host"
 PID = "fer.pid"
+#: Unix time of the last sign of life of a RUNNING run's process (renewed every HEARTBEAT_SECONDS).
+HEARTBEAT = "fer.heartbeat"
 GPU = "gpu"
 PRESET = "preset"
 WALL_SECONDS = "wall_seconds"
@@ -59,8 +62,44 @@ SELECTION_SPLIT = "selection_split"
 REPORT_SPLIT = "report_split"
 #: On a study's parent run: the run whose model is the study's registered challenger.
 CHALLENGER_RUN = "fer.challenger_run"
+#: On a study's parent run: the number of its best COMPLETE trial now.
+BEST_TRIAL = "best_trial"
 #: ``fer.model_id.<artifact>``: the MLflow 3 LoggedModel id of a run's logged model.
 MODEL_ID_PREFIX = "fer.model_id."
+#: MLflow's run description (shown as the run's "Description" in the UI) and the command that made a run.
+MLFLOW_NOTE = "mlflow.note.content"
+MLFLOW_SOURCE_NAME = "mlflow.source.name"
+MLFLOW_SOURCE_TYPE = "mlflow.source.type"
+MLFLOW_RUN_NAME = "mlflow.runName"
+#: On a LoggedModel: the registered versions made from it (JSON list of {name, version}), which MLflow's Models tab
+#: shows; MLflow's fluent register_model writes it, its client's create_model_version does not.
+MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"
+#: The query that opens MLflow 3.17's UI in its model-training view (it remembers a GenAI/Model training switch per
+#: browser, GenAI by default, and reads the experiment's EXPERIMENT_KIND only without that switch).
+UI_TRAINING_VIEW_QUERY = "workflowType=machine_learning"
+
+# ------------------------------------------------------------------------------------------ experiment tags
+#: The experiment tag MLflow 3's UI reads to choose its view; without it an experiment opens in the GenAI view
+#: ("Traces"). Our experiments hold model-training runs.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
+#: On an ensemble run (params): its members' run IDs (comma-separated, in the model's order), their weights, the
+#: method that chose them (mean or greedy) and the K asked for; the best member (highest PublicTest accuracy).
+ENSEMBLE_MEMBERS = "ensemble_members"
+ENSEMBLE_WEIGHTS = "ensemble_weights"
+ENSEMBLE_METHOD = "method"
+ENSEMBLE_TOP = "ensemble_top"
+ENSEMBLE_CANDIDATES = "ensemble_candidates"
+ENSEMBLE_BEST_MEMBER = "ensemble_best_member"
+#: On a distilled run (params): the teacher's run ID, the temperature and the weight of the true labels.
+TEACHER_RUN = "teacher_run_id"
+DISTILL_TEMPERATURE = "distill_temperature"
+DISTILL_ALPHA = "distill_alpha"
+#: A run whose model was exported (``onnx``) beside the Keras model, or why it could not be; seconds it took.
+EXPORTED = "fer.exported"
+EXPORT_ERROR = "fer.export_error"
+EXPORT_SECONDS = "fer.export_seconds"
 
 # Names older versions wrote beside the ones above (read, never written).
 _OLD_STUDY = "optuna_study"
@@ -74,6 +113,13 @@ PARAM_ENGINE = "engine"
 PARAM_LIMIT = "limit"
 PARAM_N_TRAIN = "n_train"
 PARAM_N_VAL = "n_val"
+#: On a study's parent run: ``space.<name>`` (what each parameter was searched over) and ``best.<name>`` (the best
+#: trial's values, ``best.trial`` its number), beside the study's settings (SPACE_FILE, TRAIN_LIMIT, ...).
+PARAM_SPACE_PREFIX = "space."
+PARAM_BEST_PREFIX = "best."
+PARAM_MAX_EPOCHS = "max_epochs"
+PARAM_SAMPLER = "sampler"
+PARAM_PRUNER = "pruner"
 
 # --------------------------------------------------------------------------------------------------- metrics
 #: PublicTest accuracy / macro-F1 of the logged (best-epoch) model: what the promote guard compares.
@@ -84,11 +130,24 @@ PRIVATE_ACCURACY = "test_accuracy"
 PRIVATE_MACRO_F1 = "test_macro_f1"
 #: On a study's parent run: the best objective value so far.
 BEST_VALUE = "best_value"
+#: Per training run: training throughput (fit only, no evaluation), images fitted, and seconds.
+TRAIN_IMAGES_PER_SECOND = "train_images_per_second"
+TRAIN_IMAGES_SEEN = "train_images_seen"
+TRAIN_SECONDS = "train_seconds"
+#: Params of a training run: its Training rows, epochs, and (a refit) the trial run it retrains.
+PARAM_N_TRAIN = "n_train"
+PARAM_EPOCHS = "epochs"
+PARAM_REFIT_OF = "refit_of"
+#: Size and serving speed of a logged model: weights, and faces/s classified one at a time (predict_on_batch).
+N_PARAMS = "n_params"
+FACES_PER_SECOND = "faces_per_second_one_at_a_time"
 
 # ------------------------------------------------------------------------------------------ registry tags
 VERSION_STUDY = "study"
 VERSION_TRIAL = "trial"
 VERSION_ENGINE = "engine"
+#: What a version's run is (its ``fer.kind``: trial, refit, ensemble, distilled ...).
+VERSION_KIND = "kind"
 VERSION_PUBLIC_ACCURACY = "public_accuracy"
 VERSION_PUBLIC_MACRO_F1 = "public_macro_f1"
 VERSION_PRIVATE_ACCURACY = "private_accuracy"
@@ -101,6 +160,8 @@ SOURCE_RUN_ID = "source_run_id"
 WRAPPER_FORMAT = "fer.wrapper_format"
 #: Registered-model tag: the JSON list of versions an alias pointed at, oldest first.
 ALIAS_HISTORY = "fer.alias_history.{alias}"
+#: Registered-model tag: who holds the promote lease on a tracking server ("owner expires-at"), see registry_lock.
+PROMOTE_LEASE = "fer.promote_lease"
 
 # ------------------------------------------------------------------------------ Optuna user attributes
 ATTR_SPACE = "fer.space"

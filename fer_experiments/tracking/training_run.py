@@ -14,11 +14,12 @@ from fer_experiments.config import TrainConfig
 from fer_experiments.evaluation.metrics import Evaluation, confusion_csv, format_report
 from fer_experiments.params import ModelParams, TrainParams, flat_params
 from fer_experiments.tracking import tags
-from fer_experiments.tracking.runs import TrackedRun, git_commit, start_run
+from fer_experiments.tracking.exported import log_exported_model
+from fer_experiments.tracking.runs import TrackedRun, command_source, git_commit, start_run
 
 if TYPE_CHECKING:
     from fer_experiments.data import TrainingData
-    from fer_experiments.training.trainer import EpochObserver, TrainResult
+    from fer_experiments.training.trainer import BatchObserver, EpochObserver, TrainResult
 
 
 def base_tags(data: "TrainingData") -> dict[str, str | None]:
@@ -28,15 +29,27 @@ def base_tags(data: "TrainingData") -> dict[str, str | None]:
     commit = git_commit()
     return {
         tags.MLFLOW_GIT_COMMIT: commit, tags.GIT_COMMIT: commit, tags.KERAS_BACKEND: backend_name(),
-        tags.DATA_DIGEST: data.dataset.digest, tags.DATA_SOURCE: str(data.dataset.source),
+        tags.DATA_DIGEST: data.dataset.digest, tags.DATA_SOURCE: _absolute(str(data.dataset.source)),
         tags.SELECTION_SPLIT: "PublicTest", tags.REPORT_SPLIT: "PrivateTest",
+        tags.MLFLOW_SOURCE_NAME: command_source(), tags.MLFLOW_SOURCE_TYPE: "LOCAL",
     }
+
+
+def _absolute(path: str) -> str:
+    """A data set's path as an absolute one (``promote`` finds it from any folder), URIs unchanged."""
+    from pathlib import Path
+
+    return path if "://" in path else str(Path(path).resolve())
 
 
 def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: TrainParams, data: "TrainingData", *,
                      objective: str = "val_accuracy", extra_params: dict[str, Any] | None = None,
-                     observers: Sequence["EpochObserver"] = ()) -> "TrainResult":
-    """Train inside an open run: log params, data input, per-epoch curves, then the full evaluation and the model."""
+                     observers: Sequence["EpochObserver"] = (), on_batch: "BatchObserver | None" = None,
+                     fit: Callable[..., "TrainResult"] | None = None) -> "TrainResult":
+    """Train inside an open run: log params, data input, per-epoch curves, then the full evaluation and the model.
+
+    ``fit`` replaces ``trainer.train_model`` (same signature), e.g. a distillation (``training.distill``).
+    """
     from fer_experiments.training.trainer import train_model
 
     run.log_params(flat_params(model_params, train_params) | {
@@ -49,8 +62,8 @@ def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: T
     def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
         run.log_metrics(metrics, step=epoch)
 
-    result = train_model(model_params, train_params, data.train, data.val, objective=objective,
-                         observers=[log_epoch, *observers])
+    result = (fit or train_model)(model_params, train_params, data.train, data.val, objective=objective,
+                                  observers=[log_epoch, *observers], on_batch=on_batch)
     log_result(run, result)
     return result
 
@@ -59,15 +72,25 @@ def log_result(run: TrackedRun, result: "TrainResult") -> None:
     """Log the selected (best-epoch) evaluation, its artifacts and the model."""
     from fer_experiments.evaluation.plots import learning_curves_figure
 
-    ev = result.evaluation
-    run.log_metrics({**ev.per_class_metrics("val"), **{f"best_{k}": v for k, v in ev.summary_metrics("val").items()},
-                     "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                     "train_images_per_second": result.images_per_second, "train_seconds": result.train_seconds},
-                    step=result.best_epoch)
-    log_evaluation_artifacts(run, ev, prefix="evaluation/val")
+    best = log_selection_evaluation(run, result.evaluation, {
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        tags.TRAIN_IMAGES_PER_SECOND: result.images_per_second, tags.TRAIN_SECONDS: result.train_seconds,
+        tags.TRAIN_IMAGES_SEEN: result.images_seen}, step=result.best_epoch)
     run.log_figure(learning_curves_figure(result.history), "learning_curves.png")
     run.log_text(history_csv(result.history), "history.csv")
-    run.log_keras_model(result.model)
+    run.log_keras_model(result.model, metrics=best, step=result.best_epoch)
+    log_exported_model(run, result.model)  # the ONNX graph serving runs, beside the Keras model
+
+
+def log_selection_evaluation(run: TrackedRun, ev: Evaluation, extra: dict[str, float] | None = None,
+                             step: int = 0) -> dict[str, float]:
+    """The logged model's PublicTest evaluation: per-class ``val_*`` metrics, ``best_val_accuracy`` (what the
+    promote guard compares), ``best_val_macro_f1``, ``best_val_loss``, and its artifacts under ``evaluation/val``.
+    Returns the ``best_*`` metrics (to link to the logged model)."""
+    best = {f"best_{k}": v for k, v in ev.summary_metrics("val").items()}
+    run.log_metrics({**ev.per_class_metrics("val"), **best, **(extra or {})}, step=step)
+    log_evaluation_artifacts(run, ev, prefix="evaluation/val")
+    return best
 
 
 def log_evaluation_artifacts(run: TrackedRun, ev: Evaluation, prefix: str) -> None:
@@ -78,6 +101,18 @@ def log_evaluation_artifacts(run: TrackedRun, ev: Evaluation, prefix: str) -> No
     run.log_text(confusion_csv(ev), f"{prefix}_confusion_matrix.csv")
     run.log_text(format_report(ev), f"{prefix}_classification_report.txt")
     run.log_dict(ev.to_dict(), f"{prefix}_classification_report.json")
+    # The same report as an MLflow table: the run's artifact view shows it as a sortable table.
+    run.log_table(classification_rows(ev), f"{prefix}_classification_table.json")
+
+
+def classification_rows(ev: Evaluation) -> list[dict[str, Any]]:
+    """The classification report as table rows: one per class (precision, recall, F1, support), then the averages."""
+    report = ev.to_dict()["report"]
+    rows = [{"class": name, "precision": float(c["precision"]), "recall": float(c["recall"]),
+             "f1": float(c["f1-score"]), "support": int(c["support"])}
+            for name, c in report.items() if isinstance(c, dict)]
+    rows.append({"class": "accuracy", "precision": None, "recall": None, "f1": float(ev.accuracy), "support": ev.n})
+    return rows
 
 
 def history_csv(history: dict[str, list[float]]) -> str:

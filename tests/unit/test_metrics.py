@@ -167,3 +167,16 @@ def test_learning_curves_tolerate_missing_series(tmp_path: Path) -> None:
     assert (tmp_path / "c.png").read_bytes()[:8] == PNG_MAGIC
     assert len(fig.axes) == 2
     assert len(fig.axes[0].lines) == 1 and len(fig.axes[1].lines) == 0
+
+
+@pytest.mark.parametrize("epochs", [2, 3, 7])
+def test_learning_curves_have_whole_epoch_ticks(epochs: int) -> None:
+    """Epochs are whole numbers: a 2-epoch run must not show a 1.5 tick (issue 12, point 15)."""
+    history = {"loss": list(np.linspace(2, 1, epochs)), "val_loss": list(np.linspace(2, 1.2, epochs)),
+               "accuracy": list(np.linspace(0.2, 0.4, epochs)), "val_accuracy": list(np.linspace(0.2, 0.3, epochs))}
+    fig = learning_curves_figure(history)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert shown and all(float(t).is_integer() for t in shown), shown

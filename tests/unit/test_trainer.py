@@ -14,6 +14,9 @@ from fer_experiments.evaluation.metrics import evaluate_probabilities
 from fer_experiments.params import ModelParams, TrainParams
 from fer_experiments.training.trainer import class_weights, predict_proba, train_model
 
+# Every test here fits a (tiny) model in-process.
+pytestmark = pytest.mark.slow
+
 TINY = ModelParams(conv_blocks=1, convs_per_block=1, filters=4, dense_layers=0, conv_dropout=0.0)
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr"}
 
@@ -143,3 +146,11 @@ def test_same_seed_same_history_different_seed_differs(data, two_epochs) -> None
     np.testing.assert_array_equal(predict_proba(again.model, data[1].x), predict_proba(two_epochs.model, data[1].x))
     other = train_model(TINY, _train(seed=6), *data)
     assert other.history["loss"] != two_epochs.history["loss"]
+
+
+def test_batches_reported_for_a_live_line(data) -> None:
+    """``on_batch`` (a terminal's in-epoch progress) hears each epoch's last step; steps = ceil(64 / 16)."""
+    calls: list[tuple[int, int, int]] = []
+    train_model(TINY, _train(seed=5), *data, on_batch=lambda e, s, n: calls.append((e, s, n)))
+    assert calls and all(n == 4 and 1 <= s <= 4 for _, s, n in calls)
+    assert (1, 4, 4) in calls and (2, 4, 4) in calls
