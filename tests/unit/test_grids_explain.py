@@ -216,3 +216,30 @@ def test_explain_finds_residual_and_separable_blocks_inside_a_flip_tta_model(blo
     # The probabilities are the exported model's (the mean over the image and its mirror).
     np.testing.assert_allclose(ex.probabilities, np.asarray(exported.predict_on_batch(
         face[:1].astype(np.float32)[..., None]))[0], atol=1e-6)
+
+
+def test_explain_command_logs_its_pictures_to_the_models_run(tmp_path: Path, stores: dict, tiny_model) -> None:
+    """In process (click's runner): a runs:/ model's explain pictures land in explain/ of its run, flat, where the
+    study report looks for the best trial's."""
+    import cv2
+    from click.testing import CliRunner
+
+    from fer_experiments.cli import cli
+    from fer_experiments.tracking import start_run
+    from fer_experiments.tracking.runs import list_artifacts
+
+    uri = stores["tracking_uri"]
+    with start_run(uri, "explain") as run:
+        model_uri = run.log_keras_model(tiny_model)
+    face, _ = _faces(1, seed=6)
+    cv2.imwrite(str(tmp_path / "crop.png"), face[0])
+    result = CliRunner().invoke(cli, ["explain", model_uri, str(tmp_path / "crop.png"), "--out", str(tmp_path / "o"),
+                                      "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert f"logged to run {run.run_id} under explain/" in result.output
+    assert sorted(list_artifacts(uri, run.run_id, "explain")) == [
+        "explain/crop-feature-maps-block1.png", "explain/crop-feature-maps-block2.png",
+        "explain/crop-feature-maps-block3.png", "explain/crop-grad-cam.png"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "explain.json", "face.png", "feature-maps-block1.png", "feature-maps-block2.png", "feature-maps-block3.png",
+        "grad-cam.png"]
