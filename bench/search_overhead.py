@@ -3,16 +3,20 @@
 Part 1 - the same fixed configurations trained bare and as trials of a real study.
   A space YAML (written to a temp folder) fixes every parameter except ``filters``, a categorical with the N
   configurations' values; a study is created on it and each value is enqueued (``study.enqueue_trial``). Each trial
-  then runs through ``fer_experiments.search.runner.run_search`` (one resumed command per trial, --n-trials 1, 2, ...)
+  then runs through ``fer_experiments.search.lifecycle.run_search`` with the Optuna engine (one resumed command per
+  trial, --n-trials 1, 2, ...)
   against a temporary Optuna SQLite storage and a temporary MLflow SQLite store: params, per-epoch and per-class
   metrics, artifacts, the model, the median pruner's per-epoch report/should_prune, reconcile, the study summary and
   the challenger registration. "Bare" is ``train_model(...)`` alone on the same params and the same data (the
   study's Training subset and PublicTest), no MLflow and no Optuna, run right before and right after its trial
   (the mean is the reference), so that load from other processes hits both sides alike. An uncounted warm-up
   trial (its own command, on the fresh stores) absorbs the process's one-off costs first.
+  Where the time goes is read from the lifecycle's supported timing hook (``SearchOutcome.timings``: set-up, each
+  trial's run start / training / end-of-trial tracking, summary, registration); the bench exits with an error when
+  the hook is missing, so that a refactoring cannot silently stop the measurement.
   Printed: per trial, bare vs trial seconds (Optuna's datetime_start -> datetime_complete), the overhead in seconds
-  and as a fraction of the trial, what runs after a trial (gc, callbacks), the per-trial overhead extrapolated to a
-  60-second trial (target <= 3%), and per command the fixed part (set-up, summary, registration).
+  and as a fraction of the trial, the trial's phases, the tracking overhead extrapolated to a 60-second trial
+  (target <= 3%), and per command the fixed part (set-up, summary, registration, the engine's own time).
 Part 2 - `fer-exp studies` with a 200-trial study in the store.
   A study with 200 finished trials (COMPLETE/PRUNED/FAIL, intermediate values, user attrs, the fer.* study
   attrs) is made with ask/tell; then `python -m fer_experiments.cli studies --storage URL` is timed as a
@@ -29,7 +33,6 @@ import _common  # noqa: I001 - first: sets the environment before TensorFlow/MLf
 import argparse
 import dataclasses
 import datetime as dt
-import gc
 import io
 import os
 import statistics
@@ -77,19 +80,42 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- part 1
+#: The phases the lifecycle must report for this bench to mean anything (``SearchOutcome.timings``).
+TRIAL_PHASES = ("trial_setup", "training", "tracking")
+COMMAND_PHASES = ("setup", "summary")
+
+
+def require_timing_hook() -> None:
+    """Fail loudly when the search lifecycle no longer offers the timing hook this bench reads."""
+    import dataclasses as dc
+
+    from fer_experiments.search import lifecycle
+
+    phases = getattr(lifecycle, "TIMED_PHASES", None)
+    fields = {f.name for f in dc.fields(lifecycle.SearchOutcome)}
+    wanted = (*TRIAL_PHASES, *COMMAND_PHASES, "registration")
+    missing = [p for p in wanted if phases is None or p not in phases]
+    if "timings" not in fields or not hasattr(lifecycle.SearchOutcome, "add_time") or missing:
+        raise SystemExit("bench/search_overhead.py: fer_experiments.search.lifecycle has no timing hook "
+                         f"(SearchOutcome.timings / add_time, TIMED_PHASES with {', '.join(wanted)}); missing: "
+                         f"{', '.join(missing) or 'SearchOutcome.timings'}. Update the bench with the lifecycle.")
+
+
 def part1(args: argparse.Namespace) -> bool:
     import optuna
     from optuna.trial import TrialState
 
     from fer_experiments.config import DataConfig, SearchConfig
-    from fer_experiments.data import load_dataset, stratified_subset
-    from fer_experiments.experiment import load_training_data
+    from fer_experiments.data import load_dataset, load_training_data, stratified_subset
     from fer_experiments.params import split_params
-    from fer_experiments.search import runner
+    from fer_experiments.search.engines.optuna import OptunaEngine
+    from fer_experiments.search.lifecycle import format_outcome, run_search
     from fer_experiments.search.study import create_or_resume, open_storage
     from fer_experiments.spaces import epochs_for, load_space, suggest
+    from fer_experiments.tracking import tags
     from fer_experiments.training.trainer import train_model
 
+    require_timing_hook()
     filters = [int(f) for f in args.filters.split(",") if f.strip()]
     if len(set(filters)) != len(filters) or not filters:
         raise SystemExit("--filters: give distinct values, e.g. 8,12,16")
@@ -120,6 +146,7 @@ def part1(args: argparse.Namespace) -> bool:
     print(f"stores: MLflow {tracking_uri}, Optuna {storage_url}")
     print("order: warm-up trial (own command), then per configuration: bare, trial (one resumed run_search "
           "command each), bare")
+    print("phases timed by the lifecycle's hook (SearchOutcome.timings), not by replacing library functions")
 
     def bare(f: int) -> float:
         mp, tp = configs[f]
@@ -141,78 +168,28 @@ def part1(args: argparse.Namespace) -> bool:
     for f in [filters[0], *filters]:  # the first is the warm-up trial
         study.enqueue_trial({"filters": f})
 
-    # Time parts of run_search by wrapping module-level functions (the library is not modified).
-    calls: list[tuple[str, float]] = []
-
-    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def inner(*a: Any, **kw: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                calls.append((name, time.perf_counter() - start))
-        return inner
-
-    wrapped = [name for name in ("_summarise", "_register_challenger", "_fill_outcome", "reconcile")
-               if hasattr(runner, name)]
-    originals = {name: getattr(runner, name) for name in wrapped}
-    # Inside a trial: what tracking costs (diagnostics for where the overhead goes).
-    from fer_experiments import experiment
-    from fer_experiments.tracking import TrackedRun
-
-    inner_targets = [(experiment, "log_result", "log_result"), (TrackedRun, "log_keras_model", "model"),
-                     (TrackedRun, "log_figure", "figures"), (TrackedRun, "log_metrics", "metrics"),
-                     (TrackedRun, "log_params", "params"), (TrackedRun, "log_dataset", "dataset"),
-                     (TrackedRun, "log_text", "text"), (TrackedRun, "log_dict", "text")]
-    from fer_experiments.search.objective import Objective
-
-    inner_targets = [(Objective, "__call__", "trial")] + [t for t in inner_targets if hasattr(t[0], t[1])]
-
     def command(n_trials: int) -> dict[str, Any]:
-        """One `fer-exp search` (resumed) that runs one more trial; its timeline and parts."""
+        """One `fer-exp search` (resumed) that runs one more trial; its timeline and phases."""
         cfg = SearchConfig(data=DataConfig(path=args.data, limit=None, cache_dir=args.cache_dir),
                            tracking_uri=tracking_uri, study=study_name, storage=storage_url,
                            space_path=str(space_file), n_trials=n_trials)
         progress = io.StringIO()
-        del calls[:]
-        for name, fn in originals.items():
-            setattr(runner, name, wrap(name, fn))
-        saved = [(owner, attr, owner.__dict__[attr]) for owner, attr, _ in inner_targets]
-        depth = {"log_result": 0, "trial": 0}
-        for owner, attr, label in inner_targets:
-            setattr(owner, attr, _inner_wrap(label, getattr(owner, attr), calls, depth))
-        gc_collect = gc.collect
-        gc.collect = wrap("gc", gc_collect)  # Optuna's gc_after_trial
-        started = dt.datetime.now()
-        try:
-            total, outcome = _timed(lambda: runner.run_search(cfg, progress_stream=progress))
-        finally:
-            gc.collect = gc_collect
-            for name, fn in originals.items():
-                setattr(runner, name, fn)
-            for owner, attr, fn in saved:
-                setattr(owner, attr, fn)
+        total, outcome = _timed(lambda: run_search(cfg, OptunaEngine(), progress_stream=progress))
         if args.show_progress:
             print(progress.getvalue(), end="")
         trial = optuna.load_study(study_name=study_name, storage=storage_url).get_trials(deepcopy=False)[n_trials - 1]
         if trial.state != TrialState.COMPLETE or outcome.ran != 1:
             raise RuntimeError(f"trial {trial.number} is {trial.state.name} (ran {outcome.ran}); progress:\n"
                                f"{progress.getvalue()}")
-        ended = started + dt.timedelta(seconds=total)
-        part = {name: sum(s for c, s in calls if c == name) for name in wrapped}
-        recon = [s for c, s in calls if c == "reconcile"]
+        t = dict(outcome.timings)
+        missing = [p for p in (*TRIAL_PHASES, *COMMAND_PHASES) if p not in t]
+        if missing:
+            raise RuntimeError(f"the lifecycle's timing hook reported no {', '.join(missing)} for trial "
+                               f"{trial.number} (got {t}); the bench cannot measure without it")
         trial_s = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        end_parts = part.get("_summarise", 0.0) + part.get("_register_challenger", 0.0) + part.get("_fill_outcome", 0.0)
-        inner = {}
-        for c, sec in calls:
-            if c.startswith("inner:"):
-                inner[c[6:]] = inner.get(c[6:], 0.0) + sec
-        return {"trial": trial, "trial_s": trial_s, "total": total, "outcome": outcome, "inner": inner,
-                "setup": (trial.datetime_start - started).total_seconds(),
-                "after": (ended - trial.datetime_complete).total_seconds() - end_parts,
-                "end": end_parts, "summary": part.get("_summarise", 0.0),
-                "register": part.get("_register_challenger", 0.0), "reconcile": recon,
-                "gc": sum(sec for c, sec in calls if c == "gc"), "gc_calls": sum(c == "gc" for c, _ in calls)}
+        return {"trial": trial, "trial_s": trial_s, "total": total, "outcome": outcome, "t": t,
+                "setup": t["setup"], "summary": t["summary"], "register": t.get("registration", 0.0),
+                "engine": total - sum(t.values())}
 
     warm_cmd = command(1)
     print(f"warm-up trial (not counted; own command on fresh stores, first tracking in the process): trial "
@@ -220,7 +197,7 @@ def part1(args: argparse.Namespace) -> bool:
 
     rows = []
     print(f"\n{'trial':>5} {'filters':>7} {'bare s':>8} {'trial s':>8} {'overhead s':>11} {'of trial':>9}  "
-          f"{'bare before, after':>18}  {'after-trial s':>13}", flush=True)
+          f"{'bare before, after':>18}  {'run start s':>11} {'training s':>10} {'tracking s':>10}", flush=True)
     for i, f in enumerate(filters):
         before = bare(f)
         cmd = command(i + 2)
@@ -228,94 +205,46 @@ def part1(args: argparse.Namespace) -> bool:
         bare_s = (before + after) / 2
         over = cmd["trial_s"] - bare_s
         rows.append((f, bare_s, over, cmd))
+        t = cmd["t"]
         print(f"{cmd['trial'].number:>5} {f:>7} {bare_s:8.2f} {cmd['trial_s']:8.2f} {over:11.2f} "
-              f"{over / cmd['trial_s']:9.1%}  {before:8.2f}, {after:8.2f}  {cmd['after']:13.2f}", flush=True)
+              f"{over / cmd['trial_s']:9.1%}  {before:8.2f}, {after:8.2f}  {t['trial_setup']:11.2f} "
+              f"{t['training']:10.2f} {t['tracking']:10.2f}", flush=True)
 
     trial_secs = [c["trial_s"] for _, _, _, c in rows]
     overs = [o for _, _, o, _ in rows]
-    afters = [c["after"] for _, _, _, c in rows]
     mean_trial = statistics.fmean(trial_secs)
-    over_mean, after_mean = statistics.fmean(overs), statistics.fmean(afters)
-    per_trial = over_mean + after_mean
+    over_mean = statistics.fmean(overs)
     print(f"overhead inside the trial (trial - mean of its two bare runs): mean {over_mean:.2f} s "
           f"({over_mean / mean_trial:.1%} of a {mean_trial:.1f} s trial), median {statistics.median(overs):.2f} s")
-    recon_after = [c["reconcile"][1] for _, _, _, c in rows if len(c["reconcile"]) >= 3]
-    gc_mean = statistics.fmean(c["gc"] for _, _, _, c in rows)
-    print(f"after the trial (gc, Optuna callbacks incl. reconcile, set_status, the end-of-command reconcile): "
-          f"mean {after_mean:.2f} s; of which gc.collect {gc_mean:.2f} s "
-          f"({statistics.fmean(c['gc_calls'] for _, _, _, c in rows):.0f} call(s) per command)"
-          + (f", reconcile after the trial {statistics.fmean(recon_after):.2f} s" if recon_after else ""))
-    fraction = per_trial / TRIAL_SECONDS_REF
+    # Timed directly by the hook, free of the noise of two trainings: the run's start and the end-of-trial logging.
+    direct = statistics.fmean(c["t"]["trial_setup"] + c["t"]["tracking"] for _, _, _, c in rows)
+    train_extra = statistics.fmean(c["t"]["training"] - b for _, b, _, c in rows)
+    fraction = direct / TRIAL_SECONDS_REF
     ok = fraction <= TARGET_FRACTION_60S
-    print(f"per-trial overhead (inside + after): {per_trial:.2f} s -> on a {TRIAL_SECONDS_REF:.0f} s trial "
-          f"{fraction:.1%}  target <= {TARGET_FRACTION_60S:.0%}  {'ok' if ok else 'MISSED'}")
-    # The subtraction above carries the noise of two trainings; the tracking calls timed directly inside the
-    # trial (plus the after-trial part) are a noise-free lower bound of the same overhead.
-    direct = statistics.fmean(sum(c["inner"].get(k, 0.0) for k in ("log_result", "epoch metrics", "params", "dataset"))
-                              for _, _, _, c in rows) + after_mean
-    print(f"cross-check, timed directly: tracking calls inside the trial + after the trial = {direct:.2f} s -> on a "
-          f"{TRIAL_SECONDS_REF:.0f} s trial {direct / TRIAL_SECONDS_REF:.1%} (a lower bound: run start/end, suggest, "
-          f"report/should_prune not included)")
-    print("\nwhere a trial's tracking time goes (s; log_result = end-of-trial logging, which includes the model, "
-          "figures, text and the per-class metrics):")
-    keys = ["log_result", "model", "figures", "text", "epoch metrics", "params", "dataset"]
-    print(f"{'trial':>5} {'overhead':>9} " + " ".join(f"{k:>10}" for k in keys) + f" {'rest':>7}")
-    for _, _, over, c in rows:
-        inner = c["inner"]
-        # Everything tracked, once: log_result, plus what is logged outside it (per-epoch metrics, params, dataset).
-        outside = inner.get("params", 0) + inner.get("dataset", 0) + inner.get("epoch metrics", 0)
-        print(f"{c['trial'].number:>5} {over:9.2f} " + " ".join(f"{inner.get(k, 0.0):10.2f}" for k in keys)
-              + f" {over - inner.get('log_result', 0.0) - outside:7.2f}")
-    print("(epoch metrics = log_metrics calls during training; rest = overhead - log_result - params - dataset - "
-          "epoch metrics: Optuna's report/should_prune, run start/end and tags, suggest, heartbeat, and any "
-          "difference (noise) in the training itself)")
+    print(f"per-trial tracking overhead timed by the hook (run start + end-of-trial logging, model included): "
+          f"{direct:.2f} s -> on a {TRIAL_SECONDS_REF:.0f} s trial {fraction:.1%}  target <= "
+          f"{TARGET_FRACTION_60S:.0%}  {'ok' if ok else 'MISSED'}")
+    print(f"training phase minus the bare training (params and per-epoch metrics logged, pruning reports, noise): "
+          f"mean {train_extra:.2f} s")
 
-    print("\nfixed part per command (resumed run_search, one trial each):")
-    print(f"{'command':>7} {'total s':>8} {'set-up s':>9} {'trial s':>8} {'after s':>8} {'end s':>6} "
-          f"{'summary s':>10} {'register s':>11}")
+    print("\nper command (resumed run_search, one trial each; engine = the rest: asking, pruning, reconcile, gc):")
+    print(f"{'command':>7} {'total s':>8} {'set-up s':>9} {'trial s':>8} {'summary s':>10} {'register s':>11} "
+          f"{'engine s':>9}")
     for label, c in [("warm-up", warm_cmd)] + [(str(c["trial"].number), c) for _, _, _, c in rows]:
-        print(f"{label:>7} {c['total']:8.2f} {c['setup']:9.2f} {c['trial_s']:8.2f} {c['after']:8.2f} "
-              f"{c['end']:6.2f} {c['summary']:10.2f} {c['register']:11.2f}")
+        in_trial = sum(c["t"][p] for p in TRIAL_PHASES)
+        print(f"{label:>7} {c['total']:8.2f} {c['setup']:9.2f} {in_trial:8.2f} {c['summary']:10.2f} "
+              f"{c['register']:11.2f} {c['engine']:9.2f}")
     cmds = [c for _, _, _, c in rows]
     print(f"median of the counted commands: set-up {statistics.median(c['setup'] for c in cmds):.2f} s (store, data "
-          f"digest + cache, study resume, parent run, reconcile), end of command {statistics.median(c['end'] for c in cmds):.2f} s "
-          f"(summary {statistics.median(c['summary'] for c in cmds):.2f} s + challenger registration "
-          f"{statistics.median(c['register'] for c in cmds):.2f} s when a new best)")
+          f"digest + cache, study resume, parent run), summary {statistics.median(c['summary'] for c in cmds):.2f} s, "
+          f"challenger registration {statistics.median(c['register'] for c in cmds):.2f} s (a new version only "
+          f"when a new best), engine {statistics.median(c['engine'] for c in cmds):.2f} s")
     last = cmds[-1]
-    print(f"outcome: {runner.format_outcome(last['outcome'])}; registered versions "
+    print(f"outcome: {format_outcome(last['outcome'])}; registered versions "
           f"{[c['outcome'].registered_version for c in [warm_cmd, *cmds]]}")
-    _check_tracking(tracking_uri, [c["trial"].user_attrs.get("mlflow_run_id") for c in cmds],
+    _check_tracking(tracking_uri, [c["trial"].user_attrs.get(tags.ATTR_RUN_ID) for c in cmds],
                     last["outcome"].parent_run_id)
     return ok
-
-
-def _inner_wrap(label: str, fn: Callable[..., Any], calls: list[tuple[str, float]],
-                depth: dict[str, int]) -> Callable[..., Any]:
-    """Time ``fn`` into ``calls`` as "inner:<label>"; log_metrics outside log_result counts as "epoch metrics"."""
-    def inner(*a: Any, **kw: Any) -> Any:
-        if label == "trial":
-            depth["trial"] += 1
-            try:
-                return fn(*a, **kw)
-            finally:
-                depth["trial"] -= 1
-        if not depth["trial"]:
-            return fn(*a, **kw)  # outside a trial (the parent run's summary): not a trial's cost
-        name = label
-        if label == "metrics":
-            if depth["log_result"]:
-                return fn(*a, **kw)  # the per-class metrics: part of log_result's time
-            name = "epoch metrics"
-        if label == "log_result":
-            depth["log_result"] += 1
-        start = time.perf_counter()
-        try:
-            return fn(*a, **kw)
-        finally:
-            calls.append(("inner:" + name, time.perf_counter() - start))
-            if label == "log_result":
-                depth["log_result"] -= 1
-    return inner
 
 
 def _check_tracking(tracking_uri: str, run_ids: list[str | None], parent_id: str) -> None:
@@ -341,17 +270,17 @@ def make_big_study(storage_url: str, name: str, n_trials: int) -> dict[str, int]
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
     from optuna.trial import TrialState
 
-    from fer_experiments.search import study as fs
     from fer_experiments.spaces import load_space
+    from fer_experiments.tracking import tags
 
     space = load_space(_common.REPO / "search_spaces" / "cpu-quick.yaml")
     study = optuna.create_study(study_name=name, storage=storage_url, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
-    for key, value in {fs.ATTR_SPACE: space.to_dict(), fs.ATTR_SPACE_HASH: space.content_hash(),
-                       fs.ATTR_SPACE_FILE: str(space.source), fs.ATTR_DATA_DIGEST: "0" * 64,
-                       fs.ATTR_LIMIT: space.train_limit, fs.ATTR_EXPERIMENT: name,
-                       fs.ATTR_PARENT_RUN: "f" * 32,
-                       "fer.created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}.items():
+    for key, value in {tags.ATTR_SPACE: space.to_dict(), tags.ATTR_SPACE_HASH: space.content_hash(),
+                       tags.ATTR_SPACE_FILE: str(space.source), tags.ATTR_DATA_DIGEST: "0" * 64,
+                       tags.ATTR_LIMIT: space.train_limit, tags.ATTR_EXPERIMENT: name,
+                       tags.ATTR_PARENT_RUN: "f" * 32,
+                       tags.ATTR_CREATED: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}.items():
         study.set_user_attr(key, value)
     dists = {"conv_blocks": IntDistribution(2, 3), "filters": CategoricalDistribution([8, 16]),
              "batchnorm": CategoricalDistribution(["none", "after_activation"]),
@@ -360,9 +289,9 @@ def make_big_study(storage_url: str, name: str, n_trials: int) -> dict[str, int]
     counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
     for i in range(n_trials):
         trial = study.ask(dists)
-        trial.set_user_attr("mlflow_run_id", f"{i:032x}")
+        trial.set_user_attr(tags.ATTR_RUN_ID, f"{i:032x}")
         if i % 11 == 10:                                   # ~9% failed
-            trial.set_user_attr("fail_reason", "loss became nan at epoch 1")
+            trial.set_user_attr(tags.ATTR_FAIL_REASON, "loss became nan at epoch 1")
             study.tell(trial, state=TrialState.FAIL)
             counts["FAIL"] += 1
             continue

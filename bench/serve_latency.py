@@ -1,21 +1,20 @@
-"""Benchmark: face classification throughput and ``/predict`` latency on this CPU.
+"""Benchmark: Keras vs the exported ONNX graph, for four models, from one face to a loaded REST server.
 
-Prints
-  * the cost of one-face classification through model.predict, eager model(x, training=False) and
-    model.predict_on_batch (what serving uses), for the small model,
-  * faces/s one face at a time and in batches of 64 and 256, for a small cpu-quick-like CNN (16-32-64 filters,
-    3 blocks, BatchNorm, global average pooling, dense 64; or --model) and the seed-deep-bn network (untrained
-    weights: speed does not depend on them),
-  * decode and face detection time for a 640x480 photo with one real FER2013 face (tuned detection against
-    OpenCV's example settings at full size),
-  * ``/predict`` p50/p95 for that photo from a real ``fer-exp serve`` subprocess: sequential, and 8 concurrent
-    clients,
-and the targets on a 2-core CPU: /predict p50 <= 50 ms sequential and >= 300 faces/s one at a time (small model).
-The gap between "inside the server" and the client's figure is HTTP and the event loop; it was ~44 ms more before
-`fer-exp serve` set TCP_NODELAY on its socket (Nagle's algorithm against the client's delayed ACK on kept-alive
-connections).
+Prints, in one run:
+  * where a 640x480 photo's time goes before classification (CPU ms per stage, single thread: Pillow's header
+    check, JPEG decode, grayscale conversion, downscale, Haar detection), and detection settings against recall on
+    PrivateTest faces pasted into photos at 64, 100 and 140 px,
+  * for a tiny net, seed-deep-bn, a flip-TTA residual net and a 3-model ensemble (untrained weights: speed does not
+    depend on them), with each runtime (keras: ``predict_on_batch``; exported: ONNX Runtime):
+    faces/s one face at a time and at batch 64, and ``/predict`` p50/p95 from a real ``fer-exp serve`` subprocess
+    (default micro-batching) for a photo with one face, sequential and with 8 concurrent clients,
+  * the targets for the seed-deep-bn-sized champion (exported): >= 300 faces/s one at a time, /predict p50 <= 15 ms
+    sequential and p95 <= 100 ms with 8 clients.
+It needs only the project's own install (HTTP through the standard library). Timings on a shared CPU are noisy:
+the load average is printed at start and end; compare rows of one run rather than runs.
 
-    python bench/serve_latency.py [--model PATH_OR_URI] [--tracking-uri URI] [--requests 200] [--strict]
+    python bench/serve_latency.py [--requests 100] [--models tiny,seed-deep-bn,tta-residual,ensemble3]
+                                  [--runtimes keras,exported] [--no-server] [--strict]
 """
 
 from __future__ import annotations
@@ -23,71 +22,151 @@ from __future__ import annotations
 import _common  # noqa: F401  (environment first)
 
 import argparse
+import http.client
+import json
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from _common import TMP, default_cache_dir, default_data_path, machine_line, quiet_libraries
 
-P50_TARGET_MS = 50.0
-FACES_PER_S_TARGET = 300.0
+# The servers and this process share one export cache (the graph is exported once, here).
+os.environ["FER_EXP_CACHE"] = str(TMP / "cache")
+
+TARGET_FACES_PER_S = 300.0
+TARGET_P50_MS = 15.0
+TARGET_P95_8_MS = 100.0
+MODELS = ("tiny", "seed-deep-bn", "tta-residual", "ensemble3")
+RUNTIMES = ("keras", "exported")
 
 
-def per_call_ms(fn: Callable[[], Any], n: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n * 1000
-
-
-def small_model() -> Any:
-    from fer_experiments.models.builder import build_model
+# --------------------------------------------------------------------------------------------------- models
+def _params(**kw: Any) -> Any:
     from fer_experiments.params import ModelParams
 
-    return build_model(ModelParams(conv_blocks=3, convs_per_block=1, filters=16, batchnorm="after_activation",
-                                   conv_dropout=0.2, head="global_avg", dense_layers=1, dense_units=64),
-                       name="cpu_quick_like")
+    return ModelParams(**kw)
 
 
-def classification(models: dict[str, Any]) -> dict[str, float]:
-    """Print the call options and faces/s; return one-at-a-time faces/s per model."""
+def tiny() -> Any:
+    from fer_experiments.models.builder import build_model
+
+    return build_model(_params(conv_blocks=3, convs_per_block=1, filters=16, batchnorm="after_activation",
+                               conv_dropout=0.2, head="global_avg", dense_layers=1, dense_units=64), name="tiny")
+
+
+def seed_deep_bn() -> Any:
+    from fer_experiments.models.builder import build_model
+    from fer_experiments.models.presets import get_preset
+
+    return build_model(get_preset("seed-deep-bn").model, name="seed_deep_bn")
+
+
+def residual_net() -> Any:
+    """Three residual blocks (16-32-64, conv-BN-relu x2 + strided 1x1 shortcut), global average pooling."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(48, 48, 1), dtype="float32", name="pixels")
+    x = layers.Rescaling(1 / 255)(inputs)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    for filters in (16, 32, 64):
+        shortcut = layers.BatchNormalization()(layers.Conv2D(filters, 1, strides=2, use_bias=False)(x))
+        y = layers.Activation("relu")(layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same",
+                                                                                use_bias=False)(x)))
+        y = layers.BatchNormalization()(layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(y))
+        x = layers.Activation("relu")(layers.Add()([y, shortcut]))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(7, activation="softmax", dtype="float32")(x), name="residual")
+
+
+def flip_tta(network: Any) -> Any:
+    """``models.builder.with_tta(network, "flip")`` when the family has it, else the same mean built here."""
+    import keras
+    from keras import layers
+
+    try:
+        from fer_experiments.models.builder import with_tta
+
+        return with_tta(network, "flip")
+    except ImportError:
+        pass
+    # The mirror as a fixed permutation matrix (a Dense layer): saves and reloads with no custom code.
+    inputs = keras.Input(shape=(48, 48, 1), dtype="float32", name="pixels")
+    rows = layers.Reshape((48, 48))(inputs)
+    mirror = layers.Dense(48, use_bias=False, trainable=False, name="mirror")
+    flipped = layers.Reshape((48, 48, 1))(mirror(rows))
+    mirror.set_weights([np.eye(48, dtype="float32")[::-1]])
+    return keras.Model(inputs, layers.Average()([network(inputs), network(flipped)]), name="tta_flip")
+
+
+def ensemble(members: list[Any]) -> Any:
+    """``models.ensemble.build_ensemble`` when present, else the mean of the members as one model."""
+    import keras
+    from keras import layers
+
+    try:
+        from fer_experiments.models.ensemble import build_ensemble
+
+        return build_ensemble(members)
+    except ImportError:
+        pass
+    for i, m in enumerate(members):
+        m.name = f"member_{i}"
+    inputs = keras.Input(shape=(48, 48, 1), dtype="float32", name="pixels")
+    return keras.Model(inputs, layers.Average()([m(inputs) for m in members]), name="ensemble")
+
+
+def build(name: str) -> Any:
     import keras
 
-    from fer_experiments.serving.predictor import Classifier
-
-    one = np.random.default_rng(0).integers(0, 256, (1, 48, 48), dtype=np.uint8)
-    x1 = one[..., None].astype(np.float32)
-    small = models["small"]
-    print("\none face, small model (ms per call):")
-    print(f"  model.predict(x)                {per_call_ms(lambda: small.predict(x1, verbose=0), 20):8.2f}")
-    print(f"  model(x, training=False)        "
-          f"{per_call_ms(lambda: keras.ops.convert_to_numpy(small(x1, training=False)), 50):8.2f}")
-    print(f"  model.predict_on_batch(x)       {per_call_ms(lambda: small.predict_on_batch(x1), 300):8.2f}   (used)")
-    rates = {}
-    print("\nfaces/s through serving's Classifier (one call per batch):")
-    print(f"  {'model':<16}{'params':>10}{'batch 1':>10}{'batch 8':>10}{'batch 64':>10}{'batch 256':>11}")
-    for name, model in models.items():
-        clf = Classifier(model)
-        row = []
-        for batch, n in ((1, 300), (8, 100), (64, 20), (256, 6)):
-            faces = np.repeat(one, batch, axis=0)
-            ms = per_call_ms(lambda: clf.predict_proba(faces), n if name == "small" else max(3, n // 6))
-            row.append(batch / ms * 1000)
-        rates[name] = row[0]
-        print(f"  {name:<16}{model.count_params():>10,}" + "".join(f"{r:>10.0f}" for r in row[:3]) + f"{row[3]:>11.0f}")
-    return rates
+    keras.utils.set_random_seed(1)
+    if name == "tiny":
+        return tiny()
+    if name == "seed-deep-bn":
+        return seed_deep_bn()
+    if name == "tta-residual":
+        return flip_tta(residual_net())
+    if name == "ensemble3":
+        return ensemble([tiny(), residual_net(), tiny()])
+    raise SystemExit(f"unknown model {name}")
 
 
-def photo_bytes(data_path: str) -> bytes:
-    """A 640x480 mid-grey JPEG with one real PrivateTest face of 140 px (the first the detector finds)."""
+# --------------------------------------------------------------------------------------------------- timing
+def rate(fn: Callable[[], Any], faces_per_call: int, seconds: float = 2.0, min_calls: int = 3) -> tuple[float, float]:
+    """(faces per wall second, faces per CPU second of this process) of ``fn`` run for about ``seconds`` (after 2
+    warm-up calls). The CPU figure is what the work costs whatever else runs on the machine."""
+    fn()
+    fn()
+    calls = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    while calls < min_calls or time.perf_counter() - t0 < seconds:
+        fn()
+        calls += 1
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return calls * faces_per_call / wall, calls * faces_per_call / max(cpu, 1e-9)
+
+
+def cpu_ms(fn: Callable[[], Any], n: int) -> float:
+    """Thread CPU milliseconds per call (less sensitive to other jobs than wall time on a shared CPU)."""
+    fn()
+    t0 = time.thread_time()
+    for _ in range(n):
+        fn()
+    return (time.thread_time() - t0) / n * 1000
+
+
+# -------------------------------------------------------------------------------------------------- photos
+def pasted_photos(data_path: str, n: int = 40) -> tuple[bytes, list[tuple[np.ndarray, list[tuple[int, int, int]]]]]:
+    """One 640x480 JPEG with one 140 px face (the REST requests), and ``n`` gray photos with three PrivateTest
+    faces each at 64, 100 and 140 px on a gradient (detection recall)."""
     import cv2
 
     from fer_experiments.data import load_dataset
@@ -95,131 +174,240 @@ def photo_bytes(data_path: str) -> bytes:
 
     x = load_dataset(data_path, cache_dir=default_cache_dir()).split("PrivateTest").x
     det = FaceDetector()
+    one = None
     for face in x[:200]:
         img = np.full((480, 640), 128, np.uint8)
         img[170:310, 250:390] = cv2.resize(face, (140, 140), interpolation=cv2.INTER_CUBIC)
         data = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])[1]
         if len(det.detect(cv2.imdecode(data, cv2.IMREAD_GRAYSCALE))) == 1:
-            return data.tobytes()
-    raise SystemExit("no detectable face among the first 200 PrivateTest faces")
+            one = data.tobytes()
+            break
+    if one is None:
+        raise SystemExit("no detectable face among the first 200 PrivateTest faces")
+    background = np.tile(np.linspace(90, 170, 640).astype(np.uint8), (480, 1))
+    photos = []
+    for i in range(n):
+        img = background.copy()
+        slots = []
+        for j, (sx, sy) in enumerate([(40, 60), (250, 200), (460, 120)]):
+            size = (64, 100, 140)[(i + j) % 3]
+            img[sy:sy + size, sx:sx + size] = cv2.resize(x[1000 + 3 * i + j], (size, size),
+                                                         interpolation=cv2.INTER_CUBIC)
+            slots.append((sx, sy, size))
+        photos.append((img, slots))
+    return one, photos
 
 
-def detection(data: bytes) -> None:
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / float(a[2] * a[3] + b[2] * b[3] - ix * iy)
+
+
+def detection(data: bytes, photos: list[tuple[np.ndarray, list[tuple[int, int, int]]]]) -> None:
+    import io
+
     import cv2
+    from PIL import Image
 
     from fer_experiments.serving.detector import DetectorConfig, FaceDetector
-    from fer_experiments.serving.images import decode_image
+    from fer_experiments.serving.images import decode_image, to_gray
 
-    gray = decode_image(data).gray
-    print("\n640x480 photo, one face (ms):")
-    print(f"  decode (header checks + JPEG)   {per_call_ms(lambda: decode_image(data), 100):8.2f}")
-    full = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    print(f"  haar full size, 1.1 / 5         "
-          f"{per_call_ms(lambda: full.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5), 20):8.2f}"
-          "   (OpenCV's example settings)")
-    for spec in ("haar", "haar-alt"):
-        det = FaceDetector(DetectorConfig(spec=spec))
-        print(f"  {spec + ' tuned (320 px, 1.15 / 4)':<32}{per_call_ms(lambda: det.detect(gray), 100):8.2f}"
-              f"   faces found: {len(det.detect(gray))}")
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # CPU time of one thread: what a request costs, whatever the other jobs do
+    try:
+        colour = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        gray = decode_image(data).gray
+        det = FaceDetector()
+        print("\nwhere a 640x480 JPEG's time goes before classification (CPU ms, one thread):")
+        stages = [("Pillow header checks", lambda: Image.open(io.BytesIO(data)).size),
+                  ("JPEG decode (as training: colour)", lambda: cv2.imdecode(np.frombuffer(data, np.uint8),
+                                                                            cv2.IMREAD_UNCHANGED)),
+                  ("grayscale conversion", lambda: to_gray(colour)),
+                  ("downscale to 320 px (INTER_AREA)", lambda: cv2.resize(gray, (320, 240),
+                                                                         interpolation=cv2.INTER_AREA)),
+                  ("Haar detect (serve's setting)", lambda: det.detect(gray)),
+                  ("whole decode_image + detect", lambda: det.detect(decode_image(data).gray)),
+                  ("a 48x48 crop with ?detect=false", None)]
+        crop = cv2.imencode(".png", cv2.resize(gray[170:310, 250:390], (48, 48)))[1].tobytes()
+        for name, fn in stages:
+            if fn is None:
+                fn = lambda: decode_image(crop).gray  # noqa: E731 - decode + nothing else: no detection
+            print(f"  {name:<38}{cpu_ms(fn, 30):8.2f}")
+        print("\nHaar settings: CPU ms per photo and PrivateTest faces found (40 photos x 3 faces; 64/100/140 px):")
+        settings = {"serve default: 320 px, 1.15 / 4": DetectorConfig(),
+                    "320 px, 1.25 / 3": DetectorConfig(scale_factor=1.25, min_neighbors=3),
+                    "256 px, 1.15 / 4": DetectorConfig(detect_size=256),
+                    "full size, 1.1 / 5 (OpenCV's example)": DetectorConfig(detect_size=0, scale_factor=1.1,
+                                                                            min_neighbors=5)}
+        for name, cfg in settings.items():
+            d = FaceDetector(cfg)
+            found = {64: 0, 100: 0, 140: 0}
+            false = 0
+            t0 = time.thread_time()
+            for img, slots in photos:
+                boxes = [(b.x, b.y, b.w, b.h) for b in d.detect(img)]
+                for sx, sy, size in slots:
+                    found[size] += any(_iou(b, (sx, sy, size, size)) > 0.3 for b in boxes)
+                false += sum(not any(_iou(b, (sx, sy, s, s)) > 0.3 for sx, sy, s in slots) for b in boxes)
+            ms = (time.thread_time() - t0) / len(photos) * 1000
+            print(f"  {name:<40}{ms:7.1f} ms   found {sum(found.values()):3d}/{3 * len(photos)} "
+                  f"({found[64]}/{found[100]}/{found[140]})   false {false}")
+    finally:
+        cv2.setNumThreads(threads)
 
 
-def start_server(model_arg: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "fer_experiments.cli", "serve", "--port", "0", *model_arg],
+# --------------------------------------------------------------------------------------------------- server
+def start_server(args: list[str]) -> tuple[subprocess.Popen, str, list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "fer_experiments.cli", "serve", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=TMP)
     url: list[str] = []
+    lines: list[str] = []
     got = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
+            lines.append(line.rstrip())
             m = re.search(r"serving on (http://\S+)", line)
             if m and not url:
                 url.append(m.group(1))
                 got.set()
-            elif "error" in line.lower():
-                print("  server:", line.rstrip())
 
     threading.Thread(target=read, daemon=True).start()
-    if not got.wait(240):
+    if not got.wait(300):
         proc.kill()
-        raise SystemExit("the server did not start")
-    return proc, url[0]
+        raise SystemExit("the server did not start:\n" + "\n".join(lines[-20:]))
+    return proc, url[0], lines
 
 
-def latency(url: str, data: bytes, requests: int) -> float:
-    import httpx
+def _post(conn: http.client.HTTPConnection, data: bytes) -> float:
+    t0 = time.perf_counter()
+    conn.request("POST", "/predict", body=data, headers={"Content-Type": "image/jpeg"})
+    r = conn.getresponse()
+    body = r.read()
+    elapsed = (time.perf_counter() - t0) * 1000
+    if r.status != 200 or len(json.loads(body)["faces"]) != 1:
+        raise SystemExit(f"/predict answered {r.status}: {body[:200]!r}")
+    return elapsed
 
-    def post(client: httpx.Client) -> tuple[float, float]:
-        t0 = time.perf_counter()
-        r = client.post(url + "/predict", content=data, headers={"Content-Type": "image/jpeg"})
-        elapsed = (time.perf_counter() - t0) * 1000
-        assert r.status_code == 200 and len(r.json()["faces"]) == 1, r.text
-        return elapsed, float(r.json()["time_ms"])
 
-    with httpx.Client(timeout=60) as c:
-        for _ in range(20):
-            post(c)
-        seq = [post(c) for _ in range(requests)]
-    total = np.array([s[0] for s in seq])
-    inside = np.array([s[1] for s in seq])
-    p50 = float(np.percentile(total, 50))
-    print(f"\n/predict, 640x480 JPEG with one face, small model ({requests} requests):")
-    print(f"  sequential       p50 {p50:6.1f} ms   p95 {np.percentile(total, 95):6.1f} ms   "
-          f"(inside the server: p50 {np.percentile(inside, 50):.1f} ms)")
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    clients = 8
-    per_client = max(1, requests // clients)
 
-    def run_client(_: int) -> list[float]:
-        with httpx.Client(timeout=120) as c:
-            return [post(c)[0] for _ in range(per_client)]
+def latency(url: str, data: bytes, requests: int, pid: int) -> tuple[float, float, float, float, float, float]:
+    """(sequential p50, p95, 8-client p50, p95 in ms, 8-client requests/s, server CPU ms per sequential request).
+
+    The server's CPU time per request is what a request costs on an idle machine of this kind; the wall-clock
+    percentiles include the waits for other jobs' work on a shared CPU."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    for _ in range(10):
+        _post(conn, data)
+    cpu0 = process_cpu_seconds(pid)
+    seq = np.array([_post(conn, data) for _ in range(requests)])
+    cpu_per_request = (process_cpu_seconds(pid) - cpu0) / requests * 1000
+    conn.close()
+    per_client = max(5, requests // 8)
+
+    def client(_: int) -> list[float]:
+        c = http.client.HTTPConnection(host, int(port), timeout=120)
+        try:
+            _post(c, data)  # connect + warm
+            return [_post(c, data) for _ in range(per_client)]
+        finally:
+            c.close()
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        conc = np.concatenate(list(pool.map(run_client, range(clients))))
+    with ThreadPoolExecutor(8) as pool:
+        conc = np.concatenate(list(pool.map(client, range(8))))
     wall = time.perf_counter() - t0
-    print(f"  8 concurrent     p50 {np.percentile(conc, 50):6.1f} ms   p95 {np.percentile(conc, 95):6.1f} ms   "
-          f"throughput {len(conc) / wall:.1f} requests/s")
-    return p50
+    return (float(np.percentile(seq, 50)), float(np.percentile(seq, 95)), float(np.percentile(conc, 50)),
+            float(np.percentile(conc, 95)), len(conc) / wall, cpu_per_request)
 
 
+# ----------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=default_data_path(), help="FER2013 CSV (for the real face in the photo)")
-    ap.add_argument("--model", default=None, help="use this model (path or MLflow URI) as the small model")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for --model")
-    ap.add_argument("--requests", type=int, default=200, help="sequential /predict requests (default %(default)s)")
+    ap.add_argument("--data", default=default_data_path(), help="FER2013 CSV (for the real faces in the photos)")
+    ap.add_argument("--requests", type=int, default=100, help="sequential /predict requests per server")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
+    ap.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated, from: keras, exported")
+    ap.add_argument("--no-server", action="store_true", help="skip the /predict measurements")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args(argv)
     quiet_libraries()
     print(machine_line())
-    from fer_experiments.models.builder import build_model
-    from fer_experiments.models.presets import get_preset
+    from fer_experiments.serving.predictor import load_classifier
 
-    if args.model:
-        from fer_experiments.tracking.model_io import load_keras_model
+    names = [m for m in args.models.split(",") if m]
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    photo, photos = pasted_photos(args.data)
+    detection(photo, photos)
 
-        small = load_keras_model(args.model, args.tracking_uri)
-    else:
-        small = small_model()
-    path = TMP / "small.keras"
-    small.save(path)
-    rates = classification({"small": small, "seed-deep-bn": build_model(get_preset("seed-deep-bn").model)})
-    data = photo_bytes(args.data)
-    detection(data)
-    proc, url = start_server(["--model", str(path)])
-    try:
-        p50 = latency(url, data, args.requests)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    ok_latency = p50 <= P50_TARGET_MS
-    ok_rate = rates["small"] >= FACES_PER_S_TARGET
-    print(f"\ntargets: /predict p50 {p50:.1f} ms <= {P50_TARGET_MS:.0f} ms: {'met' if ok_latency else 'MISSED'}; "
-          f"one face at a time {rates['small']:.0f} faces/s >= {FACES_PER_S_TARGET:.0f}: "
-          f"{'met' if ok_rate else 'MISSED'}")
+    rows: list[dict[str, Any]] = []
+    one = np.random.default_rng(0).integers(0, 256, (1, 48, 48), dtype=np.uint8)
+    batch = np.repeat(one, 64, axis=0)
+    print("\nclassification (wall time; faces/s):", flush=True)
+    for name in names:
+        model = build(name)
+        path = TMP / f"{name}.keras"
+        model.save(path)
+        for runtime in runtimes:
+            t0 = time.perf_counter()
+            clf = load_classifier(str(path), None, runtime)
+            load_s = time.perf_counter() - t0
+            if runtime == "exported" and clf.runtime != "exported":
+                print(f"  {name}: could not be exported ({clf.source}); skipped")
+                continue
+            (b1, b1_cpu), (b64, b64_cpu) = rate(lambda: clf.predict_proba(one), 1), rate(
+                lambda: clf.predict_proba(batch), 64)
+            row = {"model": name, "params": model.count_params(), "runtime": runtime, "load_s": load_s,
+                   "b1": b1, "b1_cpu": b1_cpu, "b64": b64, "b64_cpu": b64_cpu}
+            rows.append(row)
+            print(f"  {name:<14}{runtime:<10} one at a time {b1:8.0f} ({b1_cpu:6.0f} per CPU-s)   batch 64 "
+                  f"{b64:8.0f} ({b64_cpu:6.0f} per CPU-s)   (load/export {load_s:.1f} s)", flush=True)
+
+    if not args.no_server:
+        print(f"\n/predict, 640x480 JPEG with one face ({args.requests} sequential, then 8 clients):", flush=True)
+        for row in rows:
+            proc, url, _ = start_server(["--model", str(TMP / f"{row['model']}.keras"), "--runtime", row["runtime"]])
+            try:
+                row["p50"], row["p95"], row["c50"], row["c95"], row["rps"], row["cpu"] = latency(
+                    url, photo, args.requests, proc.pid)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            print(f"  {row['model']:<14}{row['runtime']:<10} p50 {row['p50']:6.1f}  p95 {row['p95']:6.1f}   "
+                  f"8 clients p50 {row['c50']:6.1f}  p95 {row['c95']:6.1f}  {row['rps']:5.1f} req/s   "
+                  f"server CPU {row['cpu']:5.1f} ms/request", flush=True)
+
+    print("\n| model | params | runtime | faces/s, one at a time (per CPU-s) | faces/s, batch 64 (per CPU-s) "
+          "| /predict p50 ms | p95 ms | 8 clients p50 ms | 8 clients p95 ms | server CPU ms/request |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        lat = (f"{r['p50']:.1f} | {r['p95']:.1f} | {r['c50']:.1f} | {r['c95']:.1f} | {r['cpu']:.1f}" if "p50" in r
+               else "- | - | - | - | -")
+        print(f"| {r['model']} | {r['params']:,} | {r['runtime']} | {r['b1']:.0f} ({r['b1_cpu']:.0f}) "
+              f"| {r['b64']:.0f} ({r['b64_cpu']:.0f}) | {lat} |")
+
+    ok = True
+    champion = next((r for r in rows if r["model"] == "seed-deep-bn" and r["runtime"] == "exported"), None)
+    if champion is not None:
+        checks = [("one face at a time", champion["b1"], ">=", TARGET_FACES_PER_S, "faces/s")]
+        if "p50" in champion:
+            checks += [("/predict p50", champion["p50"], "<=", TARGET_P50_MS, "ms"),
+                       ("/predict p95, 8 clients", champion["c95"], "<=", TARGET_P95_8_MS, "ms")]
+        print("\ntargets (seed-deep-bn, exported):")
+        for what, value, op, target, unit in checks:
+            met = value >= target if op == ">=" else value <= target
+            ok &= met
+            print(f"  {what:<26}{value:8.1f} {unit} {op} {target:g}: {'met' if met else 'MISSED'}")
     print(machine_line().replace("at start", "at end"))
-    return 1 if args.strict and not (ok_latency and ok_rate) else 0
+    return 1 if args.strict and not ok else 0
 
 
 if __name__ == "__main__":

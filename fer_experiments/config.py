@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
+from fer_experiments.errors import ConfigError
 from fer_experiments.params import ModelParams, TrainParams
 
 #: The embedded defaults: MLflow's and Optuna's SQLite files and MLflow's artifacts live in this folder.
@@ -16,6 +18,23 @@ DEFAULT_ALIAS = "champion"
 DEFAULT_CHALLENGER_ALIAS = "challenger"
 DEFAULT_EXPERIMENT = "fer-exp"
 DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
+#: Study names become MLflow experiment names, run names, registry tags and file names (keras-tuner's folders):
+#: letters, digits, '_', '.', '-', starting with a letter or digit, at most this long.
+MAX_STUDY_NAME = 100
+_STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_study_name(name: str) -> str:
+    """``name`` if it is a valid study name, else ConfigError (checked before any store or study is created)."""
+    shown = repr(name[:40] + "...") if len(name) > 40 else repr(name)
+    if not name:
+        raise ConfigError("--study: the study name is empty")
+    if len(name) > MAX_STUDY_NAME:
+        raise ConfigError(f"--study {shown}: the study name has {len(name)} characters; at most {MAX_STUDY_NAME}")
+    if not _STUDY_NAME_RE.match(name):
+        raise ConfigError(f"--study {shown}: a study name takes letters, digits, '_', '.' and '-', "
+                          "and starts with a letter or digit")
+    return name
 
 
 @dataclass(frozen=True)
@@ -74,3 +93,10 @@ class SearchConfig:
     grace_period: int = 180
     #: GPU index this worker is pinned to (tagged on its runs), or None.
     gpu: int | None = None
+    #: ``--budget``: the wall-clock time (``time.time()``) by which the whole command, refit included, must end.
+    budget_deadline: float | None = None
+    #: ``--refit/--no-refit``: retrain the best trials after the search; None = when the space has ``refit:``.
+    refit: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_study_name(self.study)

@@ -51,3 +51,19 @@ EXIT_SIGTERM = 143
 class Terminated(KeyboardInterrupt):
     """SIGTERM turned into an exception (a KeyboardInterrupt, so Optuna marks the running trial FAIL and MLflow's
     run ends KILLED on the way out, exactly as for Ctrl-C); the CLI exits 143."""
+
+
+#: How much of a user's value a message quotes: enough to recognise it, never a whole file or an expanded bomb.
+MAX_QUOTED = 60
+
+
+def short_repr(value: object, limit: int = MAX_QUOTED) -> str:
+    """``repr(value)`` cut to ``limit`` characters, computed without building the full repr of a huge value."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 8
+    r.maxlevel = 3
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

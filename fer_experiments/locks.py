@@ -7,6 +7,7 @@ leave duplicate-key errors or a broken schema; whoever holds the lock creates it
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +17,8 @@ from fer_experiments.io import file_lock
 STORE_SETUP_KEY = 0x0FE2E3B1
 STUDY_SETUP_KEY = 0x0FE2E3B2
 TRIAL_GATE_KEY = 0x0FE2E3B3
+#: Promote / rollback of one registered model (combined with a hash of the model's name).
+REGISTRY_KEY = 0x0FE2E3B4
 
 
 def is_postgres(url: str) -> bool:
@@ -25,6 +28,37 @@ def is_postgres(url: str) -> bool:
 def sqlite_file(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL, or None for other URLs."""
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+def unwritable(path: Path) -> str | None:
+    """Why files cannot be written at ``path`` (a file, or a folder to create files in), or None.
+
+    ``os.access`` also reports a read-only file system (EROFS), also for root. A path that does not exist yet is
+    judged by its nearest existing parent folder, where it would be created.
+    """
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return None
+        probe = probe.parent
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is read-only" if probe == path else f"{probe} is read-only (cannot create {path})"
+    if probe.is_file() and not os.access(probe, os.W_OK):
+        return f"{probe} is read-only"
+    return None
+
+
+def sqlite_write_problem(url: str, extra_dirs: tuple[Path, ...] = ()) -> str | None:
+    """Why the SQLite database of ``url`` cannot be written (the file, or its folder, where SQLite writes its journal
+    and fer-exp its lock files), or None; None for other URLs."""
+    db = sqlite_file(url)
+    if db is None:
+        return None
+    for path in (db, db.parent, *extra_dirs):
+        problem = unwritable(path)
+        if problem:
+            return problem
+    return None
 
 
 def lock_file_beside(db: Path, suffix: str = ".lock") -> Path:

@@ -7,11 +7,25 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from fer_experiments.errors import ConfigError
+from fer_experiments.errors import ConfigError, short_repr
 
 BATCHNORM_PLACEMENTS: tuple[str, ...] = ("none", "before_activation", "after_activation", "dense_only")
 HEADS: tuple[str, ...] = ("flatten", "global_avg")
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "swish")
+#: Hard upper bounds of the size parameters: far above anything useful on 48x48 images, far below what kills a
+#: machine (a single conv of 19,620 filters at batch 64 needs ~20 GiB). The trainer also checks the estimated memory
+#: of the whole model against what is available (``models.memory``).
+MAX_FILTERS = 1024
+MAX_BLOCK_FILTERS = 4096
+MAX_FILTER_GROWTH = 4.0
+MAX_DENSE_UNITS = 8192
+MAX_BATCH_SIZE = 4096
+MAX_EPOCHS = 1000
+#: plain: stacked convolutions; residual: the block's convolutions plus a shortcut (a 1x1 projection when the width
+#: changes); separable: depthwise-separable convolutions, 3x3/2 max-pool and a strided 1x1 shortcut (mini-Xception).
+BLOCKS: tuple[str, ...] = ("plain", "residual", "separable")
+#: Test-time augmentation built into the exported model: none, or the mean of the image's and its mirror's probabilities.
+TTAS: tuple[str, ...] = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -33,27 +47,40 @@ class ModelParams:
     dense_dropout: float = 0.5
     head: str = "flatten"
     l2: float = 0.0
+    block: str = "plain"
+    #: Filters of a stem of two 3x3 convolutions before the blocks (0: no stem); mini-Xception starts with one.
+    stem_filters: int = 0
+    #: Built into the exported model only (training trains the network itself): see ``models.builder.with_tta``.
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
             (1 <= self.conv_blocks <= 5, f"conv_blocks must be 1-5, got {self.conv_blocks}"),
             (1 <= self.convs_per_block <= 3, f"convs_per_block must be 1-3, got {self.convs_per_block}"),
-            (self.filters >= 1, f"filters must be >= 1, got {self.filters}"),
-            (self.filter_growth > 0, f"filter_growth must be > 0, got {self.filter_growth}"),
+            (1 <= self.filters <= MAX_FILTERS, f"filters must be 1-{MAX_FILTERS}, got {self.filters}"),
+            (0 < self.filter_growth <= MAX_FILTER_GROWTH,
+             f"filter_growth must be in (0, {MAX_FILTER_GROWTH:g}], got {self.filter_growth}"),
             (self.kernel_size in (1, 3, 5, 7), f"kernel_size must be 1, 3, 5 or 7, got {self.kernel_size}"),
             (self.batchnorm in BATCHNORM_PLACEMENTS,
-             f"batchnorm must be one of {', '.join(BATCHNORM_PLACEMENTS)}; got {self.batchnorm!r}"),
-            (self.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}"),
+             f"batchnorm must be one of {', '.join(BATCHNORM_PLACEMENTS)}; got {short_repr(self.batchnorm)}"),
+            (self.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}; got {short_repr(self.activation)}"),
             (0.0 <= self.conv_dropout < 1.0, f"conv_dropout must be in [0, 1), got {self.conv_dropout}"),
             (0 <= self.dense_layers <= 6, f"dense_layers must be 0-6, got {self.dense_layers}"),
-            (self.dense_units >= 1, f"dense_units must be >= 1, got {self.dense_units}"),
+            (1 <= self.dense_units <= MAX_DENSE_UNITS, f"dense_units must be 1-{MAX_DENSE_UNITS}, got {self.dense_units}"),
             (0.0 <= self.dense_dropout < 1.0, f"dense_dropout must be in [0, 1), got {self.dense_dropout}"),
-            (self.head in HEADS, f"head must be one of {', '.join(HEADS)}; got {self.head!r}"),
+            (self.head in HEADS, f"head must be one of {', '.join(HEADS)}; got {short_repr(self.head)}"),
             (self.l2 >= 0.0, f"l2 must be >= 0, got {self.l2}"),
+            (self.block in BLOCKS, f"block must be one of {', '.join(BLOCKS)}; got {self.block!r}"),
+            (0 <= self.stem_filters <= 512, f"stem_filters must be 0-512, got {self.stem_filters}"),
+            (self.tta in TTAS, f"tta must be one of {', '.join(TTAS)}; got {self.tta!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        widest = self.block_filters()[-1]
+        if widest > MAX_BLOCK_FILTERS:
+            raise ConfigError(f"filters {self.filters} x filter_growth {self.filter_growth:g} over {self.conv_blocks} "
+                              f"blocks gives {widest} filters in the last block; at most {MAX_BLOCK_FILTERS}")
 
     def block_filters(self) -> list[int]:
         """Filters of each conv block."""
@@ -80,22 +107,29 @@ class TrainParams:
     augment_zoom: float = 0.0
     label_smoothing: float = 0.0
     seed: int = 42
+    #: Pad this many pixels by reflection and crop a random 48x48 window back (0: off).
+    augment_crop: int = 0
+    #: Wall-clock limit of the training in seconds (0: none): it stops after the epoch that would overrun (or
+    #: mid-epoch past the limit), keeps the best epoch, and a cosine schedule is sized to the epochs that fit.
+    time_budget_s: float = 0.0
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}"),
+            (1 <= self.epochs <= MAX_EPOCHS, f"epochs must be 1-{MAX_EPOCHS}, got {self.epochs}"),
+            (1 <= self.batch_size <= MAX_BATCH_SIZE, f"batch_size must be 1-{MAX_BATCH_SIZE}, got {self.batch_size}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {short_repr(self.optimizer)}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.lr_schedule in LR_SCHEDULES,
-             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}"),
-            (self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0"),
+             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {short_repr(self.lr_schedule)}"),
+            (0 <= self.early_stopping_patience <= MAX_EPOCHS, f"early_stopping_patience must be 0-{MAX_EPOCHS}"),
             (self.class_weight in CLASS_WEIGHTS,
-             f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}; got {self.class_weight!r}"),
+             f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}; got {short_repr(self.class_weight)}"),
             (0.0 <= self.augment_rotation <= 0.5, f"augment_rotation must be in [0, 0.5], got {self.augment_rotation}"),
             (0.0 <= self.augment_translation <= 0.5, f"augment_translation must be in [0, 0.5], got {self.augment_translation}"),
             (0.0 <= self.augment_zoom <= 0.5, f"augment_zoom must be in [0, 0.5], got {self.augment_zoom}"),
             (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.augment_crop <= 16, f"augment_crop must be 0-16 pixels, got {self.augment_crop}"),
+            (self.time_budget_s >= 0.0, f"time_budget_s must be >= 0, got {self.time_budget_s}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -104,7 +138,8 @@ class TrainParams:
     @property
     def augments(self) -> bool:
         """Whether any augmentation layer is switched on."""
-        return self.augment_flip or self.augment_rotation > 0 or self.augment_translation > 0 or self.augment_zoom > 0
+        return (self.augment_flip or self.augment_rotation > 0 or self.augment_translation > 0 or self.augment_zoom > 0
+                or self.augment_crop > 0)
 
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
@@ -119,6 +154,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS,
     "lr_schedule": LR_SCHEDULES,
     "class_weight": CLASS_WEIGHTS,
+    "block": BLOCKS,
+    "tta": TTAS,
 }
 
 MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelParams))
@@ -160,7 +197,7 @@ def _coerce(name: str, value: Any) -> Any:
             return value.lower() == "true"
     except (TypeError, ValueError):
         pass
-    raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
+    raise ConfigError(f"{name} must be {kind.__name__}, got {short_repr(value)}")
 
 
 def flat_params(model: ModelParams, train: TrainParams) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """``fer-exp``: a thin click shell. Parse options -> build one typed config -> call the library -> exit code.
 
-One module per command family (``data``, ``train``, ``search``, ``registry``, ``serve``); options several commands
+One module per command family (``data``, ``train``, ``search``, ``ensemble``, ``registry``, ``serve``); options several commands
 share are declared once in ``options``. Heavy libraries (TensorFlow, MLflow, Optuna) are imported inside the
 commands so that ``--help`` is instant.
 Exit codes: 0 ok, 2 bad config/usage, 3 bad data, 4 failed training, 5 fatal, 6 refused, 130 Ctrl-C, 143 SIGTERM.
@@ -105,11 +105,12 @@ def cli() -> None:
 
 def _register() -> None:
     """Add every command family's commands to the group (each lives in its own module of this package)."""
-    from fer_experiments.cli import data, registry, report, search, serve, train
+    from fer_experiments.cli import data, ensemble, explain, registry, report, search, serve, train
 
     for command in (data.data, data.presets, train.train, train.evaluate, search.search, search.worker,
-                    search.reconcile, search.studies, search.compare_engines_command, report.report, registry.promote,
-                    registry.rollback, registry.models, serve.predict, serve.serve):
+                    search.reconcile, search.studies, search.compare_engines_command, report.report,
+                    ensemble.ensemble, ensemble.distill, registry.promote,
+                    registry.rollback, registry.models, serve.predict, serve.serve, explain.explain):
         cli.add_command(command)
 
 

@@ -48,7 +48,8 @@ def promote(study: str | None, run_id: str | None, data_path: str | None, model_
                         min_accuracy=min_accuracy, cache_dir=cache_dir)
     r = do_promote(cfg, on_alias_moved=_sync_service)
     c = r.candidate
-    source = f"study {c.study} trial {c.trial}" if c.study else "run"
+    # An ensemble or distilled run belongs to a study but to no trial.
+    source = (f"study {c.study}" + (f" trial {c.trial}" if c.trial is not None else "")) if c.study else "run"
     click.echo(f"{'':<20} {'version':>8} {'PublicTest acc':>15} {'PrivateTest acc':>16}  source")
     click.echo(f"{'candidate':<20} {r.version or '-':>8} {fmt(c.public_accuracy):>15} {fmt(c.private_accuracy):>16}  "
                f"{source} (run {c.run_id})")
@@ -91,7 +92,10 @@ def models(model_name: str | None, as_json: bool, tracking_uri: str | None) -> N
     from fer_experiments.registry.promote import list_models
     from fer_experiments.tracking import prepare_store
 
+    from fer_experiments.tracking.store import require_existing_store
+
     uri = tracking_uri_or_default(tracking_uri)
+    require_existing_store(uri)  # a reading command never creates a store
     prepare_store(uri)
     rows = list_models(uri, model_name)
     if as_json:
@@ -105,4 +109,9 @@ def models(model_name: str | None, as_json: bool, tracking_uri: str | None) -> N
     for r in rows:
         click.echo(f"{r.name:<10} {r.version:>7} {','.join(r.aliases) or '-':<28} {r.study or '-':<12} "
                    f"{r.trial or '-':>5} {fmt(r.public_accuracy):>8} {fmt(r.public_macro_f1):>8} "
-                   f"{fmt(r.private_accuracy):>8} {fmt(r.private_macro_f1):>8}")
+                   f"{fmt(r.private_accuracy):>8} {fmt(r.private_macro_f1):>8}"
+                   + ("  ARTIFACTS MISSING" if r.missing else ""))
+    for r in rows:
+        if r.missing:
+            click.echo(f"warning: {r.name} version {r.version}"
+                       f"{' (' + ','.join(r.aliases) + ')' if r.aliases else ''} cannot be loaded: {r.missing}")

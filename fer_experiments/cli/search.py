@@ -21,6 +21,10 @@ from fer_experiments.cli.options import (
     worker_options,
 )
 from fer_experiments.config import DEFAULT_STORAGE
+from fer_experiments.errors import ConfigError
+
+#: The trial target of a --budget search without --n-trials: as many as the budget allows.
+BUDGET_TRIALS = 10**6
 
 _max_failures_option = click.option(
     "--max-consecutive-failures", type=click.IntRange(min=1), default=5, show_default=True,
@@ -32,9 +36,16 @@ _max_failures_option = click.option(
 @click.option("--space", "space_path", required=True,
               help="Search space: a YAML file, or the name of a shipped space (cpu-quick, seed-family, gpu-full).")
 @click.option("--study", required=True, help="Study name; the same name resumes it.")
-@click.option("--n-trials", type=click.IntRange(min=1), required=True,
-              help="Finished (complete + pruned) trials the study should hold; a rerun adds the missing ones.")
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Finished (complete + pruned) trials the study should hold; a rerun adds the missing ones "
+                   "[required unless --budget is given; with --budget, as many as fit].")
 @click.option("--timeout", default=None, help="Stop starting new trials after this long (e.g. 90m, 6h).")
+@click.option("--budget", default=None, metavar="DURATION",
+              help="Wall-clock budget of the whole command, refit included (e.g. 60m): trials stop starting when "
+                   "the rest is what the refit needs, and every training is bounded by time.")
+@click.option("--refit/--no-refit", default=None,
+              help="Retrain the best trials on all of Training after the search and register the best refit as "
+                   "challenger [default: when the space has a refit: section].")
 @click.option("--enqueue", multiple=True, metavar="PRESET", help="Start the study from a preset (repeatable).")
 @search_limit_option
 @_max_failures_option
@@ -48,23 +59,37 @@ _max_failures_option = click.option(
 @click.option("--tuner", type=click.Choice(["hyperband", "bayesian", "random"]), default="hyperband",
               show_default=True, help="keras-tuner's tuner (with --engine keras-tuner).")
 @worker_options
-def search(data_path: str, space_path: str, study: str, n_trials: int, timeout: str | None, enqueue: tuple[str, ...],
+def search(data_path: str, space_path: str, study: str, n_trials: int | None, timeout: str | None, budget: str | None,
+           refit: bool | None, enqueue: tuple[str, ...],
            limit: int | None, max_consecutive_failures: int, model_name: str, experiment: str | None, storage: str,
            tracking_uri: str | None, cache_dir: str | None, engine: str, tuner: str, gpu: int | None,
            heartbeat_interval: int, grace_period: int) -> None:
     """Search the CNN family (Optuna or keras-tuner); every trial is an MLflow child run of the study's parent run."""
+    import time
+
     from fer_experiments.config import DataConfig, SearchConfig
+    from fer_experiments.errors import ConfigError
     from fer_experiments.search.engines import make_engine
 
+    started = time.time()  # the budget counts from here: imports, data loading and logging are part of it
+    budget_seconds = parse_duration(budget, "--budget")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise ConfigError(f"--budget {budget!r}: must be a positive duration (e.g. 60m)")
+    if n_trials is None and budget_seconds is None:
+        raise ConfigError("give --n-trials, --budget or both")
     pin_gpu(gpu)
     cfg = SearchConfig(data=DataConfig(path=data_path, limit=limit, cache_dir=cache_dir),
                        tracking_uri=tracking_uri_or_default(tracking_uri), study=study, storage=storage,
-                       space_path=space_path, n_trials=n_trials, experiment=experiment,
-                       timeout_seconds=parse_duration(timeout), enqueue=enqueue,
+                       space_path=space_path, n_trials=n_trials if n_trials is not None else BUDGET_TRIALS,
+                       experiment=experiment, timeout_seconds=parse_duration(timeout), enqueue=enqueue,
                        max_consecutive_failures=max_consecutive_failures, model_name=model_name, gpu=gpu,
-                       heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+                       heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                       budget_deadline=None if budget_seconds is None else started + budget_seconds, refit=refit)
     options: dict[str, Any] = {"enqueue": enqueue} | ({"tuner": tuner} if engine == "keras-tuner" else {})
-    hint = ["search", "--data", data_path, "--space", space_path, "--study", study, "--n-trials", str(n_trials)]
+    hint = ["search", "--data", data_path, "--space", space_path, "--study", study]
+    hint += ["--n-trials", str(n_trials)] if n_trials is not None else []
+    hint += ["--budget", budget] if budget is not None else []
+    hint += [] if refit is None else ["--refit" if refit else "--no-refit"]
     if engine != "optuna":
         hint += ["--engine", engine, "--tuner", tuner]
     run_search_command(cfg, make_engine(engine, **options), _resume_hint(hint, cfg, tracking_uri))
@@ -114,16 +139,30 @@ def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
 
     try:
         outcome = run_search(cfg, engine)
-    except KeyboardInterrupt:
-        click.echo(f"\nstopped; the running trial was marked FAIL (MLflow run KILLED). Resume with:\n  {resume_hint}",
-                   err=True)
+    except KeyboardInterrupt as exc:
+        info = getattr(exc, "search_interruption", None)
+        lines = ["", "stopped; " + (
+            "the running trial was marked FAIL (MLflow run KILLED)" if info is None else
+            "no trial was running (every trial so far had ended)" if info.running_trial is None else
+            f"trial {info.running_trial} was running: marked FAIL (its MLflow run KILLED)")]
+        if info is not None and info.registered_version:
+            lines.append(f"registered {cfg.model_name} version {info.registered_version} (alias challenger) from "
+                         f"trial {info.best_trial}, the study's best ({info.best_value:.4f})")
+        if info is not None and info.note:
+            lines.append(f"note: {info.note}")
+        click.echo("\n".join(lines + [f"Resume with:\n  {resume_hint}"]), err=True)
         raise
     for note in outcome.notes:
         click.echo(f"note: {note}")
     click.echo(format_outcome(outcome))
+    for number, run_id, state, value in outcome.refits:
+        shown = "" if value is None else f" {value:.4f}"
+        click.echo(f"refit of trial {number}: {state}{shown} (run {run_id})")
     if outcome.registered_version:
+        source = (f"the refit of trial {outcome.challenger_trial}" if outcome.challenger_run_id
+                  and outcome.challenger_run_id != outcome.best_run_id else f"trial {outcome.best_trial}")
         click.echo(f"registered {cfg.model_name} version {outcome.registered_version} (alias challenger) "
-                   f"from trial {outcome.best_trial}")
+                   f"from {source}")
     from fer_experiments.tracking import get_run
 
     experiment_id = get_run(cfg.tracking_uri, outcome.parent_run_id).experiment_id if outcome.parent_run_id else None
@@ -132,19 +171,37 @@ def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, help="The Optuna study whose dead workers' trials to clean up.")
+@click.option("--study", default=None,
+              help="Only this Optuna study [default: the whole store: every study of --storage and every RUNNING "
+                   "MLflow run, `train` runs included].")
 @storage_option
 @tracking_option
 @click.option("--grace-period", type=click.IntRange(min=1), default=180, show_default=True,
-              help="Seconds without a heartbeat after which a RUNNING trial's worker counts as dead.")
-def reconcile(study: str, storage: str, tracking_uri: str | None, grace_period: int) -> None:
-    """Fail trials whose worker died and mark their orphaned MLflow runs KILLED (workers also do this at start)."""
+              help="Seconds without a heartbeat after which a RUNNING trial or run of another host counts as dead "
+                   "(runs of this host whose process is gone are ended at once).")
+def reconcile(study: str | None, storage: str, tracking_uri: str | None, grace_period: int) -> None:
+    """End what dead processes left RUNNING: fail their Optuna trials and mark their MLflow runs KILLED."""
     from fer_experiments.search.engines.optuna import reconcile_study
+    from fer_experiments.search.reconcile import reconcile_runs
+    from fer_experiments.search.study import list_studies
+    from fer_experiments.tracking.store import require_existing_store
 
-    notes = reconcile_study(storage, study, tracking_uri_or_default(tracking_uri), grace_period)
+    uri = tracking_uri_or_default(tracking_uri)
+    if study is not None:
+        notes = reconcile_study(storage, study, uri, grace_period)
+    else:
+        require_existing_store(uri)
+        notes = []
+        try:
+            names = [row.name for row in list_studies(storage)]
+        except ConfigError:
+            names = []  # no Optuna storage here: MLflow runs only
+        for name in names:
+            notes += reconcile_study(storage, name, uri, grace_period)
+        notes += reconcile_runs(uri, grace_period)
     for note in notes:
         click.echo(note)
-    click.echo(f"reconciled study {study}: {len(notes)} change(s)")
+    click.echo(f"reconciled {'study ' + study if study else 'the whole store'}: {len(notes)} change(s)")
 
 
 @click.command()

@@ -32,6 +32,9 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--margin", type=click.FloatRange(0, 1), default=None,
                      help="Widen each detected box by this fraction on every side before cropping "
                           "[default: 0.03, the framing of FER2013's faces]."),
+        click.option("--runtime", type=click.Choice(["exported", "keras"]), default="exported", show_default=True,
+                     help="exported: the model's ONNX graph in ONNX Runtime (exported now and logged to its run if "
+                          "it has none yet; Keras when it cannot be exported); keras: the Keras model itself."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -51,28 +54,71 @@ def _margin(margin: float | None) -> float:
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
+@click.argument("images", nargs=-1, type=click.Path(dir_okay=False, path_type=str))
 @_common_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Write each image with its boxes and labels drawn into this folder (same file name).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON list (a result or an error per image).")
+@click.option("--out", "out_path", type=click.Path(path_type=str), default=None,
+              help="Images: write each with its boxes and labels drawn into this folder (same file name). "
+                   "A video or --camera: the annotated video file to write (.mp4 or .avi).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list (a result or an error per image); for a "
+                                                      "video, the summary as JSON.")
 @click.option("--no-detect", is_flag=True, help="Classify each whole image as one face (for 48x48 crops).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse images with more pixels than this [default: 40,000,000].")
+@click.option("--camera", type=click.IntRange(min=0), default=None,
+              help="Read webcam N (0: the first) instead of files, until Ctrl-C or --max-frames.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Video: analyse every k-th frame (the frames between keep the last labels).")
+@click.option("--window", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Video: average each face's probabilities over its last N analysed frames (1: no smoothing).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Video: where to write one row per face and analysed frame [default: beside --out, else "
+                   "<video name>-faces.csv].")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Video: stop after this many frames.")
 def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, detector: str, detect_size: int,
-            min_face: int, margin: float | None, out_dir: str | None, as_json: bool, no_detect: bool,
-            max_pixels: int | None) -> None:
+            min_face: int, margin: float | None, runtime: str, out_path: str | None, as_json: bool,
+            no_detect: bool, max_pixels: int | None, camera: int | None, every: int, window: int,
+            csv_path: str | None, max_frames: int | None) -> None:
     """Find every face in IMAGES, classify them and print box, label and the 7 probabilities per face.
 
     An image with no face is reported as such (exit 0). A file that cannot be read or is not an image gets one
     `error:` line and the other files are still processed; the exit code is then 3 (bad data).
+
+    \b
+    Videos and webcams (the real-time path):
+      fer-exp predict clip.mp4 --out annotated.mp4          # + annotated.csv, frames per second printed
+      fer-exp predict --camera 0 --out webcam.mp4 --every 2  # until Ctrl-C
+    Every face is followed from frame to frame and its label averaged over --window analysed frames so that it
+    does not flicker; the CSV has one row per face and analysed frame (frame, time, box, label, probabilities).
     """
+    from fer_experiments.serving.video import is_video
+
+    if camera is not None or any(is_video(name) for name in images):
+        if camera is not None and images:
+            raise click.UsageError("give either --camera or files, not both")
+        if len(images) > 1:
+            raise click.UsageError("give one video at a time")
+        if no_detect:
+            raise click.UsageError("--no-detect is for 48x48 images, not videos")
+        _predict_video(camera if camera is not None else images[0], model_uri, tracking_uri, detector, detect_size,
+                       min_face, margin, runtime, out_path, csv_path, as_json, every, window, max_frames)
+        return
+    if not images:
+        raise click.UsageError("give one or more images, a video, or --camera N")
+    if out_path is not None and Path(out_path).is_file():
+        raise click.BadParameter(f"{out_path!r} is a file; for images --out is a folder", param_hint="'--out'")
+    _predict_images(images, model_uri, tracking_uri, detector, detect_size, min_face, margin, runtime, out_path,
+                    as_json, no_detect, max_pixels)
+
+
+def _predict_images(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, detector: str,
+                    detect_size: int, min_face: int, margin: float | None, runtime: str, out_dir: str | None,
+                    as_json: bool, no_detect: bool, max_pixels: int | None) -> None:
     from fer_experiments.errors import DataError
     from fer_experiments.serving.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
     from fer_experiments.serving.predictor import load_model
 
     det = None if no_detect else _detector(detector, detect_size, min_face)
-    loaded = load_model(model_uri, tracking_uri, det, _margin(margin))
+    loaded = load_model(model_uri, tracking_uri, det, _margin(margin), runtime)
     pixel_limit = max_pixels or DEFAULT_MAX_PIXELS
     results: list[dict[str, Any]] = []
     bad: list[str] = []
@@ -103,6 +149,59 @@ def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, d
         raise DataError(f"{len(bad)} of {len(images)} files could not be classified: {', '.join(bad)}")
 
 
+def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, detector: str, detect_size: int,
+                   min_face: int, margin: float | None, runtime: str, out_path: str | None, csv_path: str | None,
+                   as_json: bool, every: int, window: int, max_frames: int | None) -> None:
+    """``predict`` on a video file or a webcam: annotated video + CSV, a summary and the frames per second."""
+    import time
+
+    from fer_experiments.errors import DataError, Terminated
+    from fer_experiments.serving.predictor import load_model
+    from fer_experiments.serving.video import FOURCC, VideoConfig, analyse_video, open_capture
+
+    config = VideoConfig(every=every, window=window, max_frames=max_frames)
+    if out_path is not None and Path(out_path).suffix.lower() not in FOURCC:
+        raise click.BadParameter(f"{out_path!r}: write the annotated video as {', '.join(sorted(FOURCC))}",
+                                 param_hint="'--out'")
+    stem = f"camera{source}" if isinstance(source, int) else Path(source).stem
+    csv_target = csv_path or (str(Path(out_path).with_suffix(".csv")) if out_path else f"{stem}-faces.csv")
+    open_capture(source).release()  # a missing or unreadable video or camera fails at once, before the model loads
+    loaded = load_model(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin), runtime)
+    last = [time.perf_counter()]
+
+    def progress(index: int, faces: list[Any]) -> None:  # a line every 5 s, so a webcam run shows it is alive
+        now = time.perf_counter()
+        if now - last[0] >= 5 and not as_json:
+            last[0] = now
+            labels = ", ".join(f"{f.track}: {f.label}" for f in faces) or "no face"
+            click.echo(f"  frame {index}: {labels}", err=True)
+
+    summary = analyse_video(source, loaded.predictor, out_path, csv_target, config, on_frame=progress)
+    info = summary.to_dict() | {"model": loaded.info(), "annotated": out_path, "csv": csv_target}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(f"{summary.source}: {summary.frames} frames ({summary.width}x{summary.height}, {summary.fps:.1f} "
+                   f"fps), {summary.analysed} analysed, {summary.frames_with_faces} with a face, "
+                   f"{len(summary.labels)} face{'' if len(summary.labels) == 1 else 's'} followed")
+        for track, counts in sorted(summary.labels.items()):
+            total = sum(counts.values())
+            label, n = max(counts.items(), key=lambda kv: kv[1])
+            click.echo(f"  face {track}: {total} analysed frames, mostly {label} ({n / total:.0%})")
+        click.echo(f"{summary.frames_per_second:.1f} frames/s sustained ({summary.seconds:.1f} s: decode, detect, "
+                   f"classify, draw, write)")
+        if out_path:
+            click.echo(f"annotated: {out_path}")
+        click.echo(f"csv: {csv_target}")
+    if summary.stopped == "decode-error":
+        raise DataError(f"{summary.source}: decoding stopped at frame {summary.frames} of "
+                        f"{summary.expected_frames} (damaged video?); what was read is in the outputs")
+    if summary.stopped == "terminated":
+        raise Terminated()
+    if summary.stopped == "interrupted" and not isinstance(source, int):
+        raise KeyboardInterrupt
+
+
 def _print_result(result: dict[str, Any]) -> None:
     faces = result["faces"]
     m = result["model"]
@@ -111,7 +210,7 @@ def _print_result(result: dict[str, Any]) -> None:
         click.echo(f"{result['file']}: no face found ({m['name']}{version})")
         return
     click.echo(f"{result['file']}: {len(faces)} face{'s' if len(faces) > 1 else ''} ({m['name']}{version}, "
-               f"{result['time_ms']:.0f} ms)")
+               f"{result['runtime']}, {result['time_ms']:.0f} ms)")
     for i, face in enumerate(faces, 1):
         b = face["box"]
         probs = " ".join(f"{k} {v:.3f}" for k, v in face["probabilities"].items())
@@ -122,24 +221,13 @@ def _print_result(result: dict[str, Any]) -> None:
 
 def _write_annotated(image: Any, faces: list[dict[str, Any]], name: str, out_dir: Path, written: set[str]) -> Path:
     """Draw boxes and labels on the colour image and write it atomically into ``out_dir``."""
-    import cv2
-
     from fer_experiments.io import atomic_write_bytes
+    from fer_experiments.serving.annotate import draw_faces
+    from fer_experiments.serving.detector import Box
     from fer_experiments.serving.images import encode_image
 
-    canvas = image.bgr.copy()
-    thickness = max(1, round(max(canvas.shape[:2]) / 400))
-    font_scale = max(0.4, max(canvas.shape[:2]) / 1000)
-    for face in faces:
-        b = face["box"]
-        p = face["probabilities"][face["label"]]
-        cv2.rectangle(canvas, (b["x"], b["y"]), (b["x"] + b["w"], b["y"] + b["h"]), (0, 200, 0), thickness)
-        text = f"{face['label']} {p:.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-        y = b["y"] - 4 if b["y"] - th - base - 4 >= 0 else b["y"] + b["h"] + th + 4
-        cv2.rectangle(canvas, (b["x"], y - th - base), (b["x"] + tw, y + base), (0, 200, 0), cv2.FILLED)
-        cv2.putText(canvas, text, (b["x"], y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness,
-                    cv2.LINE_AA)
+    canvas = draw_faces(image.bgr.copy(), [(Box(**f["box"]), f"{f['label']} {f['probabilities'][f['label']]:.2f}")
+                                           for f in faces])
     src = Path(name)
     suffix = src.suffix.lower() if src.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".png"
     target = out_dir / f"{src.stem}{suffix}"
@@ -162,10 +250,20 @@ def _write_annotated(image: Any, faces: list[dict[str, Any]], name: str, out_dir
               help="Largest upload accepted (413 above).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
               help="Largest image accepted, in pixels (413 above: decompression bombs).")
+@click.option("--batch-window-ms", type=click.FloatRange(0, 1000), default=3.0, show_default=True,
+              help="Micro-batching: faces of requests arriving within this many milliseconds of the first waiting "
+                   "one are classified in one call (0: off).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Micro-batching: at most this many faces per classifier call.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+              help="Answer 408 when an upload sends no byte for this many seconds (or its whole body takes 4x).")
+@click.option("--max-uploads", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Uploads received at once; more get 503 with Retry-After.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True, help="uvicorn's log level (info adds one line per request).")
 def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: int, min_face: int,
-          margin: float | None, host: str, port: int, poll_seconds: float, max_bytes: int, max_pixels: int,
+          margin: float | None, runtime: str, host: str, port: int, poll_seconds: float, max_bytes: int,
+          max_pixels: int, batch_window_ms: float, max_batch: int, body_timeout: float, max_uploads: int,
           log_level: str) -> None:
     """Serve the model over HTTP: POST /predict, GET /health, GET /metrics, POST /reload, docs at /docs.
 
@@ -179,23 +277,44 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
     """
     import uvicorn
 
-    from fer_experiments.serving.app import create_app
+    from fer_experiments.serving.app import create_app, json_error_protocol
     from fer_experiments.serving.predictor import Limits, ModelHolder
 
     holder = ModelHolder(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin),
-                         poll_seconds)
+                         poll_seconds, runtime=runtime, batch_window_ms=batch_window_ms, max_batch=max_batch)
     holder.refresh()  # a bad URI or an unreachable store fails here with its exit code; no alias yet is not fatal
     if holder.current is None:
         click.echo(f"warning: {holder.not_ready_reason}; /predict answers 503 until then", err=True)
     else:
-        click.echo(f"model: {holder.current.name} version {holder.current.version} ({holder.current.uri})", err=True)
+        rt = holder.current.runtime
+        click.echo(f"model: {holder.current.name} version {holder.current.version} ({holder.current.uri}); runtime "
+                   f"{rt['runtime']} ({rt['engine']}{', ' + rt['source'] if rt['source'] else ''})", err=True)
     sock = listen_socket(host, port)  # bound here: a port in use is a one-line error (exit 2), not a traceback
     bound = sock.getsockname()[1]
     click.echo(f"serving on http://{host}:{bound} (docs: http://{host}:{bound}/docs)", err=True)
-    app = create_app(holder, Limits(max_bytes, max_pixels))
+    app = create_app(holder, Limits(max_bytes, max_pixels), body_timeout=body_timeout, max_uploads=max_uploads)
+    # Graceful shutdown waits for requests in flight (bounded: a stalled upload times out after --body-timeout).
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
-                            timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+                            timeout_graceful_shutdown=body_timeout + 5, http=json_error_protocol())
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt as exc:  # uvicorn re-raises the signal once requests in flight have finished
+        _exit_now(exc)
+
+
+def _exit_now(exc: KeyboardInterrupt) -> None:
+    """Exit at once after uvicorn's graceful shutdown: nothing is left to save, and the interpreter's own
+    finalisation (TensorFlow, ONNX Runtime and idle worker threads) took 2-10 s more here."""
+    import os
+    import sys
+
+    from fer_experiments.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated
+
+    terminated = isinstance(exc, Terminated)
+    click.echo("terminated (SIGTERM)" if terminated else "interrupted", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_SIGTERM if terminated else EXIT_SIGINT)
 
 
 def listen_socket(host: str, port: int) -> "socket.socket":

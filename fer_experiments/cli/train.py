@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +16,9 @@ from fer_experiments.cli.options import (
     tracking_uri_or_default,
 )
 from fer_experiments.config import DEFAULT_EXPERIMENT
+
+if TYPE_CHECKING:
+    from fer_experiments.registry.evaluate import SplitPredictions
 
 
 @click.command()
@@ -81,23 +85,64 @@ def train(data_path: str, preset: str, epochs: int | None, batch_size: int | Non
 @data_option()
 @click.option("--split", type=click.Choice(["Training", "PublicTest", "PrivateTest"]), default="PrivateTest",
               show_default=True, help="The split to evaluate on.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also write a grid of faces with their true and predicted labels (mistakes framed in red) here, "
+                   "and the most confident mistakes beside it (<name>-mistakes.png); logged to the model's run too.")
+@click.option("--per-class", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Faces per true class in the --grid.")
+@click.option("--mistakes", type=click.IntRange(1, 200), default=24, show_default=True,
+              help="How many of the most confident mistakes the second grid shows.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the faces drawn for the --grid.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @tracking_option
 @cache_dir_option
-def evaluate(model_uri: str, data_path: str, split: str, as_json: bool, tracking_uri: str | None,
-             cache_dir: str | None) -> None:
+def evaluate(model_uri: str, data_path: str, split: str, grid: str | None, per_class: int, mistakes: int, seed: int,
+             as_json: bool, tracking_uri: str | None, cache_dir: str | None) -> None:
     """Accuracy, macro-F1 and per-class precision/recall/F1 of MODEL_URI on a split.
 
     MODEL_URI: runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias> or a local path.
+    With --grid, the prediction grids are also logged to the model's MLflow run (runs:/ and registered models).
     """
     from fer_experiments.data import load_dataset
     from fer_experiments.evaluation.metrics import format_report
-    from fer_experiments.registry.evaluate import evaluate_model
+    from fer_experiments.registry.evaluate import predict_split
 
     ds = load_dataset(data_path, cache_dir=cache_dir)
-    ev = evaluate_model(model_uri, ds, split, tracking_uri)
+    found = predict_split(model_uri, ds, split, tracking_uri)
+    ev = found.evaluation
+    grids = _write_grids(found, model_uri, grid, per_class, mistakes, seed, tracking_uri) if grid else {}
     if as_json:
-        click.echo(json.dumps({"model": model_uri, "data_digest": ds.digest} | ev.to_dict(), indent=2))
+        click.echo(json.dumps({"model": model_uri, "data_digest": ds.digest} | ev.to_dict() | grids, indent=2))
     else:
         click.echo(f"model: {model_uri}")
         click.echo(format_report(ev))
+        for key, value in grids.items():
+            click.echo(f"{key.replace('_', ' ')}: {value}")
+
+
+def _write_grids(found: "SplitPredictions", model_uri: str, grid: str, per_class: int, mistakes: int, seed: int,
+                 tracking_uri: str | None) -> dict[str, str]:
+    """Write the prediction grid and the mistakes grid; log both to the model's run when it has one."""
+    from pathlib import Path
+
+    from fer_experiments.evaluation.grids import mistakes_grid, prediction_grid
+    from fer_experiments.evaluation.plots import save_figure
+    from fer_experiments.tracking import TrackedRun
+    from fer_experiments.tracking.model_io import model_run_id
+
+    split = found.evaluation.split
+    x, y, probs = found.split.x, found.split.y, found.probabilities
+    path = Path(grid)
+    mistakes_path = path.with_name(f"{path.stem}-mistakes{path.suffix or '.png'}")
+    pred_fig, _ = prediction_grid(x, y, probs, per_class, seed, label=split)
+    wrong_fig, _ = mistakes_grid(x, y, probs, mistakes, label=split)
+    save_figure(pred_fig, str(path))
+    save_figure(wrong_fig, str(mistakes_path))
+    out = {"grid": str(path), "mistakes_grid": str(mistakes_path)}
+    run_id = model_run_id(model_uri, tracking_uri)
+    if run_id is not None:
+        run = TrackedRun(run_id, tracking_uri_or_default(tracking_uri))
+        run.log_figure(pred_fig, f"grids/{split}_predictions.png")
+        run.log_figure(wrong_fig, f"grids/{split}_mistakes.png")
+        out["logged_to_run"] = run_id
+    return out

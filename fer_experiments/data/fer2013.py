@@ -126,6 +126,13 @@ def _decompress(data: bytes, source: str) -> bytes:
     return b"".join(_text_blocks(data, source))
 
 
+def check_container(data: bytes, source: str) -> None:
+    """Refuse what the name and the bytes disagree on (a plain file named .gz, a zip or tar archive) before anything
+    else, so that the answer never depends on whether a cache holds the same bytes under another name."""
+    if data[:2] != b"\x1f\x8b":
+        _refuse_archives(data, source)
+
+
 def _refuse_archives(data: bytes, source: str) -> None:
     if source.lower().endswith(".gz"):
         raise DataError(f"{source}: not a gzip file (no gzip header) although its name ends in .gz")

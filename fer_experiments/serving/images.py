@@ -27,6 +27,21 @@ DEFAULT_MAX_PIXELS = 40_000_000
 #: Formats whose header Pillow reads and whose pixels OpenCV (or Pillow) decodes.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM")
 _EXIF_ORIENTATION = 0x0112
+#: Leading bytes of the supported formats: bytes that start like one of them but do not open are a damaged image
+#: of that format (422), not an unknown type (415).
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The supported format ``data`` claims to be from its first bytes (None when it looks like none of them)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM" and data[6:10] == b"\0\0\0\0":  # BMP: two reserved zero words after the file size
+        return "BMP"
+    if len(data) > 2 and data[:1] == b"P" and data[1:2] in b"123456" and data[2:3].isspace():
+        return "PPM"
+    return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
 
 
 class ImageRejected(DataError):
@@ -139,7 +154,12 @@ def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels:
             found = re.search(r"\((\d+) pixels\)", str(exc))
             size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
             raise ImageRejected(413, "image_too_large", f"image is {size}; the limit is {max_pixels:,}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            claimed = sniff_format(data)
+            if claimed is not None:  # e.g. a 0x0 PNG, or a JPEG cut to 200 bytes
+                why = "cannot be decoded" if isinstance(exc, UnidentifiedImageError) else str(exc)[:120]
+                raise ImageRejected(422, "invalid_image", f"damaged {claimed} image ({len(data):,} bytes: "
+                                                          f"{why})") from None
             raise ImageRejected(415, "unsupported_media_type", "not a supported image (expected "
                                 + ", ".join(SUPPORTED_FORMATS) + ")") from None
     with header:

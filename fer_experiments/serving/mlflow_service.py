@@ -78,10 +78,20 @@ def log_service_model(uri: str, model_name: str, version: str, *, detector: str 
               "margin": DEFAULT_MARGIN if margin is None else margin}
     run_tags = {tags.KIND: tags.KIND_SERVICE, tags.SOURCE_MODEL: model_name, tags.SOURCE_VERSION: str(version),
                 tags.SOURCE_RUN_ID: source.run_id, tags.WRAPPER_FORMAT: WRAPPER_FORMAT}
+    extra = {}
+    if source.run_id:  # the exported graph goes into the wrapper too (exported now for a model logged before exports)
+        from fer_experiments.tracking.exported import EXPORTED_ARTIFACT, ensure_exported
+        from fer_experiments.tracking.model_io import load_keras_model
+
+        keras_uri = f"models:/{model_name}/{version}"
+        _, where = ensure_exported(keras_uri, uri, lambda: load_keras_model(keras_uri, uri))
+        if "run" in where:
+            extra["exported"] = f"runs:/{source.run_id}/{EXPORTED_ARTIFACT}"
     run_id, model_id = log_keras_delegate(
         uri, SERVING_EXPERIMENT, run_name=f"{service}-v{version}", run_tags=run_tags,
         keras_model_uri=f"models:/{model_name}/{version}", factory=FACTORY, config=config,
-        extra_requirements=("opencv-python-headless", "pillow", "pandas"), code_package=fer_experiments)
+        extra_requirements=("opencv-python-headless", "pillow", "pandas", "onnxruntime"),
+        code_package=fer_experiments, extra_artifacts=extra)
     made = register_logged_model(uri, service, model_id, run_id, version_tags=run_tags, description=(
         f"{model_name} with its face detector: image bytes in, the fer-exp /predict JSON out"))
     return get_version(uri, service, made), True

@@ -26,7 +26,7 @@ import numpy as np
 
 from fer_experiments import EXPRESSIONS, IMAGE_SIZE, NUM_CLASSES
 from fer_experiments.config import DEFAULT_MODEL_URI
-from fer_experiments.errors import ConfigError
+from fer_experiments.errors import ConfigError, FatalError
 from fer_experiments.serving.detector import DEFAULT_MARGIN, Box, FaceDetector
 from fer_experiments.serving.images import (
     DEFAULT_MAX_BYTES,
@@ -38,6 +38,9 @@ from fer_experiments.serving.images import (
 
 if TYPE_CHECKING:
     import keras
+
+    from fer_experiments.models.export import ExportedModel
+    from fer_experiments.serving.batching import MicroBatcher
 
 log = logging.getLogger("fer_experiments.serving")
 
@@ -56,13 +59,20 @@ class Face:
 
 
 class Classifier:
-    """A Keras model that takes (N, 48, 48, 1) pixels 0-255, called through its compiled predict step."""
+    """A model that takes (N, 48, 48, 1) pixels 0-255: the exported graph in ONNX Runtime, or the Keras model called
+    through its compiled predict step."""
 
-    def __init__(self, model: "keras.Model") -> None:
-        shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else None
-        if shape is not None and tuple(shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1):
-            raise ConfigError(f"model input shape {shape} is not (None, {IMAGE_SIZE}, {IMAGE_SIZE}, 1): not a fer-exp "
-                              "model")
+    def __init__(self, model: "keras.Model | ExportedModel", source: str = "") -> None:
+        from fer_experiments.models.export import RUNTIME_EXPORTED, RUNTIME_KERAS, ExportedModel, describe
+
+        self.runtime = RUNTIME_EXPORTED if isinstance(model, ExportedModel) else RUNTIME_KERAS
+        self.engine = describe(model)  # e.g. "onnxruntime 1.32.0"
+        self.source = source  # where the exported graph came from (the run, the cache), for /health
+        if self.runtime == RUNTIME_KERAS:
+            shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else None
+            if shape is not None and tuple(shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1):
+                raise ConfigError(f"model input shape {shape} is not (None, {IMAGE_SIZE}, {IMAGE_SIZE}, 1): not a "
+                                  "fer-exp model")
         self.model = model
         # Warm up with two batch sizes: the first traces, the second makes TF relax the batch dimension to None,
         # so later batch sizes reuse one compiled function (and no request pays for tracing).
@@ -71,21 +81,28 @@ class Classifier:
         if out.shape != (2, NUM_CLASSES):
             raise ConfigError(f"model output shape {out.shape[1:]} is not ({NUM_CLASSES},): not a fer-exp model")
 
+    def info(self) -> dict[str, str]:
+        return {"runtime": self.runtime, "engine": self.engine, "source": self.source}
+
     def predict_proba(self, faces: np.ndarray) -> np.ndarray:
         """(N, 48, 48) uint8 faces -> (N, 7) probabilities (one compiled call for the whole batch)."""
         x = np.ascontiguousarray(faces, dtype=np.float32).reshape(len(faces), IMAGE_SIZE, IMAGE_SIZE, 1)
+        if self.runtime == "exported":
+            return np.asarray(self.model(x), dtype=np.float64)
         return np.asarray(self.model.predict_on_batch(x), dtype=np.float64)
 
 
 class Predictor:
     """Detector + classifier: the faces of one image."""
 
-    def __init__(self, classifier: Classifier, detector: FaceDetector | None, margin: float = DEFAULT_MARGIN) -> None:
+    def __init__(self, classifier: Classifier, detector: FaceDetector | None, margin: float = DEFAULT_MARGIN,
+                 batcher: "MicroBatcher | None" = None) -> None:
         if not 0.0 <= margin <= 1.0:
             raise ConfigError(f"--margin must be in [0, 1], got {margin}")
         self.classifier = classifier
         self.detector = detector
         self.margin = margin
+        self.batcher = batcher  # set by serve: faces of concurrent requests share one classifier call
 
     def crops(self, gray: np.ndarray, detect: bool = True) -> tuple[list[Box], np.ndarray]:
         """Face boxes and their (N, 48, 48) model inputs; without ``detect`` the whole image is one face."""
@@ -106,7 +123,7 @@ class Predictor:
         boxes, batch = self.crops(gray, detect)
         if not boxes:
             return []
-        probs = self.classifier.predict_proba(batch)
+        probs = (self.batcher.classify if self.batcher is not None else self.classifier.predict_proba)(batch)
         return [Face(box, EXPRESSIONS[int(np.argmax(p))], tuple(float(v) for v in p)) for box, p in zip(boxes, probs)]
 
 
@@ -131,13 +148,19 @@ class LoadedModel:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "uri": self.uri}
 
+    @property
+    def runtime(self) -> dict[str, str]:
+        """What classifies: ``{"runtime": "exported" | "keras", "engine": ..., "source": ...}``."""
+        return self.predictor.classifier.info()
+
     def answer(self, image: DecodedImage, detect: bool = True, started: float | None = None) -> dict[str, Any]:
         """The ``/predict`` JSON for a decoded image."""
         t0 = time.perf_counter() if started is None else started
         faces = self.predictor.faces(image.gray, detect)
         return {"faces": [f.to_dict() for f in faces], "model": self.info(),
                 "image": {"width": image.width, "height": image.height},
-                "time_ms": round((time.perf_counter() - t0) * 1000, 2)}
+                "time_ms": round((time.perf_counter() - t0) * 1000, 2),
+                "runtime": self.predictor.classifier.runtime}
 
     def answer_bytes(self, data: bytes, limits: Limits = Limits(), detect: bool = True) -> dict[str, Any]:
         """Decode (with every safety check) and answer; ImageRejected for bad bytes."""
@@ -225,33 +248,76 @@ def _file_version(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def load_target(target: Target, tracking_uri: str | None, detector: FaceDetector | None,
-                margin: float = DEFAULT_MARGIN) -> LoadedModel:
-    """Load and warm up the model of ``target``."""
+def load_classifier(load_uri: str, tracking_uri: str | None, runtime: str = "exported") -> Classifier:
+    """The classifier of the model at ``load_uri``: its exported graph (exported now if it has none yet) for
+    ``runtime="exported"``, falling back to Keras with a warning when it cannot be exported; Keras for ``keras``."""
+    from fer_experiments.models.export import RUNTIMES, ExportedModel, ExportError
     from fer_experiments.tracking.model_io import load_keras_model
 
-    model = load_keras_model(target.load_uri, tracking_uri)
-    return LoadedModel(target.name, target.version, target.load_uri, Predictor(Classifier(model), detector, margin))
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    keras_model: list[Any] = []
+
+    def load_keras() -> Any:
+        if not keras_model:
+            keras_model.append(load_keras_model(load_uri, tracking_uri))
+        return keras_model[0]
+
+    if runtime == "exported":
+        from fer_experiments.tracking.exported import ensure_exported
+
+        path, source = ensure_exported(load_uri, tracking_uri, load_keras)
+        if path is not None:
+            try:
+                return Classifier(ExportedModel(path), source=source)
+            except ExportError as exc:
+                source = str(exc)
+        log.warning("%s: serving with Keras (%s)", load_uri, source)
+        return Classifier(load_keras(), source=f"keras fallback: {source}"[:300])
+    return Classifier(load_keras())
+
+
+def load_target(target: Target, tracking_uri: str | None, detector: FaceDetector | None,
+                margin: float = DEFAULT_MARGIN, runtime: str = "exported", asked: str | None = None) -> LoadedModel:
+    """Load and warm up the model of ``target`` (``asked``: the URI as given, e.g. with its alias, for messages)."""
+    if target.load_uri.startswith("models:/"):
+        from fer_experiments.tracking import default_tracking_uri
+        from fer_experiments.tracking.model_registry import model_artifact_problem
+
+        problem = model_artifact_problem(tracking_uri or default_tracking_uri(), target.name, target.version)
+        if problem:
+            raise FatalError(f"{asked or target.load_uri}: {target.name} version {target.version} cannot be loaded: "
+                             f"{problem}")
+    classifier = load_classifier(target.load_uri, tracking_uri, runtime)
+    return LoadedModel(target.name, target.version, target.load_uri, Predictor(classifier, detector, margin))
 
 
 def load_model(model_uri: str, tracking_uri: str | None = None, detector: FaceDetector | None = None,
-               margin: float = DEFAULT_MARGIN) -> LoadedModel:
+               margin: float = DEFAULT_MARGIN, runtime: str = "exported") -> LoadedModel:
     """Resolve and load ``model_uri`` once (the CLI's ``predict``); ConfigError when an alias has no version."""
     ref = parse_model_uri(model_uri)
     try:
         target = resolve(ref, tracking_uri)
     except NoModelYet as exc:
         raise ConfigError(f"--model {model_uri}: {exc}") from None
-    return load_target(target, tracking_uri, detector, margin)
+    return load_target(target, tracking_uri, detector, margin, runtime, asked=model_uri)
 
 
 class ModelHolder:
     """The model a server answers with; ``refresh`` (or the poll thread) swaps in a new version when it moves."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None, detector: FaceDetector,
-                 margin: float = DEFAULT_MARGIN, poll_seconds: float = 30.0) -> None:
+                 margin: float = DEFAULT_MARGIN, poll_seconds: float = 30.0, runtime: str = "exported",
+                 batch_window_ms: float = 0.0, max_batch: int = 64) -> None:
         if poll_seconds <= 0:
             raise ConfigError(f"--poll-seconds must be > 0, got {poll_seconds}")
+        if not 0 <= batch_window_ms <= 1000:
+            raise ConfigError(f"--batch-window-ms must be in [0, 1000], got {batch_window_ms}")
+        if max_batch < 1:
+            raise ConfigError(f"--max-batch must be >= 1, got {max_batch}")
+        self.runtime = runtime
+        self.batch_window_ms = batch_window_ms
+        self.max_batch = max_batch
         self.ref = parse_model_uri(model_uri)
         self.tracking_uri = tracking_uri
         self.detector = detector
@@ -285,7 +351,13 @@ class ModelHolder:
             if cur is not None and (cur.name, cur.version, cur.uri) == (target.name, target.version, target.load_uri):
                 self.last_error = None
                 return False
-            loaded = load_target(target, self.tracking_uri, self.detector, self.margin)
+            loaded = load_target(target, self.tracking_uri, self.detector, self.margin, self.runtime,
+                                 asked=self.ref.uri)
+            if self.batch_window_ms > 0:
+                from fer_experiments.serving.batching import MicroBatcher
+
+                loaded.predictor.batcher = MicroBatcher(loaded.predictor.classifier.predict_proba,
+                                                        self.batch_window_ms / 1000, self.max_batch)
             self.current = loaded
             self.not_ready_reason = None
             self.last_error = None

@@ -28,13 +28,22 @@ class ServiceModel:
     def from_keras(cls, keras_model: Any, *, model_name: str, model_version: str | None, detector: str = "haar",
                    detect_size: int = 320, min_face: int = 32, margin: float = DEFAULT_MARGIN,
                    max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   model_uri: str | None = None, **_: Any) -> "ServiceModel":
+                   model_uri: str | None = None, runtime: str = "exported", exported_path: str | None = None,
+                   keras_path: str | None = None, **_: Any) -> "ServiceModel":
         """Build from a Keras model and the ``model_config`` stored with the pyfunc (unknown keys are ignored so
-        that a newer config still loads)."""
+        that a newer config still loads).
+
+        ``runtime="exported"`` (the default; ``FER_EXP_RUNTIME=keras`` in the environment overrides it) runs the
+        exported graph logged in the wrapper (``exported_path``), or one exported now from the Keras model and
+        cached, for a wrapper logged before exports existed."""
+        import os
+
+        runtime = os.environ.get("FER_EXP_RUNTIME", runtime)
+        classifier = _classifier(keras_model, runtime, exported_path, keras_path)
         det = FaceDetector(DetectorConfig(spec=detector, detect_size=int(detect_size), min_face=int(min_face)))
         version = None if model_version is None else str(model_version)
         uri = model_uri or (f"models:/{model_name}/{version}" if version else model_name)
-        loaded = LoadedModel(model_name, version, uri, Predictor(Classifier(keras_model), det, float(margin)))
+        loaded = LoadedModel(model_name, version, uri, Predictor(classifier, det, float(margin)))
         return cls(loaded, Limits(int(max_bytes), int(max_pixels)))
 
     def predict(self, model_input: Any, detect: Any = True, **_: Any) -> list[dict[str, Any]]:
@@ -49,6 +58,31 @@ class ServiceModel:
             except ImageRejected as exc:
                 out.append({"error": exc.code, "detail": str(exc), "status": exc.status})
         return out
+
+
+def _classifier(keras_model: Any, runtime: str, exported_path: str | None, keras_path: str | None) -> Classifier:
+    import logging
+    from pathlib import Path
+
+    from fer_experiments.models.export import ONNX_FILE, RUNTIMES, ExportedModel, ExportError
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "keras":
+        return Classifier(keras_model)
+    try:
+        if exported_path is not None:
+            path = Path(exported_path)
+            return Classifier(ExportedModel(path / ONNX_FILE if path.is_dir() else path), source="wrapper")
+        if keras_path is not None:
+            from fer_experiments.tracking.exported import ensure_exported
+
+            found, where = ensure_exported(keras_path, None, lambda: keras_model)
+            if found is not None:
+                return Classifier(ExportedModel(found), source=where)
+    except ExportError as exc:
+        logging.getLogger("fer_experiments.serving").warning("exported graph unusable (%s); using Keras", exc)
+    return Classifier(keras_model, source="keras fallback: no exported graph")
 
 
 def input_values(model_input: Any) -> list[Any]:

@@ -23,7 +23,7 @@ from typing import Any, Literal, Mapping, get_type_hints
 
 import yaml
 
-from fer_experiments.errors import ConfigError
+from fer_experiments.errors import ConfigError, short_repr
 from fer_experiments.params import ALL_FIELDS, CHOICES, MODEL_FIELDS, ModelParams, TrainParams
 
 Kind = Literal["int", "float", "categorical", "fixed"]
@@ -57,8 +57,19 @@ DEFAULT_SEED = 42
 DEFAULT_OBJECTIVE = "val_accuracy"
 
 TOP_LEVEL_KEYS: tuple[str, ...] = (
-    "name", "description", "objective", "max_epochs", "train_limit", "sampler", "pruner", "params",
+    "name", "description", "objective", "max_epochs", "train_limit", "sampler", "pruner", "params", "refit",
 )
+#: ``refit:`` keys, each with a check, a description of the check and its default.
+REFIT_KEYS: dict[str, tuple[Any, str, Any]] = {
+    # How many of the best trials are retrained.
+    "top_k": (lambda v: _is_int(v) and v >= 1, "an int >= 1", 1),
+    # Epochs of a refit (null: the trial's own epochs); the PublicTest-best epoch is kept.
+    "epochs": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or null (the trial's epochs)", None),
+    # Training rows of a refit (null: all of Training).
+    "train_limit": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or null (all rows)", None),
+    # Under --budget: the largest share of the budget the refits may reserve (the trials get the rest at least).
+    "budget_share": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)", 0.5),
+}
 SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "int": ("type", "low", "high", "step", "log", "when"),
     "float": ("type", "low", "high", "step", "log", "when"),
@@ -143,7 +154,7 @@ class ParamSpec:
             return f"{self.kind} {self.low}..{self.high}{extra}{' log' if self.log else ''}"
         if self.kind == "categorical":
             return f"one of {list(self.choices)}"
-        return f"fixed {self.value!r}"
+        return f"fixed {short_repr(self.value)}"
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-able form (the full YAML spec form)."""
@@ -174,6 +185,9 @@ class SearchSpace:
     pruner: dict[str, Any]
     #: In dependency order (parents before children), ties broken by name, so the order is canonical.
     params: tuple[ParamSpec, ...]
+    #: ``{"top_k", "epochs", "train_limit", "budget_share"}`` (all keys set) or None: retrain the best trials after
+    #: the search (``search.lifecycle``). Not part of the content hash: it does not change how trials compare.
+    refit: dict[str, Any] | None = None
     #: Where the space came from (a path as given, or "<dict>"); not part of the content.
     source: str = field(default="<dict>", compare=False)
 
@@ -201,7 +215,7 @@ class SearchSpace:
                         "options": dict(self.sampler["options"])},
             "pruner": dict(self.pruner),
             "params": {p.name: p.to_dict() for p in self.params},
-        }
+        } | ({"refit": dict(self.refit)} if self.refit is not None else {})
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the space, without ``source`` and ``description``.
@@ -211,6 +225,7 @@ class SearchSpace:
         """
         d = self.to_dict()
         d.pop("description")
+        d.pop("refit", None)  # what happens after the trials; spaces without it keep the hashes they had
         canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -225,8 +240,18 @@ class SearchSpace:
 # --------------------------------------------------------------------------------------------------
 
 
+#: A search space is a few hundred YAML nodes; aliases that would expand a document beyond this many are refused
+#: while loading (an "alias bomb" of nested anchors expands to billions of values from a few lines).
+MAX_YAML_NODES = 10_000
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads ``1e-4`` as a float (YAML 1.2), not a string."""
+    """SafeLoader that rejects duplicate keys and alias bombs and reads ``1e-4`` as a float (YAML 1.2)."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _check_expanded_size(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -235,9 +260,35 @@ class _Loader(yaml.SafeLoader):
             if key in seen:
                 # PyYAML silently keeps the last duplicate: a repeated parameter would vanish unnoticed.
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+                    None, None, f"duplicate key {short_repr(key)}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root: Any) -> None:
+    """Count the nodes of the document as its aliases would expand it (memoised per node, so this is cheap even for
+    a bomb) and refuse it beyond MAX_YAML_NODES, naming the line of the first alias-heavy node."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if isinstance(node, yaml.ScalarNode):
+            n = 1
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(child) for child in node.value)
+        else:
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        sizes[id(node)] = n
+        if n > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"aliases expand this value to {n:,}+ nodes (at most {MAX_YAML_NODES:,} allowed): "
+                "refusing a YAML alias bomb", node.start_mark)
+        return n
+
+    if root is not None:
+        size(root)
 
 
 # Copy the resolver table before adding to it, so the global SafeLoader is left alone.
@@ -261,9 +312,17 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        mark, problem = exc.problem_mark or exc.context_mark, exc.problem or exc.context or "invalid YAML"
+        context = exc.context or ""
+        # An unclosed quote, bracket or brace is noticed lines later (often at the end of the file): point at the
+        # line where it opens, which is where the mistake is, and say where the parser gave up.
+        if (exc.context_mark is not None and exc.problem_mark is not None
+                and exc.context_mark.line < exc.problem_mark.line
+                and ("scanning" in context or "flow" in context)):
+            problem = (f"{problem} ({context} that starts here; the parser gave up at line "
+                       f"{exc.problem_mark.line + 1})")
+            mark = exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
@@ -308,8 +367,8 @@ def _type_name(v: Any) -> str:
 
 
 def _hint(word: str, known: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, list(known), n=1) if isinstance(word, str) else []
-    return f"; did you mean {close[0]!r}?" if close else ""
+    close = difflib.get_close_matches(word, list(known), n=1) if isinstance(word, str) and len(word) <= 100 else []
+    return f"; did you mean {short_repr(close[0])}?" if close else ""
 
 
 def _field_error(name: str, value: Any) -> str | None:
@@ -329,6 +388,9 @@ class _Validator:
         self.source = source
 
     def fail(self, path: str, message: str) -> ConfigError:
+        # Key paths and messages quote the user's text: keep both short whatever the file holds.
+        path = path if len(path) <= 80 else path[:77] + "..."
+        message = message if len(message) <= 600 else message[:597] + "..."
         return ConfigError(f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}")
 
     # ---- top level ------------------------------------------------------------------------------
@@ -346,8 +408,8 @@ class _Validator:
                 raise self.fail(key, "required key is missing")
 
         name = d["name"]
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise self.fail("name", f"must be a non-empty string of letters, digits, '_', '.', '-'; got {name!r}")
+        if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 100:
+            raise self.fail("name", f"must be a string of 1-100 letters, digits, '_', '.', '-'; got {short_repr(name)}")
         description = d.get("description")
         if description is None:
             description = ""
@@ -357,13 +419,13 @@ class _Validator:
         if objective is None:
             objective = DEFAULT_OBJECTIVE
         if objective not in OBJECTIVES:
-            raise self.fail("objective", f"unknown objective {objective!r} (allowed: {', '.join(OBJECTIVES)})")
+            raise self.fail("objective", f"unknown objective {short_repr(objective)} (allowed: {', '.join(OBJECTIVES)})")
         max_epochs = d["max_epochs"]
         if not _is_int(max_epochs) or max_epochs < 1:
-            raise self.fail("max_epochs", f"must be an int >= 1, got {max_epochs!r}")
+            raise self.fail("max_epochs", f"must be an int >= 1, got {short_repr(max_epochs)}")
         train_limit = d.get("train_limit")
         if train_limit is not None and (not _is_int(train_limit) or train_limit < 1):
-            raise self.fail("train_limit", f"must be an int >= 1 or null (all rows), got {train_limit!r}")
+            raise self.fail("train_limit", f"must be an int >= 1 or null (all rows), got {short_repr(train_limit)}")
 
         sampler = self.sampler(d.get("sampler"))
         pruner = self.pruner(d.get("pruner"))
@@ -382,7 +444,24 @@ class _Validator:
 
         return SearchSpace(name=name, description=description, objective=objective, max_epochs=max_epochs,
                            train_limit=train_limit, sampler=sampler, pruner=pruner, params=params,
-                           source=self.source)
+                           refit=self.refit(d.get("refit")), source=self.source)
+
+    def refit(self, raw: Any) -> dict[str, Any] | None:
+        """``refit:`` absent or null: no refit; a mapping: its keys over the defaults (``refit: {}`` = all defaults)."""
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping):
+            raise self.fail("refit", f"must be a mapping ({', '.join(REFIT_KEYS)}), got {_type_name(raw)}")
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in REFIT_KEYS:
+                raise self.fail(f"refit.{key}", f"unknown key (allowed: {', '.join(REFIT_KEYS)})"
+                                                f"{_hint(key, tuple(REFIT_KEYS))}")
+            check, wanted, _ = REFIT_KEYS[key]
+            if not check(value):
+                raise self.fail(f"refit.{key}", f"must be {wanted}, got {value!r}")
+            out[key] = float(value) if key == "budget_share" else value
+        return {key: out.get(key, default) for key, (_, _, default) in REFIT_KEYS.items()}
 
     def sampler(self, raw: Any) -> dict[str, Any]:
         if raw is None:
@@ -398,10 +477,10 @@ class _Validator:
                                                   "sampler arguments go under options:)")
         name = raw.get("name", "tpe")
         if name not in SAMPLERS:
-            raise self.fail("sampler.name", f"unknown sampler {name!r} (allowed: {', '.join(SAMPLERS)})")
+            raise self.fail("sampler.name", f"unknown sampler {short_repr(name)} (allowed: {', '.join(SAMPLERS)})")
         seed = raw.get("seed", DEFAULT_SEED)
         if seed is not None and not _is_int(seed):
-            raise self.fail("sampler.seed", f"must be an int (or null for no seed), got {seed!r}")
+            raise self.fail("sampler.seed", f"must be an int (or null for no seed), got {short_repr(seed)}")
         options = raw.get("options") or {}
         if not isinstance(options, Mapping):
             raise self.fail("sampler.options", f"must be a mapping of sampler arguments, got {_type_name(options)}")
@@ -411,11 +490,11 @@ class _Validator:
                 raise self.fail("sampler.options.seed", "set the seed as sampler.seed")
             if known is not None and key not in known:
                 raise self.fail(f"sampler.options.{key}",
-                                f"unknown option for sampler {name!r} (allowed: {', '.join(sorted(known))})")
+                                f"unknown option for sampler {short_repr(name)} (allowed: {', '.join(sorted(known))})")
             try:
                 json.dumps(value, allow_nan=False)
             except (TypeError, ValueError):
-                raise self.fail(f"sampler.options.{key}", f"must be plain data, got {value!r}") from None
+                raise self.fail(f"sampler.options.{key}", f"must be plain data, got {short_repr(value)}") from None
         return {"name": name, "seed": seed, "options": dict(options)}
 
     def pruner(self, raw: Any) -> dict[str, Any]:
@@ -427,7 +506,7 @@ class _Validator:
             raise self.fail("pruner", f"must be a mapping (or a pruner name), got {_type_name(raw)}")
         name = raw.get("name", "median")
         if not isinstance(name, str) or name not in PRUNERS:
-            raise self.fail("pruner.name", f"unknown pruner {name!r} (allowed: {', '.join(PRUNERS)})")
+            raise self.fail("pruner.name", f"unknown pruner {short_repr(name)} (allowed: {', '.join(PRUNERS)})")
         options = PRUNERS[name]
         out: dict[str, Any] = {"name": name}
         for key, value in raw.items():
@@ -435,10 +514,10 @@ class _Validator:
                 continue
             if key not in options:
                 allowed = ", ".join(options) or "no options"
-                raise self.fail(f"pruner.{key}", f"unknown option for pruner {name!r} (allowed: {allowed})")
+                raise self.fail(f"pruner.{key}", f"unknown option for pruner {short_repr(name)} (allowed: {allowed})")
             check, wanted = options[key]
             if not check(value):
-                raise self.fail(f"pruner.{key}", f"must be {wanted}, got {value!r}")
+                raise self.fail(f"pruner.{key}", f"must be {wanted}, got {short_repr(value)}")
             out[key] = value
         return out
 
@@ -446,12 +525,12 @@ class _Validator:
 
     def params(self, raw: Any) -> tuple[ParamSpec, ...]:
         if not isinstance(raw, Mapping) or not raw:
-            raise self.fail("params", f"must be a non-empty mapping of parameter specs, got {raw!r}")
+            raise self.fail("params", f"must be a non-empty mapping of parameter specs, got {short_repr(raw)}")
         specs: dict[str, ParamSpec] = {}
         raw_when: dict[str, Any] = {}
         for name, spec in raw.items():
             if name not in ALL_FIELDS:
-                raise self.fail(f"params.{name}", f"unknown parameter {name!r}{_hint(name, ALL_FIELDS)} "
+                raise self.fail(f"params.{name}", f"unknown parameter {short_repr(name)}{_hint(name, ALL_FIELDS)} "
                                                   f"(known: {', '.join(ALL_FIELDS)})")
             specs[name], raw_when[name] = self.param(name, spec)
         # Conditions need every parameter parsed first: a parent may be declared after its child.
@@ -469,7 +548,7 @@ class _Validator:
             raise self.fail(f"{path}.type", f"required key is missing (one of {', '.join(KINDS)})")
         kind = raw["type"]
         if kind not in KINDS:
-            raise self.fail(f"{path}.type", f"unknown type {kind!r} (allowed: {', '.join(KINDS)})")
+            raise self.fail(f"{path}.type", f"unknown type {short_repr(kind)} (allowed: {', '.join(KINDS)})")
         for key in raw:
             if key not in SPEC_KEYS[kind]:
                 raise self.fail(f"{path}.{key}", f"unknown key for type {kind} "
@@ -485,11 +564,11 @@ class _Validator:
         elif kind == "categorical":
             choices = raw.get("choices")
             if not isinstance(choices, list) or not choices:
-                raise self.fail(f"{path}.choices", f"must be a non-empty list, got {choices!r}")
+                raise self.fail(f"{path}.choices", f"must be a non-empty list, got {short_repr(choices)}")
             values = tuple(self.value(name, c, f"{path}.choices[{i}]") for i, c in enumerate(choices))
             for i, v in enumerate(values):
                 if any(type(v) is type(w) and v == w for w in values[:i]):
-                    raise self.fail(f"{path}.choices[{i}]", f"duplicate choice {v!r}")
+                    raise self.fail(f"{path}.choices[{i}]", f"duplicate choice {short_repr(v)}")
             spec = ParamSpec(name=name, kind="categorical", choices=values)
         else:
             if "value" not in raw:
@@ -502,14 +581,14 @@ class _Validator:
             raise self.fail(f"{path}.{key}", "required key is missing")
         v = raw[key]
         if integer and not _is_int(v):
-            raise self.fail(f"{path}.{key}", f"must be an int, got {v!r}")
+            raise self.fail(f"{path}.{key}", f"must be an int, got {short_repr(v)}")
         if not integer and not _is_number(v):
-            raise self.fail(f"{path}.{key}", f"must be a finite number, got {v!r}")
+            raise self.fail(f"{path}.{key}", f"must be a finite number, got {short_repr(v)}")
         return v if integer else float(v)
 
     def range_checks(self, low: Any, high: Any, step: Any, log: Any, path: str) -> None:
         if not isinstance(log, bool):
-            raise self.fail(f"{path}.log", f"must be true or false, got {log!r}")
+            raise self.fail(f"{path}.log", f"must be true or false, got {short_repr(log)}")
         if low > high:
             raise self.fail(f"{path}.low", f"low ({low}) is above high ({high})")
         if log and low <= 0:
@@ -528,7 +607,7 @@ class _Validator:
         low, high = self.number(raw, "low", path, True), self.number(raw, "high", path, True)
         step = raw.get("step", 1)
         if not _is_int(step):
-            raise self.fail(f"{path}.step", f"must be an int, got {step!r}")
+            raise self.fail(f"{path}.step", f"must be an int, got {short_repr(step)}")
         log = raw.get("log", False)
         self.range_checks(low, high, step, log, path)
         spec = ParamSpec(name=name, kind="int", low=low, high=high, step=step, log=log)
@@ -549,7 +628,7 @@ class _Validator:
         step = raw.get("step")
         if step is not None:
             if not _is_number(step):
-                raise self.fail(f"{path}.step", f"must be a number, got {step!r}")
+                raise self.fail(f"{path}.step", f"must be a number, got {short_repr(step)}")
             step = float(step)
         log = raw.get("log", False)
         self.range_checks(low, high, step, log, path)
@@ -572,9 +651,9 @@ class _Validator:
                   or ftype is str and isinstance(v, str)):
             hint = " (quote it: YAML reads yes/no/on/off/true/false as booleans)" if (
                 ftype is str and isinstance(v, bool)) else ""
-            raise self.fail(path, f"{name} takes {wanted}, got {v!r}{hint}")
+            raise self.fail(path, f"{name} takes {wanted}, got {short_repr(v)}{hint}")
         if name in CHOICES and v not in CHOICES[name]:
-            raise self.fail(path, f"{v!r} is not a valid {name} (allowed: {', '.join(CHOICES[name])})"
+            raise self.fail(path, f"{short_repr(v)} is not a valid {name} (allowed: {', '.join(CHOICES[name])})"
                                   f"{_hint(v, CHOICES[name])}")
         problem = _field_error(name, v)
         if problem:
@@ -586,16 +665,16 @@ class _Validator:
             return ()
         path = f"params.{name}.when"
         if not isinstance(raw, Mapping) or not raw:
-            raise self.fail(path, f"must be a non-empty mapping of parameter: value(s), got {raw!r}")
+            raise self.fail(path, f"must be a non-empty mapping of parameter: value(s), got {short_repr(raw)}")
         out: list[Condition] = []
         for parent, allowed in raw.items():
             if parent not in specs:
-                raise self.fail(path, f"condition on unknown parameter {parent!r}"
+                raise self.fail(path, f"condition on unknown parameter {short_repr(parent)}"
                                       f"{_hint(parent, list(specs))}")
             ppath = f"{path}.{parent}"
             pspec = specs[parent]
             if pspec.kind == "float":
-                raise self.fail(ppath, f"cannot condition on float parameter {parent!r}: a continuous value "
+                raise self.fail(ppath, f"cannot condition on float parameter {short_repr(parent)}: a continuous value "
                                        "never equals a listed one (make it int or categorical)")
             values = allowed if isinstance(allowed, list) else [allowed]
             if not values:
@@ -605,7 +684,7 @@ class _Validator:
                 vpath = f"{ppath}[{i}]" if isinstance(allowed, list) else ppath
                 v = self.value(parent, v, vpath)
                 if not pspec.contains(v):
-                    raise self.fail(vpath, f"{parent!r} can never take {v!r} ({pspec.describe()})")
+                    raise self.fail(vpath, f"{short_repr(parent)} can never take {short_repr(v)} ({pspec.describe()})")
                 if v not in coerced:
                     coerced.append(v)
             # Sorted: the allowed values are a set, so their order must not change the content hash.

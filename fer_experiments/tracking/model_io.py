@@ -45,3 +45,25 @@ def _load_error(model_uri: str, exc: BaseException) -> Exception:
     return FatalError(f"model {model_uri}: cannot be loaded: {type(exc).__name__}: {text[:300]}")
 
 
+
+
+def model_run_id(model_uri: str, tracking_uri: str | None = None) -> str | None:
+    """The MLflow run a model came from: ``runs:/<id>/...`` directly, ``models:/<name>/<version>`` and
+    ``models:/<name>@<alias>`` through the registry; None for local files and folders (no run to log to)."""
+    import re
+
+    if m := re.match(r"^runs:/([^/]+)/", model_uri):
+        return m.group(1)
+    version = re.match(r"^models:/([^/@]+)/(\d+)/?$", model_uri)
+    alias = re.match(r"^models:/([^/@]+)@([^/@]+)/?$", model_uri)
+    if not (version or alias):
+        return None
+    from fer_experiments.tracking.model_registry import alias_version, get_version
+    from fer_experiments.tracking.store import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    _prepare(uri)
+    if version:
+        return get_version(uri, version.group(1), version.group(2)).run_id
+    mv = alias_version(uri, alias.group(1), alias.group(2))  # type: ignore[union-attr]
+    return mv.run_id if mv is not None else None

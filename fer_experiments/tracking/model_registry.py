@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import random
+import socket
+import time
+import uuid
+import zlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 from fer_experiments.errors import ConfigError, FatalError
 from fer_experiments.tracking import tags as names
@@ -153,3 +161,121 @@ def get_model_tag(uri: str, name: str, key: str) -> str | None:
 
 def set_model_tag(uri: str, name: str, key: str, value: str) -> None:
     _retry(lambda: _client(uri).set_registered_model_tag(name, key, value))
+
+
+# ------------------------------------------------------------------------------------------ the registry lock
+#: A tracking server offers no lock: a lease in a registered-model tag, held at most this long without renewal.
+LEASE_SECONDS = 900.0
+#: After writing its lease a promoter waits this long and reads it back: a rival that wrote in between wins.
+LEASE_SETTLE_SECONDS = 1.0
+
+
+@contextlib.contextmanager
+def registry_lock(uri: str, name: str, wait_seconds: float = 1800.0) -> Iterator[None]:
+    """One critical section per registered model across processes and machines, for promote and rollback.
+
+    SQLite store: an flock on ``<db>.registry.lock`` beside the database (every process using the file is on this
+    machine). PostgreSQL store: a session advisory lock (released by the server if the process dies). Tracking
+    server (http): a lease in a registered-model tag, written, then read back after a pause; see the README for
+    what that guarantees.
+    """
+    from fer_experiments.io import file_lock
+    from fer_experiments.locks import REGISTRY_KEY, advisory_lock, is_postgres, lock_file_beside, sqlite_file
+
+    db = sqlite_file(uri)
+    if db is not None:
+        with file_lock(lock_file_beside(db, ".registry.lock")):
+            yield
+    elif is_postgres(uri):
+        with advisory_lock(uri, (REGISTRY_KEY << 32) | zlib.crc32(name.encode())):
+            yield
+    else:
+        with _tag_lease(uri, name, wait_seconds):
+            yield
+
+
+def _read_lease(uri: str, name: str) -> tuple[str, float] | None:
+    raw = get_model_tag(uri, name, names.PROMOTE_LEASE)
+    if not raw:
+        return None
+    owner, _, expires = raw.rpartition(" ")
+    try:
+        return owner, float(expires)
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def _tag_lease(uri: str, name: str, wait_seconds: float) -> Iterator[None]:
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    with contextlib.suppress(MlflowException):  # exists already
+        client.create_registered_model(name)
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        held = _read_lease(uri, name)
+        if held is None or held[1] < time.time():
+            set_model_tag(uri, name, names.PROMOTE_LEASE, f"{token} {time.time() + LEASE_SECONDS:.0f}")
+            time.sleep(LEASE_SETTLE_SECONDS)
+            held = _read_lease(uri, name)
+            if held is not None and held[0] == token:
+                break
+        if time.monotonic() > deadline:
+            owner = held[0] if held else "?"
+            raise FatalError(f"{name}: another promote or rollback ({owner}) holds the registry lease; "
+                             f"gave up after {wait_seconds:.0f} s")
+        time.sleep(0.5 + random.random())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            held = _read_lease(uri, name)
+            if held is not None and held[0] == token:
+                client.delete_registered_model_tag(name, names.PROMOTE_LEASE)
+
+
+# ------------------------------------------------------------------------------------- can a version be loaded
+def model_artifact_problem(uri: str, name: str, version: str) -> str | None:
+    """Why version ``version`` of ``name`` cannot be loaded (its artifacts are gone: names the missing path), or
+    None when its model files are there. Local artifact stores are checked on disk, others by listing."""
+    client = _client(uri)
+    try:
+        location = _retry(lambda: client.get_model_version_download_uri(name, version))
+    except Exception as exc:  # noqa: BLE001 - a version whose logged model is gone cannot say where it was
+        return f"its model location cannot be resolved ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+    return artifact_location_problem(location)
+
+
+def artifact_location_problem(location: str) -> str | None:
+    """Why the model at ``location`` (a file path or URI of a logged model's folder) cannot be loaded, or None."""
+    from urllib.parse import unquote, urlparse
+
+    if location.startswith("file:") or "://" not in location:
+        path = Path(unquote(urlparse(location).path) if location.startswith("file:") else location)
+        if not (path / "MLmodel").is_file():
+            return f"model files missing: {path / 'MLmodel'} does not exist"
+        return None
+    try:
+        import mlflow
+
+        listed = mlflow.artifacts.list_artifacts(artifact_uri=location)
+    except Exception as exc:  # noqa: BLE001 - an unreachable or emptied artifact store
+        return f"model files cannot be listed at {location}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    if not any(Path(f.path).name == "MLmodel" for f in listed):
+        return f"model files missing: no MLmodel under {location}"
+    return None
+
+
+def run_model_problem(uri: str, run_id: str, artifact: str = "model") -> str | None:
+    """Why the model a run logged cannot be loaded (its files are gone), or None."""
+    client = _client(uri)
+    model_id = _retry(lambda: client.get_run(run_id)).data.tags.get(names.model_id_tag(artifact))
+    if not model_id:
+        return f"run {run_id} has no logged model '{artifact}'"
+    try:
+        location = _retry(lambda: client.get_logged_model(model_id)).artifact_location
+    except Exception as exc:  # noqa: BLE001 - the logged model's record is gone
+        return f"logged model {model_id} cannot be read ({str(exc).splitlines()[0][:160] if str(exc) else ''})"
+    return artifact_location_problem(location)

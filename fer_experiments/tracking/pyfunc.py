@@ -35,7 +35,10 @@ class KerasDelegatePyfunc(mlflow.pyfunc.PythonModel):
         factory: Any = importlib.import_module(module)
         for part in attr.split("."):
             factory = getattr(factory, part)
-        self._impl = factory(mlflow.keras.load_model(context.artifacts["keras_model"]), **config)
+        # Optional artifacts (e.g. the exported graph) reach the factory as ``<name>_path`` keyword arguments.
+        extra = {f"{k}_path": v for k, v in context.artifacts.items() if k != "keras_model"}
+        self._impl = factory(mlflow.keras.load_model(context.artifacts["keras_model"]),
+                             keras_path=context.artifacts["keras_model"], **extra, **config)
 
     # The DataFrame hint is one MLflow knows it cannot validate against: no schema validation, no warning, and the
     # DataFrame its server builds (or a list, dict or bytes from Python callers) reaches the factory unchanged.
@@ -45,10 +48,11 @@ class KerasDelegatePyfunc(mlflow.pyfunc.PythonModel):
 
 def log_keras_delegate(uri: str, experiment: str, *, run_name: str, run_tags: Mapping[str, Any], keras_model_uri: str,
                        factory: str, config: Mapping[str, Any], extra_requirements: tuple[str, ...] = (),
-                       code_package: Any = None) -> tuple[str, str]:
+                       code_package: Any = None, extra_artifacts: Mapping[str, str] | None = None) -> tuple[str, str]:
     """Log a ``KerasDelegatePyfunc`` of ``keras_model_uri`` in a new run; returns (run_id, logged model id).
 
-    The input is one binary column ``image``; ``code_package`` (a module) is logged as code beside the model.
+    The input is one binary column ``image``; ``code_package`` (a module) is logged as code beside the model;
+    ``extra_artifacts`` (name -> URI) are copied in too and handed to the factory as ``<name>_path``.
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -66,7 +70,7 @@ def log_keras_delegate(uri: str, experiment: str, *, run_name: str, run_tags: Ma
         # An input example would make MLflow load the Keras model once more just to validate it (seconds).
         warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)
         info = mlflow.pyfunc.log_model(
-            name="service", python_model=KerasDelegatePyfunc(), artifacts={"keras_model": keras_model_uri},
+            name="service", python_model=KerasDelegatePyfunc(), artifacts={"keras_model": keras_model_uri, **(extra_artifacts or {})},
             model_config={FACTORY_KEY: factory, **config},
             signature=ModelSignature(inputs=Schema([ColSpec("binary", "image")])), code_paths=code_paths,
             pip_requirements=reqs)

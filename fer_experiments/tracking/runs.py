@@ -11,7 +11,9 @@ import functools
 import json
 import math
 import os
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +112,7 @@ class TrackedRun:
 
         ds = MetaDataset(source=LocalArtifactDatasetSource(str(Path(source).resolve())), name=name, digest=digest[:36])
         with self._active():
-            mlflow.log_input(ds, context=context, tags=dict(tags or {}))
+            _retry(lambda: mlflow.log_input(ds, context=context, tags=dict(tags or {})))
 
     def log_keras_model(self, model: "keras.Model", name: str = "model", metrics: Mapping[str, float] | None = None,
                         step: int | None = None) -> str:
@@ -178,7 +180,7 @@ def start_run(uri: str, experiment: str, *, run_name: str | None = None, tags: M
     prepare_store(uri)
     if run_id is None:
         exp_id = ensure_experiment(uri, experiment)
-        all_tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+        all_tags = {k: str(v) for k, v in (process_tags() | dict(tags or {})).items() if v is not None}
         active = _retry(lambda: mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags,
                                                  parent_run_id=parent_run_id))
     else:
@@ -186,16 +188,51 @@ def start_run(uri: str, experiment: str, *, run_name: str | None = None, tags: M
         if tags:
             TrackedRun(run_id, uri).set_tags(tags)
     tracked = TrackedRun(active.info.run_id, uri)
+    if run_id is not None:
+        tracked.set_tags(process_tags())
+    beat = heartbeat(uri, tracked.run_id)
+    beat.__enter__()
     try:
         yield tracked
     except (KeyboardInterrupt, SystemExit) as exc:
+        beat.__exit__(None, None, None)
         _end_active(uri, tracked.run_id, "KILLED", f"interrupted ({type(exc).__name__})")
         raise
     except BaseException as exc:
+        beat.__exit__(None, None, None)
         _end_active(uri, tracked.run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     else:
+        beat.__exit__(None, None, None)
         _end_active(uri, tracked.run_id, tracked.final_status, None)
+
+
+#: How often a RUNNING run's process renews its heartbeat tag.
+HEARTBEAT_SECONDS = 60.0
+
+
+def process_tags() -> dict[str, str]:
+    """Where this process runs, for the runs it opens: host, pid and a first heartbeat."""
+    return {names.HOST: socket.gethostname(), names.PID: str(os.getpid()), names.HEARTBEAT: f"{time.time():.0f}"}
+
+
+@contextlib.contextmanager
+def heartbeat(uri: str, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Renew the run's heartbeat tag every ``every`` seconds from a daemon thread while the block runs, so that
+    ``fer-exp reconcile`` on another host can tell a live run from one whose process died (SIGKILL, lost host)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(Exception):  # a missed beat only makes the run look older
+                _client(uri).set_tag(run_id, names.HEARTBEAT, f"{time.time():.0f}")
+
+    thread = threading.Thread(target=beat, name=f"fer-heartbeat-{run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _end_active(uri: str, run_id: str, status: str, reason: str | None) -> None:
@@ -430,8 +467,11 @@ def _retry(fn: Any, attempts: int = 5, first_delay: float = 0.5) -> Any:
 
 def _transient(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
+    # "duplicate key": workers starting together race to create the same row (e.g. the data set input, dataset_pk)
+    # in a PostgreSQL-backed server; the retry finds the row the other one made.
     return any(s in text for s in ("connection refused", "connectionerror", "max retries exceeded",
-                                   "database is locked", "temporarily unavailable", "503", "502", "timed out"))
+                                   "database is locked", "temporarily unavailable", "503", "502", "timed out",
+                                   "duplicate key value violates unique constraint"))
 
 
 
@@ -440,7 +480,7 @@ def create_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, Any]
     """Create a run without making it MLflow's active run (a study's parent run); it starts RUNNING."""
     prepare_store(uri)
     exp_id = ensure_experiment(uri, experiment)
-    clean = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+    clean = {k: str(v) for k, v in (process_tags() | dict(tags or {})).items() if v is not None}
     return _retry(lambda: _client(uri).create_run(exp_id, run_name=run_name, tags=clean)).info.run_id
 
 
@@ -460,3 +500,8 @@ def find_trial_records(uri: str, study: str, *, engine: str | None = None, state
         flt = names.study_filter(study, kind=kind, engine=engine, state=state)
         found += [names.TrialRecord.from_run(r.run_id, r.tags) for r in find_runs(uri, None, filter_string=flt)]
     return found
+
+
+def experiment_name(uri: str, experiment_id: str) -> str:
+    """The name of the experiment with this id."""
+    return _retry(lambda: _client(uri).get_experiment(experiment_id)).name

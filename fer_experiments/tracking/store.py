@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fer_experiments.config import DEFAULT_STORE_DIR, DEFAULT_TRACKING_URI
 from fer_experiments.errors import ConfigError, FatalError
-from fer_experiments.locks import STORE_SETUP_KEY, setup_lock, sqlite_file
+from fer_experiments.locks import STORE_SETUP_KEY, setup_lock, sqlite_file, sqlite_write_problem
 from fer_experiments.tracking import tags
 
 __all__ = ["DEFAULT_STORE_DIR", "DEFAULT_TRACKING_URI", "default_tracking_uri", "prepare_store", "redact_uri"]
@@ -52,6 +52,27 @@ def ui_command(uri: str, experiment_id: str | None = None) -> str:
 _prepared: set[str] = set()
 
 
+def check_store_writable(uri: str) -> None:
+    """FatalError naming the store when a SQLite tracking store (its database, folder or artifact folder) cannot be
+    written, before any work starts; tracking servers are checked by the server."""
+    db = sqlite_file(uri)
+    if db is None:
+        return
+    artifacts = db.resolve().parent / "artifacts" if db.parent.exists() else db.parent / "artifacts"
+    problem = sqlite_write_problem(uri, (artifacts,))
+    if problem:
+        raise FatalError(f"the MLflow tracking store {redact_uri(uri)} cannot be written: {problem}")
+
+
+def require_existing_store(uri: str) -> None:
+    """For reading commands: ConfigError saying which store was looked for when a SQLite store does not exist
+    (a reading command never creates one, e.g. when run from the wrong folder)."""
+    db = sqlite_file(uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"no MLflow tracking store at {db.resolve()} (--tracking-uri {uri}, from {os.getcwd()}); "
+                          "run from the folder that holds it or give --tracking-uri")
+
+
 def prepare_store(uri: str) -> None:
     """Create (and migrate) the tracking store once, under a lock (SQLite file or PostgreSQL database).
 
@@ -68,6 +89,7 @@ def prepare_store(uri: str) -> None:
 
     if not re.match(r"^[a-z][a-z0-9+.-]*:", uri) and not uri.startswith("/"):
         raise ConfigError(f"--tracking-uri {uri!r} is not a URI (e.g. sqlite:///mlruns/mlflow.db or http://host:5000)")
+    check_store_writable(uri)
     try:
         with setup_lock(uri, STORE_SETUP_KEY):
             mlflow.MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)

@@ -36,8 +36,11 @@ FAILURE_REASON = "failure_reason"
 PRUNED_AT_EPOCH = "pruned_at_epoch"
 #: The trial a refit run retrains.
 REFIT_OF = "fer.refit_of"
+#: Where a run's process runs: host name and pid (``fer-exp reconcile`` ends runs whose process is gone).
 HOST = "host"
 PID = "fer.pid"
+#: Unix time of the last sign of life of a RUNNING run's process (renewed every HEARTBEAT_SECONDS).
+HEARTBEAT = "fer.heartbeat"
 GPU = "gpu"
 PRESET = "preset"
 WALL_SECONDS = "wall_seconds"
@@ -81,6 +84,23 @@ UI_TRAINING_VIEW_QUERY = "workflowType=machine_learning"
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
+#: On an ensemble run (params): its members' run IDs (comma-separated, in the model's order), their weights, the
+#: method that chose them (mean or greedy) and the K asked for; the best member (highest PublicTest accuracy).
+ENSEMBLE_MEMBERS = "ensemble_members"
+ENSEMBLE_WEIGHTS = "ensemble_weights"
+ENSEMBLE_METHOD = "method"
+ENSEMBLE_TOP = "ensemble_top"
+ENSEMBLE_CANDIDATES = "ensemble_candidates"
+ENSEMBLE_BEST_MEMBER = "ensemble_best_member"
+#: On a distilled run (params): the teacher's run ID, the temperature and the weight of the true labels.
+TEACHER_RUN = "teacher_run_id"
+DISTILL_TEMPERATURE = "distill_temperature"
+DISTILL_ALPHA = "distill_alpha"
+#: A run whose model was exported (``onnx``) beside the Keras model, or why it could not be; seconds it took.
+EXPORTED = "fer.exported"
+EXPORT_ERROR = "fer.export_error"
+EXPORT_SECONDS = "fer.export_seconds"
+
 # Names older versions wrote beside the ones above (read, never written).
 _OLD_STUDY = "optuna_study"
 _OLD_TRIAL_NUMBER = "optuna_trial_number"
@@ -110,11 +130,24 @@ PRIVATE_ACCURACY = "test_accuracy"
 PRIVATE_MACRO_F1 = "test_macro_f1"
 #: On a study's parent run: the best objective value so far.
 BEST_VALUE = "best_value"
+#: Per training run: training throughput (fit only, no evaluation), images fitted, and seconds.
+TRAIN_IMAGES_PER_SECOND = "train_images_per_second"
+TRAIN_IMAGES_SEEN = "train_images_seen"
+TRAIN_SECONDS = "train_seconds"
+#: Params of a training run: its Training rows, epochs, and (a refit) the trial run it retrains.
+PARAM_N_TRAIN = "n_train"
+PARAM_EPOCHS = "epochs"
+PARAM_REFIT_OF = "refit_of"
+#: Size and serving speed of a logged model: weights, and faces/s classified one at a time (predict_on_batch).
+N_PARAMS = "n_params"
+FACES_PER_SECOND = "faces_per_second_one_at_a_time"
 
 # ------------------------------------------------------------------------------------------ registry tags
 VERSION_STUDY = "study"
 VERSION_TRIAL = "trial"
 VERSION_ENGINE = "engine"
+#: What a version's run is (its ``fer.kind``: trial, refit, ensemble, distilled ...).
+VERSION_KIND = "kind"
 VERSION_PUBLIC_ACCURACY = "public_accuracy"
 VERSION_PUBLIC_MACRO_F1 = "public_macro_f1"
 VERSION_PRIVATE_ACCURACY = "private_accuracy"
@@ -127,6 +160,8 @@ SOURCE_RUN_ID = "source_run_id"
 WRAPPER_FORMAT = "fer.wrapper_format"
 #: Registered-model tag: the JSON list of versions an alias pointed at, oldest first.
 ALIAS_HISTORY = "fer.alias_history.{alias}"
+#: Registered-model tag: who holds the promote lease on a tracking server ("owner expires-at"), see registry_lock.
+PROMOTE_LEASE = "fer.promote_lease"
 
 # ------------------------------------------------------------------------------ Optuna user attributes
 ATTR_SPACE = "fer.space"

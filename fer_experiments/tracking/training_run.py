@@ -14,6 +14,7 @@ from fer_experiments.config import TrainConfig
 from fer_experiments.evaluation.metrics import Evaluation, confusion_csv, format_report
 from fer_experiments.params import ModelParams, TrainParams, flat_params
 from fer_experiments.tracking import tags
+from fer_experiments.tracking.exported import log_exported_model
 from fer_experiments.tracking.runs import TrackedRun, command_source, git_commit, start_run
 
 if TYPE_CHECKING:
@@ -44,8 +45,11 @@ def _absolute(path: str) -> str:
 def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: TrainParams, data: "TrainingData", *,
                      objective: str = "val_accuracy", extra_params: dict[str, Any] | None = None,
                      observers: Sequence["EpochObserver"] = (), on_batch: "BatchObserver | None" = None,
-                     ) -> "TrainResult":
-    """Train inside an open run: log params, data input, per-epoch curves, then the full evaluation and the model."""
+                     fit: Callable[..., "TrainResult"] | None = None) -> "TrainResult":
+    """Train inside an open run: log params, data input, per-epoch curves, then the full evaluation and the model.
+
+    ``fit`` replaces ``trainer.train_model`` (same signature), e.g. a distillation (``training.distill``).
+    """
     from fer_experiments.training.trainer import train_model
 
     run.log_params(flat_params(model_params, train_params) | {
@@ -58,8 +62,8 @@ def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: T
     def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
         run.log_metrics(metrics, step=epoch)
 
-    result = train_model(model_params, train_params, data.train, data.val, objective=objective,
-                         observers=[log_epoch, *observers], on_batch=on_batch)
+    result = (fit or train_model)(model_params, train_params, data.train, data.val, objective=objective,
+                                  observers=[log_epoch, *observers], on_batch=on_batch)
     log_result(run, result)
     return result
 
@@ -68,16 +72,25 @@ def log_result(run: TrackedRun, result: "TrainResult") -> None:
     """Log the selected (best-epoch) evaluation, its artifacts and the model."""
     from fer_experiments.evaluation.plots import learning_curves_figure
 
-    ev = result.evaluation
-    best = {f"best_{k}": v for k, v in ev.summary_metrics("val").items()}
-    run.log_metrics({**ev.per_class_metrics("val"), **best,
-                     "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                     "train_images_per_second": result.images_per_second, "train_seconds": result.train_seconds},
-                    step=result.best_epoch)
-    log_evaluation_artifacts(run, ev, prefix="evaluation/val")
+    best = log_selection_evaluation(run, result.evaluation, {
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        tags.TRAIN_IMAGES_PER_SECOND: result.images_per_second, tags.TRAIN_SECONDS: result.train_seconds,
+        tags.TRAIN_IMAGES_SEEN: result.images_seen}, step=result.best_epoch)
     run.log_figure(learning_curves_figure(result.history), "learning_curves.png")
     run.log_text(history_csv(result.history), "history.csv")
     run.log_keras_model(result.model, metrics=best, step=result.best_epoch)
+    log_exported_model(run, result.model)  # the ONNX graph serving runs, beside the Keras model
+
+
+def log_selection_evaluation(run: TrackedRun, ev: Evaluation, extra: dict[str, float] | None = None,
+                             step: int = 0) -> dict[str, float]:
+    """The logged model's PublicTest evaluation: per-class ``val_*`` metrics, ``best_val_accuracy`` (what the
+    promote guard compares), ``best_val_macro_f1``, ``best_val_loss``, and its artifacts under ``evaluation/val``.
+    Returns the ``best_*`` metrics (to link to the logged model)."""
+    best = {f"best_{k}": v for k, v in ev.summary_metrics("val").items()}
+    run.log_metrics({**ev.per_class_metrics("val"), **best, **(extra or {})}, step=step)
+    log_evaluation_artifacts(run, ev, prefix="evaluation/val")
+    return best
 
 
 def log_evaluation_artifacts(run: TrackedRun, ev: Evaluation, prefix: str) -> None:

@@ -25,3 +25,33 @@ def backend_name() -> str:
     import keras
 
     return str(keras.backend.backend())
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new model may use now: ``FER_EXP_MEMORY_LIMIT`` (bytes, or with a K/M/G suffix) if set, else the
+    smaller of the kernel's MemAvailable and the cgroup's (container's) limit minus its usage; None if unknown."""
+    import os
+    from pathlib import Path
+
+    raw = os.environ.get("FER_EXP_MEMORY_LIMIT", "").strip()
+    if raw:
+        units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+        factor = units.get(raw[-1].upper(), 1)
+        try:
+            return int(float(raw[:-1] if factor != 1 else raw) * factor)
+        except ValueError:
+            pass
+    found: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None

@@ -19,7 +19,7 @@ import numpy as np
 from fer_experiments import NUM_CLASSES
 from fer_experiments.errors import ConfigError, TrialFailed
 from fer_experiments.evaluation.metrics import Evaluation, evaluate_probabilities
-from fer_experiments.models.builder import build_model
+from fer_experiments.models.builder import build_network, with_augmentation, with_tta
 from fer_experiments.models.predict import as_model_input, predict_proba
 from fer_experiments.params import ModelParams, TrainParams
 from fer_experiments.training.backend import seed_everything
@@ -53,13 +53,22 @@ class TrainResult:
     objective_value: float
     train_seconds: float
     images_per_second: float
+    #: Training images fitted (epochs x rows, an epoch cut short by a time budget counting what it ran).
+    images_seen: int = 0
+    #: Wall seconds of the whole ``train_model`` call (build, fit, evaluations).
+    wall_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def compile_model(model: keras.Model, train: TrainParams, steps_per_epoch: int) -> None:
-    """Compile with the optimiser, learning-rate schedule and loss that ``train`` asks for."""
+def compile_model(model: keras.Model, train: TrainParams, steps_per_epoch: int,
+                  loss: keras.losses.Loss | None = None) -> None:
+    """Compile with the optimiser, learning-rate schedule and loss that ``train`` asks for (or ``loss``).
+
+    A cosine schedule under a time budget is driven by ``_TimeBudget`` (sized once the first epoch is timed), so the
+    optimiser gets a plain learning rate then.
+    """
     lr: Any = train.learning_rate
-    if train.lr_schedule == "cosine":
+    if train.lr_schedule == "cosine" and not train.time_budget_s:
         lr = keras.optimizers.schedules.CosineDecay(train.learning_rate, decay_steps=max(1, train.epochs * steps_per_epoch))
     optimizers: dict[str, Callable[[], keras.optimizers.Optimizer]] = {
         "adam": lambda: keras.optimizers.Adam(lr),
@@ -68,7 +77,7 @@ def compile_model(model: keras.Model, train: TrainParams, steps_per_epoch: int) 
         "rmsprop": lambda: keras.optimizers.RMSprop(lr),
     }
     model.compile(optimizer=optimizers[train.optimizer](),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+                  loss=loss or keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
@@ -88,10 +97,28 @@ def one_hot(y: np.ndarray) -> np.ndarray:
     return np.eye(NUM_CLASSES, dtype=np.float32)[y]
 
 
+def check_fits_in_memory(model_params: ModelParams, train_params: TrainParams) -> None:
+    """TrialFailed, before anything is built, when the model's estimated training memory exceeds what is available
+    (the kernel would otherwise kill the whole process, and a search with it)."""
+    from fer_experiments.models.memory import estimate_training_memory, gib
+    from fer_experiments.training.backend import available_memory_bytes
+
+    need = estimate_training_memory(model_params, train_params)
+    available = available_memory_bytes()
+    if available is not None and need.total > available:
+        raise TrialFailed(f"does not fit in memory: needs {need.describe()}, {gib(available)} GiB available; "
+                          "not started (lower filters, dense_units or batch_size)")
+
+
 def train_model(model_params: ModelParams, train_params: TrainParams, train_split: "Split", val_split: "Split", *,
                 objective: str = "val_accuracy", observers: Sequence[EpochObserver] = (),
-                restore_best: bool = True, on_batch: BatchObserver | None = None) -> TrainResult:
+                restore_best: bool = True, on_batch: BatchObserver | None = None,
+                targets: np.ndarray | None = None, loss: keras.losses.Loss | None = None) -> TrainResult:
     """Build, compile and fit one model; evaluate on ``val_split`` (PublicTest) after every epoch.
+
+    ``targets`` (one row per Training image, its first 7 columns the one-hot label) and ``loss`` replace the
+    one-hot labels and the cross-entropy (distillation: ``fer_experiments.training.distill``); the
+    returned model is the uncompiled exported network, so a logged model carries no custom loss.
 
     Raises TrialFailed on a NaN/inf loss or an out-of-memory error; observers' exceptions propagate.
     """
@@ -102,25 +129,44 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
         raise ConfigError("training and PublicTest splits must not be empty")
     # Drop Keras's global state from earlier models (a search builds hundreds); no gc.collect here: it scans every
     # live object and costs ~1 s per trial, while Python's own collector frees the cycles soon enough.
+    check_fits_in_memory(model_params, train_params)
     keras.backend.clear_session(free_memory=False)
     seed_everything(train_params.seed)
-    model = build_model(model_params, train_params)
+    started = time.monotonic()
+    network = build_network(model_params)
+    # Fitted: the network behind the augmentation layers. Evaluated every epoch and returned: the network with its
+    # test-time augmentation, i.e. the model that is exported, so the epoch PublicTest selects is the shipped one's.
+    model = with_augmentation(network, train_params)
+    exported = with_tta(network, model_params.tta)
     steps = math.ceil(len(train_split.y) / train_params.batch_size)
-    compile_model(model, train_params, steps)
+    compile_model(model, train_params, steps, loss)
+    y_fit = one_hot(train_split.y) if targets is None else np.asarray(targets, dtype=np.float32)
+    if len(y_fit) != len(train_split.y):
+        raise ConfigError(f"{len(y_fit)} target rows for {len(train_split.y)} Training images")
+    weights = class_weights(train_split.y, train_params.class_weight)
 
-    evaluator = _EpochEvaluator(val_split, objective, observers, restore_best, len(train_split.y))
+    evaluator = _EpochEvaluator(val_split, objective, observers, restore_best, len(train_split.y), exported)
     callbacks: list[keras.callbacks.Callback] = [evaluator]
     if on_batch is not None:
         callbacks.append(_BatchReporter(on_batch, steps))
+    if train_params.time_budget_s:
+        # After the evaluator: the epoch's PublicTest pass counts in the time it judges.
+        views = 2 if model_params.tta == "flip" else 1
+        callbacks.append(_TimeBudget(train_params, steps, started, eval_images=views * len(val_split.y),
+                                     batch_size=train_params.batch_size, evaluator=evaluator))
     if train_params.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-6))
     if train_params.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=objective, mode="max",
                                                        patience=train_params.early_stopping_patience))
     try:
-        model.fit(as_model_input(train_split.x), one_hot(train_split.y), batch_size=train_params.batch_size,
+        # Custom targets get the class weights as per-image weights: Keras's class_weight reads the class from
+        # the targets, which need not be a plain one-hot row then.
+        per_image = None if weights is None or targets is None else \
+            np.array([weights[int(c)] for c in train_split.y], dtype=np.float32)
+        model.fit(as_model_input(train_split.x), y_fit, batch_size=train_params.batch_size,
                   epochs=train_params.epochs, shuffle=True, verbose=0, callbacks=callbacks,
-                  class_weight=class_weights(train_split.y, train_params.class_weight))
+                  class_weight=weights if targets is None else None, sample_weight=per_image)
     except (TrialFailed, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - only resource exhaustion is re-labelled; the rest propagates
@@ -131,11 +177,12 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
         raise TrialFailed("training ran no epoch")
     best_epoch, best_eval, best_weights = evaluator.best
     if restore_best and best_weights is not None:
-        model.set_weights(best_weights)
+        exported.set_weights(best_weights)
     return TrainResult(
-        model=model, history=evaluator.history, best_epoch=best_epoch, epochs_run=len(evaluator.history["loss"]),
+        model=exported, history=evaluator.history, best_epoch=best_epoch, epochs_run=len(evaluator.history["loss"]),
         evaluation=best_eval, objective=objective, objective_value=_objective_value(best_eval, objective),
         train_seconds=evaluator.train_seconds, images_per_second=evaluator.images_per_second,
+        images_seen=evaluator.images_seen, wall_seconds=time.monotonic() - started,
     )
 
 
@@ -152,9 +199,11 @@ class _EpochEvaluator(keras.callbacks.Callback):
     """Evaluates PublicTest after every epoch, feeds Keras's logs and the observers, keeps the best weights."""
 
     def __init__(self, val: "Split", objective: str, observers: Sequence[EpochObserver], keep_best: bool,
-                 n_train: int) -> None:
+                 n_train: int, exported: keras.Model) -> None:
         super().__init__()
         self.val = val
+        #: The model PublicTest judges (the network with its test-time augmentation); it shares the fitted weights.
+        self.exported = exported
         self.objective = objective
         self.observers = list(observers)
         self.keep_best = keep_best
@@ -165,21 +214,39 @@ class _EpochEvaluator(keras.callbacks.Callback):
         self.train_seconds = 0.0
         self._t0 = 0.0
 
+        self._seen = 0
+        self.last_fit_seconds = 0.0
+
     @property
     def images_per_second(self) -> float:
-        return self.n_train * len(self.history["loss"]) / self.train_seconds if self.train_seconds else 0.0
+        return self._seen / self.train_seconds if self.train_seconds else 0.0
+
+    @property
+    def images_seen(self) -> int:
+        """Training images fitted so far (an epoch stopped early by a time budget counts what it ran)."""
+        return self._seen
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._t0 = time.perf_counter()
+        self._batches = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._batches = batch + 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.train_seconds += time.perf_counter() - self._t0
+        self.last_fit_seconds = time.perf_counter() - self._t0
+        self.train_seconds += self.last_fit_seconds
+        steps = (getattr(self, "params", None) or {}).get("steps")
+        if steps and 0 < self._batches < steps:  # an epoch cut short by a time budget
+            self._seen += min(self.n_train, self._batches * math.ceil(self.n_train / steps))
+        else:
+            self._seen += self.n_train
         logs = logs if logs is not None else {}
         loss = float(logs.get("loss", math.nan))
         if not math.isfinite(loss):
             self.model.stop_training = True
             raise TrialFailed(f"loss became {loss} at epoch {epoch + 1}")
-        ev = evaluate_probabilities(self.val.y, predict_proba(self.model, self.val.x), "PublicTest")
+        ev = evaluate_probabilities(self.val.y, predict_proba(self.exported, self.val.x), "PublicTest")
         # Written into Keras's own logs so ReduceLROnPlateau / EarlyStopping see the same numbers.
         logs.update({"val_loss": ev.loss, "val_accuracy": ev.accuracy, "val_macro_f1": ev.macro_f1})
         lr = float(np.asarray(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
@@ -189,7 +256,7 @@ class _EpochEvaluator(keras.callbacks.Callback):
             self.history[k].append(v)
         value = _objective_value(ev, self.objective)
         if self.best is None or value > _objective_value(self.best[1], self.objective):
-            self.best = (epoch + 1, ev, self.model.get_weights() if self.keep_best else None)
+            self.best = (epoch + 1, ev, self.exported.get_weights() if self.keep_best else None)
         for observer in self.observers:
             observer(epoch + 1, metrics)
 
@@ -210,3 +277,78 @@ class _BatchReporter(keras.callbacks.Callback):
         if now - self._last >= self.every or batch + 1 == self.steps:
             self._last = now
             self.on_batch(self._epoch, batch + 1, self.steps)
+
+
+class _TimeBudget(keras.callbacks.Callback):
+    """Bounds a training by ``time_budget_s`` seconds of wall time (from the start of ``train_model``).
+
+    Stops after the epoch when the next one would overrun (at the mean epoch time so far, PublicTest pass included),
+    and mid-epoch when only the PublicTest pass that follows still fits (measured after the first epoch; before, at
+    a third of the training pace per image), so the partial epoch is still evaluated and the best epoch kept.
+    With ``lr_schedule: cosine`` it drives a cosine decay over the epochs that fit, sized from the first epoch's time
+    (until then, over ``epochs``), so the learning rate reaches its floor when the time does.
+    """
+
+    def __init__(self, train: TrainParams, steps_per_epoch: int, started: float, *, eval_images: int = 0,
+                 batch_size: int = 64, evaluator: "_EpochEvaluator | None" = None) -> None:
+        super().__init__()
+        self.eval_images = eval_images
+        self.batch_size = batch_size
+        self.evaluator = evaluator
+        self.eval_seconds: float | None = None
+        self._fit_started = 0.0
+        self.budget = train.time_budget_s
+        self.cosine = train.lr_schedule == "cosine"
+        self.base_lr = train.learning_rate
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.total_steps = max(1, train.epochs * self.steps_per_epoch)
+        self.max_epochs = train.epochs
+        self.started = started
+        self.step = 0
+        self.epochs_done = 0
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.cosine:
+            progress = min(1.0, self.step / self.total_steps)
+            self.model.optimizer.learning_rate.assign(self.base_lr * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._fit_started = time.monotonic()
+
+    def _eval_reserve(self) -> float:
+        """Seconds the PublicTest pass after this epoch will take."""
+        if self.eval_seconds is not None:
+            return self.eval_seconds
+        fit = time.monotonic() - self._fit_started
+        done = self.step - self.epochs_done * self.steps_per_epoch
+        if done <= 0 or fit <= 0:
+            return 0.0
+        # Before a pass was timed: inference at ~3x the training pace per image (a guess that errs on time's side).
+        return self.eval_images * fit / (done * self.batch_size * 3.0)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.step += 1
+        if self._elapsed() + self._eval_reserve() >= self.budget:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.evaluator is not None and self.epochs_done == 0:
+            # This callback runs after the evaluator: its pass is what followed the fit of this epoch.
+            self.eval_seconds = max(0.0, time.monotonic() - self._fit_started - self._last_fit_seconds())
+        self.epochs_done = epoch + 1
+        elapsed = self._elapsed()
+        per_epoch = elapsed / self.epochs_done
+        if self.epochs_done == 1 and self.cosine:
+            # Size the decay to the epochs that fit in the budget at the first epoch's pace (never more than asked).
+            fit = max(1, min(self.max_epochs, int(self.budget // max(per_epoch, 1e-9))))
+            self.total_steps = max(self.step + 1, fit * self.steps_per_epoch)
+        if elapsed + per_epoch > self.budget:
+            self.model.stop_training = True
+
+    def _last_fit_seconds(self) -> float:
+        """The evaluator's fit time of the epoch just ended (it stops its clock before its PublicTest pass)."""
+        assert self.evaluator is not None
+        return self.evaluator.last_fit_seconds

@@ -335,6 +335,8 @@ def test_pyfunc_wrapper_and_mlflow_models_serve(env: dict) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{service_model_name('fer-cnn')}@champion")
     (out, bad) = model.predict(pd.DataFrame({"image": [data, b"not an image"]}))
     assert out["faces"] == served["faces"] and out["model"]["version"] == "1"
+    # Both run the version's exported graph (the wrapper carries it; exported on promote for older versions).
+    assert out["runtime"] == served["runtime"] == "exported"
     assert bad["error"] == "unsupported_media_type" and bad["status"] == 415
     # The registered fer-cnn versions are untouched: still plain Keras models.
     x = env["x"][:4, ..., None].astype("float32")
@@ -353,6 +355,6 @@ def test_pyfunc_wrapper_and_mlflow_models_serve(env: dict) -> None:
         r = httpx.post(base + "/invocations", json=payload, timeout=120)
         assert r.status_code == 200, r.text
         (pred,) = r.json()["predictions"]
-        assert pred["faces"] == served["faces"] and pred["model"]["name"] == "fer-cnn"
+        assert pred["faces"] == served["faces"] and pred["model"]["name"] == "fer-cnn" and pred["runtime"] == "exported"
     finally:
         server.stop()

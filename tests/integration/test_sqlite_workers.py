@@ -8,16 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import copy_migrated_store, run_cli
 from tests.integration.test_workers_pg import SPACE, _wait_line
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 
-def test_second_sqlite_worker_is_refused(tiny_real_csv: Path, tmp_path: Path) -> None:
+def test_second_sqlite_worker_is_refused(synthetic_csv: Path, tmp_path: Path, migrated_mlflow_db: Path) -> None:
+    # The MLflow store exists already (copied): this test is not about creating one.
+    copy_migrated_store(migrated_mlflow_db, tmp_path / "mlruns")
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(epochs=3))
-    args = ["search", "--data", str(tiny_real_csv), "--space", str(space), "--study", "s", "--n-trials", "1"]
+    args = ["search", "--data", str(synthetic_csv), "--space", str(space), "--study", "s", "--n-trials", "1"]
     first = subprocess.Popen([sys.executable, "-m", "fer_experiments.cli", *args], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

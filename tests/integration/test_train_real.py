@@ -58,6 +58,10 @@ def test_run_has_params_metrics_artifacts_and_input(trained: dict) -> None:
     assert 0.0 <= run.data.metrics["best_val_macro_f1"] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"learning_curves.png", "history.csv", "evaluation"} <= artifacts
+    # The exported ONNX graph beside the Keras model (an MLflow onnx-flavour folder).
+    assert "exported" in artifacts and run.data.tags["fer.exported"] == "onnx"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "exported")} >= {"exported/model.onnx",
+                                                                                     "exported/MLmodel"}
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert evaluation == {f"evaluation/val_{n}" for n in ("confusion_matrix.png", "confusion_matrix.csv",
                                                         "classification_report.txt", "classification_report.json")}
@@ -104,21 +108,3 @@ def test_evaluate_cli_matches_library(trained: dict) -> None:
     assert got["report"]["Disgust"]["support"] == expected.support[1]
     text = run_cli("evaluate", uri, "--data", str(trained["csv"]), cwd=trained["work"])
     assert text.returncode == 0 and "split: PrivateTest" in text.stdout and "weighted avg" in text.stdout
-
-
-def test_same_seed_same_metrics(tiny_real_csv: Path, stores: dict) -> None:
-    from fer_experiments.config import DataConfig, TrackingConfig, TrainConfig
-    from fer_experiments.data import load_training_data
-    from fer_experiments.tracking.training_run import run_training
-    from fer_experiments.params import ModelParams, TrainParams
-
-    cfg = TrainConfig(data=DataConfig(path=str(tiny_real_csv), limit=200),
-                      tracking=TrackingConfig(tracking_uri=stores["tracking_uri"], experiment="det"),
-                      model=ModelParams(conv_blocks=2, convs_per_block=1, filters=8, dense_layers=1, dense_units=16,
-                                        batchnorm="after_activation"),
-                      train=TrainParams(epochs=2, batch_size=32, seed=123, augment_flip=True))
-    data = load_training_data(cfg.data)
-    _, a = run_training(cfg, data)
-    _, b = run_training(cfg, data)
-    assert a.history == b.history
-    assert a.evaluation.confusion == b.evaluation.confusion

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 
@@ -152,14 +152,14 @@ def _wait_line(proc: subprocess.Popen, text: str, timeout: float) -> None:
     raise AssertionError(f"{text!r} not seen; output:\n{''.join(seen)}")
 
 
-def test_three_workers_share_one_study(tiny_real_csv: Path, databases: dict, server: MlflowServer,
+def test_three_workers_share_one_study(synthetic_csv: Path, databases: dict, server: MlflowServer,
                                        tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(epochs=1))
     # All three start at the same moment on a study that does not exist yet.
-    procs = [subprocess.Popen(_search_args(tiny_real_csv, space, databases, server, "big", 9), cwd=tmp_path,
+    procs = [subprocess.Popen(_search_args(synthetic_csv, space, databases, server, "big", 9), cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
@@ -180,7 +180,7 @@ def test_three_workers_share_one_study(tiny_real_csv: Path, databases: dict, ser
     assert listed.returncode == 0 and "big" in listed.stdout
 
 
-def test_sigkilled_worker_is_failed_retried_and_reconciled(tiny_real_csv: Path, databases: dict,
+def test_sigkilled_worker_is_failed_retried_and_reconciled(synthetic_csv: Path, databases: dict,
                                                            server: MlflowServer, tmp_path: Path) -> None:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
@@ -188,7 +188,7 @@ def test_sigkilled_worker_is_failed_retried_and_reconciled(tiny_real_csv: Path, 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(epochs=3))
     beat = ["--heartbeat-interval", "1", "--grace-period", "3"]
-    first = subprocess.Popen(_search_args(tiny_real_csv, space, databases, server, "k", 1) + beat + ["--gpu", "0"],
+    first = subprocess.Popen(_search_args(synthetic_csv, space, databases, server, "k", 1) + beat + ["--gpu", "0"],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_line(first, "epoch 1/3", timeout=300)
@@ -198,7 +198,7 @@ def test_sigkilled_worker_is_failed_retried_and_reconciled(tiny_real_csv: Path, 
         if first.poll() is None:
             first.kill()
     time.sleep(4)  # past the grace period
-    second = subprocess.run(_cmd("worker", "--data", str(tiny_real_csv), "--study", "k", "--storage",
+    second = subprocess.run(_cmd("worker", "--data", str(synthetic_csv), "--study", "k", "--storage",
                                  databases["optuna"], "--tracking-uri", server.uri, *beat), cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
@@ -215,13 +215,13 @@ def test_sigkilled_worker_is_failed_retried_and_reconciled(tiny_real_csv: Path, 
     assert "KILLED" in second.stdout
 
 
-def test_sigterm_exits_143_and_leaves_nothing_running(tiny_real_csv: Path, databases: dict, server: MlflowServer,
+def test_sigterm_exits_143_and_leaves_nothing_running(synthetic_csv: Path, databases: dict, server: MlflowServer,
                                                       tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(epochs=3))
-    proc = subprocess.Popen(_search_args(tiny_real_csv, space, databases, server, "term", 3), cwd=tmp_path,
+    proc = subprocess.Popen(_search_args(synthetic_csv, space, databases, server, "term", 3), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_line(proc, "epoch 1/3", timeout=300)
@@ -232,19 +232,21 @@ def test_sigterm_exits_143_and_leaves_nothing_running(tiny_real_csv: Path, datab
             proc.kill()
     assert proc.returncode == 143
     trials = _study(databases, "term").get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL]
+    # The interrupted trial's params are queued again for the next worker (WAITING, a retry of trial 0).
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].params == trials[0].params and trials[1].system_attrs["failed_trial"] == 0
     runs = _runs(server)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert [r.info.status for r in runs if r.data.tags.get("fer.kind") == "trial"] == ["KILLED"]
 
 
-def test_worker_survives_tracking_server_restart(tiny_real_csv: Path, databases: dict, server: MlflowServer,
+def test_worker_survives_tracking_server_restart(synthetic_csv: Path, databases: dict, server: MlflowServer,
                                                  tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(epochs=3))
-    proc = subprocess.Popen(_search_args(tiny_real_csv, space, databases, server, "restart", 1), cwd=tmp_path,
+    proc = subprocess.Popen(_search_args(synthetic_csv, space, databases, server, "restart", 1), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_line(proc, "epoch 1/3", timeout=300)
@@ -263,19 +265,19 @@ def test_worker_survives_tracking_server_restart(tiny_real_csv: Path, databases:
     assert len(_client(server).get_metric_history(runs[0].info.run_id, "val_accuracy")) == 3
 
 
-def test_worker_with_other_data_is_refused(tiny_real_csv: Path, databases: dict, server: MlflowServer,
+def test_worker_with_other_data_is_refused(synthetic_csv: Path, databases: dict, server: MlflowServer,
                                            tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(epochs=1))
-    made = subprocess.run(_search_args(tiny_real_csv, space, databases, server, "d", 1), cwd=tmp_path,
+    made = subprocess.run(_search_args(synthetic_csv, space, databases, server, "d", 1), cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stderr
     other = tmp_path / "other.csv"
-    other.write_text(tiny_real_csv.read_text().replace("\n0,", "\n1,", 1))
+    other.write_text(synthetic_csv.read_text().replace("\n0,", "\n1,", 1))
     proc = subprocess.run(_cmd("worker", "--data", str(other), "--study", "d", "--storage", databases["optuna"],
                                "--tracking-uri", server.uri), cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 3 and "digest" in proc.stderr and "Traceback" not in proc.stderr
-    missing = subprocess.run(_cmd("worker", "--data", str(tiny_real_csv), "--study", "nope", "--storage",
+    missing = subprocess.run(_cmd("worker", "--data", str(synthetic_csv), "--study", "nope", "--storage",
                                   databases["optuna"], "--tracking-uri", server.uri), cwd=tmp_path,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -1,4 +1,4 @@
-"""``fer-exp`` as a user runs it: subprocesses, exit codes, one-line errors, a tiny tracked training."""
+"""``fer-exp`` as a user runs it: subprocesses, exit codes, one-line errors (trainings: tests/integration/test_train_tracked.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ import pytest
 
 from fer_experiments import IMAGE_SIZE, NUM_CLASSES
 from tests.conftest import run_cli, write_kaggle_csv
-
-TINY_SETS = ("--set", "conv_blocks=1", "--set", "convs_per_block=1", "--set", "filters=4", "--set", "dense_layers=0",
-             "--epochs", "1")
 
 
 def _errors(stderr: str) -> list[str]:
@@ -106,53 +103,6 @@ def test_evaluate_missing_model_exits_2(tiny_csv: Path, tmp_path: Path) -> None:
                    timeout=180)
     assert proc.returncode == 2, proc.stderr
     _assert_one_line_error(proc, "no-such-model.keras")
-
-
-def _runs(uri: str) -> list:
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
-
-
-def test_train_end_to_end(tiny_csv: Path, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
-    proc = run_cli("train", "--data", str(tiny_csv), *TINY_SETS, "--tracking-uri", uri, "--experiment", "cli-e2e",
-                   cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    m = re.search(r"^run: ([0-9a-f]{32})$", proc.stdout, re.MULTILINE)
-    assert m, proc.stdout
-    assert "epoch 1/1" in proc.stdout and "precision" in proc.stdout
-    runs = _runs(uri)
-    assert [r.info.run_id for r in runs] == [m.group(1)]
-    run = runs[0]
-    assert run.info.status == "FINISHED"
-    assert run.data.params["filters"] == "4" and run.data.params["epochs"] == "1"
-    assert run.data.params["n_train"] == "70" and run.data.params["n_val"] == "35"
-    assert "best_val_accuracy" in run.data.metrics and "val_precision_angry" in run.data.metrics
-    assert "failure_reason" not in run.data.tags
-    # artifacts live beside the database, not in the working folder
-    assert run.info.artifact_uri.startswith((tmp_path / "store" / "artifacts").as_uri())
-    assert not (tmp_path / "mlruns").exists()
-    import mlflow
-
-    names = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id)}
-    assert {"learning_curves.png", "history.csv"} <= names
-
-
-def test_train_nan_exits_4_and_run_failed(tiny_csv: Path, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
-    proc = run_cli("train", "--data", str(tiny_csv), *TINY_SETS, "--batch-size", "16", "--learning-rate", "1e30",
-                   "--set", "optimizer=sgd", "--tracking-uri", uri, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 4, proc.stdout + proc.stderr
-    _assert_one_line_error(proc, "nan")
-    runs = _runs(uri)
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.info.status == "FAILED"
-    assert "nan" in run.data.tags["failure_reason"].lower()
-    assert run.info.end_time is not None
 
 
 def _commands() -> list[tuple[str, "object"]]:

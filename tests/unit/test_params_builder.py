@@ -251,7 +251,8 @@ def test_builder_is_pure(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ------------------------------------------------------------------------------------------------- presets
 def test_three_presets() -> None:
-    assert set(PRESETS) == {"seed-base", "seed-deep", "seed-deep-bn"}
+    # The seed's three networks plus the mini-Xception comparisons (issue 14).
+    assert set(PRESETS) == {"seed-base", "seed-deep", "seed-deep-bn", "mini-xception", "mini-xception-wide"}
     for name, preset in PRESETS.items():
         assert preset.name == name and preset.description
         assert split_params(preset.values()) == (preset.model, preset.train)

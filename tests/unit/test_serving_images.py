@@ -102,8 +102,8 @@ def test_empty_body_is_422() -> None:
     assert isinstance(err.value, DataError)
 
 
-@pytest.mark.parametrize("data", [b"hello, not an image", b"\x89PNG\r\n\x1a\n", b"GIF89a", bytes(range(256)) * 10,
-                                  b'{"image": "x"}'])
+# A bare PNG or GIF signature is a damaged image of that format: 422 (test_damaged_image_of_a_known_format...).
+@pytest.mark.parametrize("data", [b"hello, not an image", bytes(range(256)) * 10, b'{"image": "x"}'])
 def test_non_image_bytes_are_415(data: bytes) -> None:
     with pytest.raises(ImageRejected) as err:
         decode_image(data)
@@ -237,3 +237,36 @@ def test_listen_socket_sets_tcp_nodelay_and_reports_a_busy_port() -> None:
             listen_socket("127.0.0.1", port)
     finally:
         sock.close()
+
+
+# ------------------------------------------------------------------- damaged, not unknown (issue 11 point 6)
+@pytest.mark.parametrize("kind", ["png_0x0", "jpeg_200_bytes", "gif_header_only", "bmp_header_only",
+                                  "png_signature_only"])
+def test_damaged_image_of_a_known_format_is_422_not_415(kind: str) -> None:
+    """A 0x0 PNG or a JPEG cut to 200 bytes is a damaged image (422), not an unknown type (415)."""
+    import cv2
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ok, jpeg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
+    assert ok
+    data = {
+        "png_0x0": b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 0, 8, 0, 0, 0, 0))
+                   + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""),
+        "jpeg_200_bytes": jpeg.tobytes()[:200],
+        "gif_header_only": b"GIF89a" + b"\0" * 20,
+        "bmp_header_only": b"BM" + struct.pack("<I", 1000) + b"\0\0\0\0" + b"\x36\0\0\0",
+        "png_signature_only": b"\x89PNG\r\n\x1a\n",
+    }[kind]
+    with pytest.raises(ImageRejected) as info:
+        decode_image(data)
+    assert (info.value.status, info.value.code) == (422, "invalid_image"), str(info.value)
+    assert "damaged" in str(info.value) and "0x" not in str(info.value)
+
+
+@pytest.mark.parametrize("data", [b"hello, I am not a photo", b"BMW is a car", b"P5x", b"PK\x03\x04zip"])
+def test_bytes_of_no_known_format_stay_415(data: bytes) -> None:
+    with pytest.raises(ImageRejected) as info:
+        decode_image(data)
+    assert (info.value.status, info.value.code) == (415, "unsupported_media_type")

@@ -147,7 +147,7 @@ def test_importing_spaces_imports_neither_optuna_nor_keras_tuner() -> None:
 BAD_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown top-level key", changed(maxepochs=3), "maxepochs: unknown key"),
     ("missing name", changed(name=None), "name: required key is missing"),
-    ("bad name", changed(name="has space"), "name: must be a non-empty string"),
+    ("bad name", changed(name="has space"), "name: must be a string of 1-100 letters"),
     ("missing max_epochs", changed(max_epochs=None), "max_epochs: required key is missing"),
     ("max_epochs < 1", changed(max_epochs=0), "max_epochs: must be an int >= 1, got 0"),
     ("max_epochs bool", changed(max_epochs=True), "max_epochs: must be an int >= 1, got True"),
@@ -209,7 +209,7 @@ BAD_CASES: list[tuple[str, dict[str, Any], str]] = [
      "params.conv_dropout.high: conv_dropout must be in [0, 1)"),
     ("fixed value invalid", changed(params__augment_zoom=0.9), "params.augment_zoom: augment_zoom must be in [0, 0.5]"),
     ("choice invalid", changed(params__filters={"type": "categorical", "choices": [0, 32]}),
-     "params.filters.choices[0]: filters must be >= 1"),
+     "params.filters.choices[0]: filters must be 1-1024"),
     ("condition on unknown param",
      changed(params__dense_units={"type": "int", "low": 32, "high": 128, "when": {"dense_layerz": [1, 2]}}),
      "params.dense_units.when: condition on unknown parameter 'dense_layerz'"),
@@ -310,7 +310,8 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_space(path)
     message = str(info.value)
-    assert message.startswith(f"{path}:5:") and "YAML syntax error" in message
+    # The unclosed brace opens on line 4 (where the fix goes); the parser only gives up on line 5.
+    assert message.startswith(f"{path}:4:") and "YAML syntax error" in message and "line 5" in message
 
 
 def test_duplicate_key_is_an_error(tmp_path: Path) -> None:
@@ -581,7 +582,7 @@ def test_from_dict_validates_and_does_not_mutate_its_input() -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", sorted(p for p in PRESETS if p.startswith("seed-")))
 def test_seed_presets_fit_the_seed_family(preset: str) -> None:
     space = load_space(ROOT / "search_spaces" / "seed-family.yaml")
     values = PRESETS[preset].values()

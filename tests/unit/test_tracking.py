@@ -71,7 +71,8 @@ def test_prepare_store_rejects_non_uri() -> None:
         prepare_store("just-a-name")
 
 
-def test_ensure_experiment_artifact_location(stores: dict[str, str]) -> None:
+def test_ensure_experiment_artifact_location(prepared_stores: dict[str, str]) -> None:
+    stores = prepared_stores  # the store exists already: these tests are not about creating it
     uri = stores["tracking_uri"]
     exp_id = ensure_experiment(uri, "my exp/1")
     assert ensure_experiment(uri, "my exp/1") == exp_id  # idempotent
@@ -100,7 +101,8 @@ def test_runs_go_to_the_store_they_name(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- statuses
-def test_start_run_finished(stores: dict[str, str]) -> None:
+def test_start_run_finished(prepared_stores: dict[str, str]) -> None:
+    stores = prepared_stores  # the store exists already: these tests are not about creating it
     uri = stores["tracking_uri"]
     with start_run(uri, "e", run_name="ok", tags={"k": "v", "skip": None}) as run:
         assert mlflow.active_run().info.run_id == run.run_id
@@ -111,7 +113,8 @@ def test_start_run_finished(stores: dict[str, str]) -> None:
     assert mlflow.active_run() is None
 
 
-def test_start_run_failed_on_exception(stores: dict[str, str]) -> None:
+def test_start_run_failed_on_exception(prepared_stores: dict[str, str]) -> None:
+    stores = prepared_stores  # the store exists already: these tests are not about creating it
     uri = stores["tracking_uri"]
     with pytest.raises(ValueError, match="boom"):
         with start_run(uri, "e") as run:
@@ -122,7 +125,8 @@ def test_start_run_failed_on_exception(stores: dict[str, str]) -> None:
     assert mlflow.active_run() is None
 
 
-def test_start_run_killed_on_keyboard_interrupt(stores: dict[str, str]) -> None:
+def test_start_run_killed_on_keyboard_interrupt(prepared_stores: dict[str, str]) -> None:
+    stores = prepared_stores  # the store exists already: these tests are not about creating it
     uri = stores["tracking_uri"]
     with pytest.raises(KeyboardInterrupt):
         with start_run(uri, "e") as run:
@@ -133,7 +137,8 @@ def test_start_run_killed_on_keyboard_interrupt(stores: dict[str, str]) -> None:
     assert mlflow.active_run() is None
 
 
-def test_start_run_honours_final_status(stores: dict[str, str]) -> None:
+def test_start_run_honours_final_status(prepared_stores: dict[str, str]) -> None:
+    stores = prepared_stores  # the store exists already: these tests are not about creating it
     uri = stores["tracking_uri"]
     for status in ("KILLED", "FAILED"):
         with start_run(uri, "e") as run:
@@ -143,7 +148,8 @@ def test_start_run_honours_final_status(stores: dict[str, str]) -> None:
         assert "failure_reason" not in info.tags
 
 
-def test_parent_run_id_sets_parent_tag(stores: dict[str, str]) -> None:
+def test_parent_run_id_sets_parent_tag(prepared_stores: dict[str, str]) -> None:
+    stores = prepared_stores  # the store exists already: these tests are not about creating it
     uri = stores["tracking_uri"]
     parent = create_run(uri, "study", "study-x")
     assert get_run(uri, parent).status == "RUNNING"
@@ -155,7 +161,8 @@ def test_parent_run_id_sets_parent_tag(stores: dict[str, str]) -> None:
     assert [r.run_id for r in find_runs(uri, "study", f"tags.mlflow.parentRunId = '{parent}'")] == [child.run_id]
 
 
-def test_resume_run_by_id(stores: dict[str, str]) -> None:
+def test_resume_run_by_id(prepared_stores: dict[str, str]) -> None:
+    stores = prepared_stores  # the store exists already: these tests are not about creating it
     uri = stores["tracking_uri"]
     with start_run(uri, "e") as first:
         first.final_status = "KILLED"
@@ -166,7 +173,8 @@ def test_resume_run_by_id(stores: dict[str, str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- logging
-def test_params_metrics_tags_round_trip(stores: dict[str, str]) -> None:
+def test_params_metrics_tags_round_trip(prepared_stores: dict[str, str]) -> None:
+    stores = prepared_stores  # the store exists already: these tests are not about creating it
     uri = stores["tracking_uri"]
     with start_run(uri, "e") as run:
         many = {f"p{i:03d}": i for i in range(150)}  # more than one MLflow batch of 100
@@ -202,7 +210,8 @@ def test_redact_uri_and_ui_command() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- registry
-def test_register_run_model_idempotent_and_aliases(stores: dict[str, str]) -> None:
+def test_register_run_model_idempotent_and_aliases(prepared_stores: dict[str, str]) -> None:
+    stores = prepared_stores  # the store exists already: these tests are not about creating it
     from fer_experiments.models.builder import build_model
     from fer_experiments.params import ModelParams
     from fer_experiments.tracking.model_registry import alias_version, list_versions, register_run_model, set_alias
@@ -229,7 +238,8 @@ def test_register_run_model_idempotent_and_aliases(stores: dict[str, str]) -> No
     assert got is not None and got.version == v1.version and "champion" in got.aliases
 
 
-def test_register_without_logged_model_is_config_error(stores: dict[str, str]) -> None:
+def test_register_without_logged_model_is_config_error(prepared_stores: dict[str, str]) -> None:
+    stores = prepared_stores  # the store exists already: these tests are not about creating it
     from fer_experiments.tracking.model_registry import register_run_model
 
     uri = stores["tracking_uri"]
@@ -261,3 +271,23 @@ def test_atomic_write_text_error_leaves_no_temp_file(tmp_path: Path) -> None:
         atomic_write_text(fresh, "\ud800")
     assert not fresh.exists()
     assert os.listdir(tmp_path) == ["report.txt"]
+
+
+def test_a_create_race_on_a_postgresql_backed_server_is_retried() -> None:
+    # Two workers starting together log the same data set input: the MLflow server's insert of the second one fails
+    # with a unique violation (seen in docker/smoke.sh); the retry finds the row the first one made.
+    from fer_experiments.tracking.runs import _retry, _transient
+
+    race = RuntimeError('RestException: BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates '
+                        'unique constraint "dataset_pk"')
+    assert _transient(race)
+    calls = []
+
+    def log_input() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise race
+        return "logged"
+
+    assert _retry(log_input, first_delay=0.01) == "logged" and len(calls) == 2
+    assert not _transient(RuntimeError("INVALID_PARAMETER_VALUE: Changing param values is not allowed"))

@@ -14,6 +14,9 @@ from fer_experiments.evaluation.metrics import evaluate_probabilities
 from fer_experiments.params import ModelParams, TrainParams
 from fer_experiments.training.trainer import class_weights, predict_proba, train_model
 
+# Every test here fits a (tiny) model in-process.
+pytestmark = pytest.mark.slow
+
 TINY = ModelParams(conv_blocks=1, convs_per_block=1, filters=4, dense_layers=0, conv_dropout=0.0)
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr"}
 

@@ -193,7 +193,7 @@ class KerasTunerEngine:
             from fer_experiments.tracking import find_trial_records
 
             assert self.cfg is not None
-            records = find_trial_records(self.cfg.tracking_uri, self.cfg.study, engine=NAME)
+            records = find_trial_records(self.cfg.tracking_uri, self.cfg.study, engine=NAME, kinds=(tags.KIND_TRIAL,))
             return (sum(r.state == "COMPLETE" for r in records), 0, sum(r.state == "FAIL" for r in records))
         c = self._count()
         return c["COMPLETED"], 0, c["FAILED"] + c["INVALID"]

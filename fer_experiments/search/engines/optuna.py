@@ -21,6 +21,7 @@ from fer_experiments.search.study import (
     create_or_resume,
     finished_count,
     open_storage,
+    retry_callback,
     sole_sqlite_writer,
     storage_lock,
 )
@@ -94,10 +95,15 @@ class OptunaEngine:
                         break
                     ran_any = True
                     # gc_after_trial off: a full collection costs ~1 s a trial here; the trainer clears Keras's state.
+                    # The first callback runs once Optuna has recorded the trial: an interruption held since the
+                    # trial's end is delivered there, between trials.
                     study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=False,
-                                   callbacks=[lambda st, t: self._reconcile(run)])
+                                   callbacks=[lambda st, t: run.interrupts.release(),
+                                              lambda st, t: self._reconcile(run)])
+                    run.interrupts.release()  # in case no callback ran
                 finally:
                     gate.release()
+                    run.interrupts.holding = False
         finally:
             gate.close()
         if not ran_any and finished_count(study) >= run.n_trials:
@@ -145,16 +151,20 @@ class _Objective:
         from fer_experiments.tracking import redact_uri
 
         self.on_start()
+        self.run.running_trial = trial.number  # from here an interruption stops this trial (Optuna marks it FAIL)
         values = suggest(self.run.space, trial)
         epochs = epochs_for(self.run.space, values)
         try:
             done = self.run.trial(trial.number, values, epochs,
                                   extra_tags={tags.STORAGE: redact_uri(self.run.cfg.storage)},
                                   observers=[self._reporter(trial)], stop_exceptions=(optuna.TrialPruned,),
-                                  on_run=lambda run_id: trial.set_user_attr(tags.ATTR_RUN_ID, run_id))
+                                  on_run=lambda run_id: trial.set_user_attr(tags.ATTR_RUN_ID, run_id),
+                                  hold_interrupts=True)
         except KeyboardInterrupt:
             trial.set_user_attr(tags.ATTR_FAIL_REASON, "interrupted")
+            _queue_again(trial)
             raise
+        self.run.running_trial = None
         if done.stopped is not None:
             raise done.stopped
         if done.failure is not None:
@@ -172,6 +182,13 @@ class _Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({objective} {metrics[objective]:.4f})")
 
         return report
+
+
+def _queue_again(trial: optuna.Trial) -> None:
+    """Ctrl-C / SIGTERM (``docker stop``) is no verdict on the params: queue them again for the next trial of any
+    worker, as the heartbeat retry does for a dead worker's trial (same system attrs, the same one retry)."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    retry_callback()(trial.study, frozen)
 
 
 def _taken(study: optuna.Study) -> int:

@@ -1,4 +1,4 @@
-"""`fer-exp promote / models / rollback` on a small real study with real MLflow and Optuna stores."""
+"""`fer-exp promote / models / rollback` on a small synthetic study with real MLflow and Optuna stores."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import copy_migrated_store, run_cli
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 SPACE = """\
 name: promote-tiny
@@ -29,14 +29,16 @@ params:
 
 
 @pytest.fixture(scope="module")
-def env(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def env(synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory, migrated_mlflow_db: Path) -> dict:
     """A 3-trial study `p` (every trial COMPLETE) in a fresh folder."""
     work = tmp_path_factory.mktemp("promote")
+    # The MLflow store exists already (copied): this test is not about creating one.
+    copy_migrated_store(migrated_mlflow_db, work / "mlruns")
     (work / "space.yaml").write_text(SPACE)
-    proc = run_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "p", "--n-trials", "3",
+    proc = run_cli("search", "--data", str(synthetic_csv), "--space", "space.yaml", "--study", "p", "--n-trials", "3",
                    cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {"work": work, "csv": str(tiny_real_csv), "uri": f"sqlite:///{work}/mlruns/mlflow.db",
+    return {"work": work, "csv": str(synthetic_csv), "uri": f"sqlite:///{work}/mlruns/mlflow.db",
             "storage": f"sqlite:///{work}/mlruns/optuna.db"}
 
 
@@ -53,7 +55,7 @@ def _trial_runs(env: dict) -> list:
     return sorted(runs, key=lambda r: r.data.metrics["best_val_accuracy"])
 
 
-def test_promote_best_of_study_and_load_champion(env: dict, real_dataset) -> None:
+def test_promote_best_of_study_and_load_champion(env: dict, synthetic_dataset) -> None:
     import mlflow.keras
     import optuna
 
@@ -73,7 +75,7 @@ def test_promote_best_of_study_and_load_champion(env: dict, real_dataset) -> Non
     assert "evaluation/test_classification_report.json" in arts
     mlflow.set_tracking_uri(env["uri"])
     mlflow.set_registry_uri(env["uri"])
-    x = real_dataset.split("PrivateTest").x[:16, ..., None].astype("float32")
+    x = synthetic_dataset.split("PrivateTest").x[:16, ..., None].astype("float32")
     champion = mlflow.keras.load_model("models:/fer-cnn@champion").predict(x, verbose=0)
     direct = mlflow.keras.load_model(f"runs:/{best_run}/model").predict(x, verbose=0)
     np.testing.assert_allclose(champion, direct, rtol=1e-6)
@@ -140,7 +142,7 @@ def test_errors(env: dict, args: list[str], code: int, text: str) -> None:
         _client(env).get_registered_model("fer-cnn-errors")
 
 
-def test_study_without_complete_trial_and_run_without_model(env: dict, tiny_real_csv: Path) -> None:
+def test_study_without_complete_trial_and_run_without_model(env: dict, synthetic_csv: Path) -> None:
     from fer_experiments.tracking import create_run, end_run, tags
 
     # A study is found through its runs (any engine): a parent run and one FAILED trial run.

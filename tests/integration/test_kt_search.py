@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import copy_migrated_store, run_cli
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 SPACE = """\
 name: kt-tiny
@@ -38,13 +38,15 @@ def _client(uri: str):
 
 
 @pytest.fixture(scope="module")
-def kt(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def kt(synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory, migrated_mlflow_db: Path) -> dict:
     work = tmp_path_factory.mktemp("kt")
+    # The MLflow store exists already (copied): this test is not about creating one.
+    copy_migrated_store(migrated_mlflow_db, work / "mlruns")
     (work / "space.yaml").write_text(SPACE)
-    proc = run_cli("search", "--engine", "keras-tuner", "--tuner", "random", "--data", str(tiny_real_csv),
+    proc = run_cli("search", "--engine", "keras-tuner", "--tuner", "random", "--data", str(synthetic_csv),
                    "--space", "space.yaml", "--study", "kt-demo", "--n-trials", "3", cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {"work": work, "csv": str(tiny_real_csv), "uri": f"sqlite:///{work}/mlruns/mlflow.db", "out": proc.stdout}
+    return {"work": work, "csv": str(synthetic_csv), "uri": f"sqlite:///{work}/mlruns/mlflow.db", "out": proc.stdout}
 
 
 def test_keras_tuner_writes_the_optuna_layout(kt: dict) -> None:
@@ -82,9 +84,12 @@ def test_promote_works_on_a_keras_tuner_study(kt: dict) -> None:
     assert "test_accuracy" in client.get_run(champion.run_id).data.metrics
 
 
-def test_all_failing_keras_tuner_search_exits_nonzero(tiny_real_csv: Path, tmp_path: Path) -> None:
+def test_all_failing_keras_tuner_search_exits_nonzero(synthetic_csv: Path, tmp_path: Path,
+                                                      migrated_mlflow_db: Path) -> None:
+    # The MLflow store exists already (copied): this test is not about creating one.
+    copy_migrated_store(migrated_mlflow_db, tmp_path / "mlruns")
     (tmp_path / "bad.yaml").write_text(FAILING)
-    proc = run_cli("search", "--engine", "keras-tuner", "--tuner", "random", "--data", str(tiny_real_csv),
+    proc = run_cli("search", "--engine", "keras-tuner", "--tuner", "random", "--data", str(synthetic_csv),
                    "--space", "bad.yaml", "--study", "kt-bad", "--n-trials", "3", "--max-consecutive-failures", "3",
                    cwd=tmp_path)
     assert proc.returncode == 5, proc.stdout + proc.stderr
@@ -99,9 +104,11 @@ def test_all_failing_keras_tuner_search_exits_nonzero(tiny_real_csv: Path, tmp_p
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FAILED"}
 
 
-def test_compare_engines_writes_table_and_plot(tiny_real_csv: Path, tmp_path: Path) -> None:
+def test_compare_engines_writes_table_and_plot(synthetic_csv: Path, tmp_path: Path, migrated_mlflow_db: Path) -> None:
+    # The MLflow store exists already (copied): this test is not about creating one.
+    copy_migrated_store(migrated_mlflow_db, tmp_path / "mlruns")
     (tmp_path / "space.yaml").write_text(SPACE)
-    proc = run_cli("compare-engines", "--data", str(tiny_real_csv), "--space", "space.yaml", "--budget-epochs", "3",
+    proc = run_cli("compare-engines", "--data", str(synthetic_csv), "--space", "space.yaml", "--budget-epochs", "3",
                    "--seeds", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "optuna" in proc.stdout and "keras-tuner" in proc.stdout and "mean best over 1 seed(s)" in proc.stdout

@@ -1,4 +1,4 @@
-"""`fer-exp search` on a tiny real subset with real Optuna and MLflow stores in a temporary folder."""
+"""`fer-exp search` on a small synthetic data set with real Optuna and MLflow stores in a temporary folder."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import copy_migrated_store, run_cli
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 # Trials with epochs=2 are pruned at epoch 2 by the threshold pruner (nothing reaches 99% accuracy);
 # trials with epochs=1 never reach the pruning step and complete. So the sampled params decide each trial's fate.
@@ -56,13 +56,13 @@ def _study(work: Path, name: str = "t"):
 
 
 @pytest.fixture(scope="module")
-def searched(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def searched(synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("search")
     space = work / "tiny.yaml"
     space.write_text(TINY_SPACE)
-    first = _search(work, tiny_real_csv, space, 3)
+    first = _search(work, synthetic_csv, space, 3)
     assert first.returncode == 0, first.stdout + first.stderr
-    return {"work": work, "space": space, "csv": tiny_real_csv, "first": first}
+    return {"work": work, "space": space, "csv": synthetic_csv, "first": first}
 
 
 def test_three_trials_one_parent_three_children(searched: dict) -> None:
@@ -178,13 +178,16 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float) -> str:
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_leaves_nothing_running(tiny_real_csv: Path, tmp_path: Path, sig: int, code: int) -> None:
+def test_signal_leaves_nothing_running(synthetic_csv: Path, tmp_path: Path, sig: int, code: int,
+                                       migrated_mlflow_db: Path) -> None:
+    # The MLflow store exists already (copied): this test is not about creating one.
+    copy_migrated_store(migrated_mlflow_db, tmp_path / "mlruns")
     from optuna.trial import TrialState
 
     space = tmp_path / "slow.yaml"
     space.write_text(TINY_SPACE.replace("choices: [1, 2]", "choices: [3]").replace("max_epochs: 2", "max_epochs: 3")
                      .replace("name: threshold, lower: 0.99, n_warmup_steps: 2", "name: none"))
-    proc = subprocess.Popen([sys.executable, "-m", "fer_experiments.cli", "search", "--data", str(tiny_real_csv),
+    proc = subprocess.Popen([sys.executable, "-m", "fer_experiments.cli", "search", "--data", str(synthetic_csv),
                              "--space", str(space), "--study", "s", "--n-trials", "3"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
@@ -197,7 +200,11 @@ def test_signal_leaves_nothing_running(tiny_real_csv: Path, tmp_path: Path, sig:
     assert proc.returncode == code, err
     assert "Resume with" in err and "--study s" in err
     trials = _study(tmp_path, "s").get_trials()
-    assert trials and trials[-1].state == TrialState.FAIL
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and failed[-1].user_attrs.get("fail_reason") == "interrupted"
+    # Its params are queued again: the resumed search runs them first.
+    assert [(t.state, t.params) for t in trials if t.system_attrs.get("failed_trial") == failed[-1].number] == [
+        (TrialState.WAITING, failed[-1].params)]
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     runs = _mlflow_runs(tmp_path)
     assert not [r for r in runs if r.info.status == "RUNNING"]

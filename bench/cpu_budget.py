@@ -1,0 +1,155 @@
+"""Benchmark: what a wall-clock budget buys. ``fer-exp search --space cpu-hour --budget Mm`` against a fixed
+hand-tuned baseline trained for the same wall time, both judged on PrivateTest.
+
+Arm 1 runs the real command in a subprocess, in its own temporary folder (its own MLflow and Optuna stores), and
+evaluates the model it registers as ``challenger`` (the best refit). Arm 2 runs ``fer-exp train`` on the best single
+configuration known here (``--preset mini-xception-wide``: the 190k mini-Xception-style net of DESIGN.md, flip + crop,
+a cosine schedule sized from the first epoch's time to the budget, flip TTA, best PublicTest epoch kept), also in a
+subprocess with its own store, bounded by the same wall time (``time_budget_s`` = the budget less the process's
+start-up and logging allowance). The arms run one after the other, never together (they would share the cores).
+Both models are evaluated with ``registry.evaluate.evaluate_model`` on PrivateTest; the script prints both
+accuracies, their ratio, wall times, epochs and images seen.
+
+    python bench/cpu_budget.py --minutes 60 [--data PATH] [--space cpu-hour] [--baseline mini-xception-wide]
+"""
+
+from __future__ import annotations
+
+import _common  # noqa: I001 - first: sets the environment before TensorFlow/Keras are imported
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Seconds of a `fer-exp train` process that are not training (imports, data load, model logging, exit).
+TRAIN_OVERHEAD_S = 40.0
+
+
+@dataclass
+class Arm:
+    name: str
+    wall_s: float
+    model_uri: str
+    tracking_uri: str
+    public: float | None = None
+    private: float | None = None
+    private_f1: float | None = None
+    epochs: int = 0
+    images: int = 0
+    detail: str = ""
+
+
+def _cli(args: list[str], cwd: Path, log: Path) -> tuple[int, float]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FER_EXP_STORAGE")}
+    env["PYTHONPATH"] = str(_common.REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    started = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.run([sys.executable, "-m", "fer_experiments.cli", *args], cwd=cwd, env=env, stdout=out,
+                              stderr=subprocess.STDOUT)
+    return proc.returncode, time.monotonic() - started
+
+
+def search_arm(data: str, cache: str, space: str, minutes: float) -> Arm:
+    work = _common.TMP / "search"
+    work.mkdir()
+    log = work / "search.log"
+    rc, wall = _cli(["search", "--data", data, "--cache-dir", cache, "--space", space, "--study", "cpu-budget",
+                     "--budget", f"{minutes:g}m"], work, log)
+    print(log.read_text()[-3000:])
+    if rc != 0:
+        raise SystemExit(f"fer-exp search exited {rc} (log: {log})")
+    uri = f"sqlite:///{work}/mlruns/mlflow.db"
+    arm = Arm("fer-exp search --budget", wall, "models:/fer-cnn@challenger", uri)
+    from fer_experiments.tracking import find_runs, tags
+
+    trials = refits = 0
+    for kind in tags.STUDY_MODEL_KINDS:
+        for run in find_runs(uri, None, filter_string=tags.study_filter("cpu-budget", kind=kind)):
+            seen = run.metrics.get(tags.TRAIN_IMAGES_SEEN)
+            epochs = run.metrics.get("epochs_run")
+            if epochs is None:  # a pruned trial logs no summary: count the epochs it reached
+                epochs = float(run.tags.get(tags.PRUNED_AT_EPOCH, 0) or 0)
+            if seen is None:
+                seen = epochs * float(run.params.get(tags.PARAM_N_TRAIN, 0) or 0)
+            arm.epochs += int(epochs)
+            arm.images += int(seen)
+            trials += kind == tags.KIND_TRIAL
+            refits += kind == tags.KIND_REFIT
+    arm.detail = f"{trials} trials + {refits} refit(s)"
+    return arm
+
+
+def baseline_arm(data: str, cache: str, preset: str, minutes: float) -> Arm:
+    work = _common.TMP / "baseline"
+    work.mkdir()
+    log = work / "train.log"
+    budget = max(10.0, minutes * 60 - TRAIN_OVERHEAD_S)
+    rc, wall = _cli(["train", "--data", data, "--cache-dir", cache, "--preset", preset, "--epochs", "500",
+                     "--set", f"time_budget_s={budget:.0f}"], work, log)
+    text = log.read_text()
+    print(text[-1500:])
+    if rc != 0:
+        raise SystemExit(f"fer-exp train exited {rc} (log: {log})")
+    run_id = next(line.split()[1] for line in text.splitlines() if line.startswith("run: "))
+    uri = f"sqlite:///{work}/mlruns/mlflow.db"
+    from fer_experiments.tracking import get_run, tags
+
+    run = get_run(uri, run_id)
+    arm = Arm(f"baseline {preset}", wall, f"runs:/{run_id}/model", uri)
+    arm.epochs = int(run.metrics.get("epochs_run", 0))
+    arm.images = int(run.metrics.get(tags.TRAIN_IMAGES_SEEN, 0))
+    arm.detail = f"time_budget_s={budget:.0f}, best epoch {int(run.metrics.get('best_epoch', 0))}"
+    return arm
+
+
+def evaluate(arm: Arm, data: str, cache: str) -> None:
+    from fer_experiments.data import load_dataset
+    from fer_experiments.registry.evaluate import evaluate_model
+
+    ds = load_dataset(data, cache_dir=cache)
+    private = evaluate_model(arm.model_uri, ds, "PrivateTest", arm.tracking_uri)
+    public = evaluate_model(arm.model_uri, ds, "PublicTest", arm.tracking_uri)
+    arm.private, arm.private_f1, arm.public = private.accuracy, private.macro_f1, public.accuracy
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, required=True, help="wall-clock budget of each arm")
+    ap.add_argument("--data", default=_common.default_data_path(), help="FER2013 CSV (default %(default)s)")
+    ap.add_argument("--cache-dir", default=_common.default_cache_dir(), help="decoded-data cache")
+    ap.add_argument("--space", default="cpu-hour", help="search space of arm 1 (default %(default)s)")
+    ap.add_argument("--baseline", default="mini-xception-wide", help="preset of arm 2 (default %(default)s)")
+    ap.add_argument("--only", choices=["search", "baseline"], default=None, help="run one arm only")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder (stores, logs)")
+    args = ap.parse_args(argv)
+    if args.keep:
+        _common.keep_tmp()
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs (shared?) load "
+          f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    arms: list[Arm] = []
+    if args.only in (None, "search"):
+        arms.append(search_arm(args.data, args.cache_dir, args.space, args.minutes))
+    if args.only in (None, "baseline"):
+        arms.append(baseline_arm(args.data, args.cache_dir, args.baseline, args.minutes))
+    for arm in arms:
+        evaluate(arm, args.data, args.cache_dir)
+    print(f"\nbudget {args.minutes:g} min per arm; PrivateTest is reported only, never used to choose")
+    print(f"{'arm':<34} {'wall s':>7} {'epochs':>6} {'images':>9} {'PublicTest':>10} {'PrivateTest':>11} "
+          f"{'macro-F1':>8}  detail")
+    for a in arms:
+        print(f"{a.name:<34} {a.wall_s:>7.0f} {a.epochs:>6} {a.images:>9,} {a.public:>10.4f} {a.private:>11.4f} "
+              f"{a.private_f1:>8.4f}  {a.detail}")
+    if len(arms) == 2 and arms[1].private:
+        print(f"ratio PrivateTest fer-exp / baseline: {arms[0].private / arms[1].private:.3f}")
+        over = arms[0].wall_s - args.minutes * 60
+        print(f"search wall time vs budget: {arms[0].wall_s:.0f}s for {args.minutes * 60:.0f}s ({over:+.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

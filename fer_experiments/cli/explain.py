@@ -1,0 +1,96 @@
+"""``fer-exp explain``: feature maps per conv block and a Grad-CAM map for one face."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from fer_experiments.cli.options import tracking_option
+
+
+@click.command()
+@click.argument("model_uri")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Folder to write the pictures into [default: explain-<image name>].")
+@click.option("--class", "class_name", default=None,
+              help="Explain this class instead of the predicted one (Angry, Disgust, Fear, Happy, Sad, Surprise, "
+                   "Neutral).")
+@click.option("--no-detect", is_flag=True, help="Use the whole image as the face (48x48 crops never go through the "
+                                                 "detector).")
+@click.option("--detector", default="haar", show_default=True, help="Face detector for photos (see fer-exp predict).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@tracking_option
+def explain(model_uri: str, image: str, out_dir: str | None, class_name: str | None, no_detect: bool, detector: str,
+            as_json: bool, tracking_uri: str | None) -> None:
+    """Show what the network looks at for one face: the feature maps after each conv block and a Grad-CAM map.
+
+    MODEL_URI: runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias> or a local .keras file.
+    IMAGE: a 48x48 face crop, or a photo in which the largest face found by the detector is explained.
+    Writes feature-maps-block<b>.png per conv block, grad-cam.png, face.png and explain.json into --out.
+    """
+    import numpy as np
+
+    from fer_experiments import EXPRESSIONS, IMAGE_SIZE
+    from fer_experiments.errors import ConfigError, DataError
+    from fer_experiments.evaluation.explain import explanation_images
+    from fer_experiments.io import atomic_write_bytes, atomic_write_text
+    from fer_experiments.models.explain import explain as explain_face
+    from fer_experiments.serving.detector import DEFAULT_MARGIN, DetectorConfig, FaceDetector
+    from fer_experiments.serving.images import decode_image, encode_image, to_face_input
+    from fer_experiments.tracking.model_io import load_keras_model
+
+    class_index = None
+    if class_name is not None:
+        names = {n.lower(): i for i, n in enumerate(EXPRESSIONS)}
+        if class_name.lower() not in names:
+            raise ConfigError(f"--class {class_name!r}: expected one of {', '.join(EXPRESSIONS)}")
+        class_index = names[class_name.lower()]
+    try:
+        data = Path(image).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{image}: cannot read ({exc.strerror or exc})") from None
+    try:
+        decoded = decode_image(data, max_bytes=max(len(data), 1))
+    except DataError as exc:
+        raise DataError(f"{image}: {exc}") from None
+    gray = decoded.gray
+    box = None
+    if no_detect or gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
+        face = to_face_input(gray)
+    else:
+        boxes = FaceDetector(DetectorConfig(spec=detector)).detect(gray)
+        if not boxes:
+            raise DataError(f"{image}: no face found (use --no-detect to explain the whole image as one face)")
+        box = max(boxes, key=lambda b: b.w * b.h)
+        c = box.expand(DEFAULT_MARGIN, gray.shape[1], gray.shape[0])
+        face = to_face_input(np.ascontiguousarray(gray[c.y:c.y + c.h, c.x:c.x + c.w]))
+    model = load_keras_model(model_uri, tracking_uri)
+    ex = explain_face(model, face, class_index)
+    target = Path(out_dir or f"explain-{Path(image).stem}")
+    written = []
+    for name, png in explanation_images(face, ex).items():
+        atomic_write_bytes(target / name, png)
+        written.append(str(target / name))
+    atomic_write_bytes(target / "face.png", encode_image(face, ".png"))
+    summary = {
+        "model": model_uri, "image": image, "box": box.to_dict() if box else None,
+        "predicted": EXPRESSIONS[int(np.argmax(ex.probabilities))], "explained_class": EXPRESSIONS[ex.class_index],
+        "probabilities": {n: round(float(p), 6) for n, p in zip(EXPRESSIONS, ex.probabilities)},
+        "grad_cam_layer": ex.cam_layer,
+        "blocks": {name: list(maps.shape) for name, maps in ex.feature_maps.items()},
+        "files": written + [str(target / "face.png")],
+    }
+    atomic_write_text(target / "explain.json", json.dumps(summary, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    where = f" (face at x={box.x} y={box.y} w={box.w} h={box.h})" if box else ""
+    probs = " ".join(f"{k} {v:.3f}" for k, v in summary["probabilities"].items())
+    click.echo(f"{image}{where}: {summary['predicted']}  {probs}")
+    for name, shape in summary["blocks"].items():
+        click.echo(f"  {name}: {shape[0]}x{shape[1]}x{shape[2]}")
+    click.echo(f"  Grad-CAM for {summary['explained_class']} on {ex.cam_layer}")
+    click.echo(f"written to {target}/: {', '.join(Path(p).name for p in summary['files'])}")

@@ -1,0 +1,173 @@
+"""The exported inference graph (ONNX) of a logged Keras model: logged beside it in the same run, found again.
+
+Layout in a run: ``model/`` (the Keras model, ``mlflow.keras``) and ``exported/`` (an MLflow ``onnx``-flavour model
+folder holding ``model.onnx``), so ``mlflow.onnx.load_model("runs:/<id>/exported")`` works too. The run gets the tag
+``fer.exported`` (``onnx``) or ``fer.export_error`` (why not: the Keras model then serves alone).
+
+A model logged before exports existed has no ``exported/``: ``ensure_exported`` converts it on first load and logs
+the graph to its run then (when the store can be written), so the next load finds it; a local ``.keras`` file or a
+model not tied to a run is cached under ``<FER_EXP_CACHE>/exported/<sha256 of the Keras file>.onnx``.
+The conversion itself lives in ``models.export`` (no MLflow there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from fer_experiments.models.export import ONNX_FILE, ExportError, export_onnx
+from fer_experiments.tracking import tags as names
+from fer_experiments.tracking.runs import TrackedRun, _client, _retry
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger("fer_experiments.tracking")
+
+#: Artifact folder of the exported graph, beside the Keras model's ``model/``.
+EXPORTED_ARTIFACT = "exported"
+
+
+def _save_onnx_folder(onnx_path: Path, folder: Path) -> Path:
+    """An MLflow onnx-flavour model folder for the graph at ``onnx_path`` (pip requirements given: no inference)."""
+    from importlib.metadata import version
+
+    import mlflow.onnx
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    reqs = [f"onnx=={version('onnx')}", f"onnxruntime=={version('onnxruntime')}", f"numpy=={version('numpy')}"]
+    # One self-contained file (MLflow would split large weights into external-data files beside it otherwise).
+    mlflow.onnx.save_model(proto, str(folder), pip_requirements=reqs, save_as_external_data=False)
+    return folder
+
+
+def _log_graph(uri: str, run_id: str, onnx_path: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="fer-export-") as tmp:
+        folder = _save_onnx_folder(onnx_path, Path(tmp) / EXPORTED_ARTIFACT)
+        _retry(lambda: _client(uri).log_artifacts(run_id, str(folder), EXPORTED_ARTIFACT))
+
+
+def log_exported_model(run: TrackedRun, model: "keras.Model") -> bool:
+    """Export ``model`` and log the graph in ``run`` under ``exported/``; False (and a tag saying why) on failure.
+
+    A model that cannot be exported never fails the training: it is served by Keras.
+    """
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fer-export-") as tmp:
+        try:
+            path = export_onnx(model, Path(tmp) / ONNX_FILE)
+            _log_graph(run.uri, run.run_id, path)
+        except (ExportError, OSError, ImportError) as exc:  # never fails the training: Keras serves it then
+            log.warning("model of run %s not exported: %s", run.run_id, exc)
+            run.set_tags({names.EXPORT_ERROR: f"{type(exc).__name__}: {exc}"[:500]})
+            return False
+    run.set_tags({names.EXPORTED: "onnx", names.EXPORT_SECONDS: f"{time.perf_counter() - started:.1f}"})
+    return True
+
+
+def run_id_of(model_uri: str, tracking_uri: str) -> str | None:
+    """The run a ``runs:/<id>/...`` or ``models:/<name>/<version>`` URI was logged in (None for other URIs)."""
+    if model_uri.startswith("runs:/"):
+        return model_uri.removeprefix("runs:/").split("/", 1)[0] or None
+    if model_uri.startswith("models:/"):
+        rest = model_uri.removeprefix("models:/").rstrip("/")
+        name, _, version = rest.partition("/")
+        if version.isdigit():
+            from fer_experiments.tracking.model_registry import get_version
+
+            return get_version(tracking_uri, name, version).run_id
+    return None
+
+
+def find_exported(run_id: str, tracking_uri: str) -> Path | None:
+    """The local path of run ``run_id``'s exported graph (downloaded when the store is remote), or None."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        listed = [f.path for f in client.list_artifacts(run_id, EXPORTED_ARTIFACT)]
+    except (MlflowException, OSError):
+        return None
+    wanted = f"{EXPORTED_ARTIFACT}/{ONNX_FILE}"
+    if wanted not in listed:
+        return None
+    try:  # the whole folder: a graph saved with external data keeps its weight files beside it
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EXPORTED_ARTIFACT,
+                                                          tracking_uri=tracking_uri))
+    except (MlflowException, OSError) as exc:
+        log.warning("exported graph of run %s unreadable: %s", run_id, exc)
+        return None
+    return folder / ONNX_FILE
+
+
+def _cache_dir() -> Path:
+    from fer_experiments.data.dataset import default_cache_dir
+
+    return default_cache_dir() / "exported"
+
+
+def _file_key(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _keras_file(model_uri: str) -> Path | None:
+    """The ``.keras`` file behind a local path (a file, or an MLflow Keras model folder)."""
+    path = Path(model_uri)
+    if "://" in model_uri or model_uri.startswith(("runs:", "models:")) or not path.exists():
+        return None
+    if path.is_file():
+        return path
+    found = sorted(path.glob("data/*.keras")) or sorted(path.glob("**/*.keras"))
+    return found[0] if found else None
+
+
+def ensure_exported(model_uri: str, tracking_uri: str | None,
+                    load_keras: Callable[[], "keras.Model"]) -> tuple[Path | None, str]:
+    """The exported graph of the Keras model at ``model_uri``, exporting it now (``load_keras()``) if it has none.
+
+    Returns (path or None, where it came from: ``run <id>`` / ``exported now, logged to run <id>`` / ``cache`` /
+    why not). The Keras model is loaded only when an export is needed.
+    """
+    from fer_experiments.tracking.store import default_tracking_uri, prepare_store
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    if model_uri.startswith(("runs:", "models:")):
+        prepare_store(tracking_uri)
+    run_id = None
+    try:
+        run_id = run_id_of(model_uri, tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - an unreadable registry entry: fall back to the cache
+        log.warning("cannot find the run of %s: %s", model_uri, exc)
+    if run_id is not None:
+        found = find_exported(run_id, tracking_uri)
+        if found is not None:
+            return found, f"run {run_id}"
+    keras_file = _keras_file(model_uri)
+    key = _file_key(keras_file) if keras_file is not None else hashlib.sha256(
+        f"{tracking_uri}|{model_uri}|{run_id}".encode()).hexdigest()
+    cached = _cache_dir() / f"{key[:32]}.onnx"
+    if cached.is_file():
+        return cached, "cache"
+    try:
+        export_onnx(load_keras(), cached)
+    except (ExportError, OSError) as exc:
+        log.info("%s: no exported graph (%s)", model_uri, exc)
+        return None, f"export failed: {exc}"
+    if run_id is not None:  # log it to the run, so that every later load (on any machine) finds it there
+        try:
+            _log_graph(tracking_uri, run_id, cached)
+            _retry(lambda: _client(tracking_uri).set_tag(run_id, names.EXPORTED, "onnx"))
+            return cached, f"exported now, logged to run {run_id}"
+        except Exception as exc:  # noqa: BLE001 - a read-only store: the cached file still serves
+            log.warning("exported graph of run %s not logged (%s); cached at %s", run_id, exc, cached)
+    return cached, "exported now (cache)"
