@@ -117,3 +117,25 @@ def test_distill_model_trains_against_soft_targets() -> None:
     assert not isinstance(getattr(result.model, "loss", None), DistillationLoss)
     assert result.model.predict(val.x[:2, ..., None].astype("float32"), verbose=0).shape == (2, NUM_CLASSES)
     assert result.extra == {"temperature": 2.0, "alpha": 0.5}
+
+
+def test_members_with_flip_tta_keep_it_inside_the_ensemble(tmp_path: Path) -> None:
+    import dataclasses
+
+    import keras
+
+    from fer_experiments.models.builder import build_network, with_tta
+
+    keras.utils.set_random_seed(3)
+    tta = with_tta(build_network(dataclasses.replace(TINY, tta="flip")), "flip")
+    plain = _members(1)[0]
+    x = _x()
+    model = build_ensemble([tta, plain], [0.5, 0.5])
+    expected = 0.5 * tta.predict(x, verbose=0) + 0.5 * plain.predict(x, verbose=0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
+    # The member still averages each image with its mirror inside the reloaded ensemble.
+    model.save(tmp_path / "ens.keras")
+    loaded = keras.models.load_model(tmp_path / "ens.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+    mirrored = x[:, :, ::-1, :]
+    np.testing.assert_allclose(tta.predict(mirrored, verbose=0), tta.predict(x, verbose=0), atol=1e-5)
