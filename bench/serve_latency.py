@@ -70,9 +70,19 @@ def seed_deep_bn() -> Any:
 
 
 def residual_net() -> Any:
-    """Three residual blocks (16-32-64, conv-BN-relu x2 + strided 1x1 shortcut), global average pooling."""
+    """Three residual blocks (16-32-64), BatchNorm, global average pooling: the family's (``block="residual"``)
+    when the builder has it, else the same shape built here."""
     import keras
     from keras import layers
+
+    from fer_experiments.params import ModelParams
+
+    if "block" in ModelParams.__dataclass_fields__:
+        from fer_experiments.models.builder import build_model
+
+        return build_model(_params(conv_blocks=3, convs_per_block=2, filters=16, batchnorm="after_activation",
+                                   head="global_avg", dense_layers=0, dense_units=64, block="residual"),
+                           name="residual")
 
     inputs = keras.Input(shape=(48, 48, 1), dtype="float32", name="pixels")
     x = layers.Rescaling(1 / 255)(inputs)

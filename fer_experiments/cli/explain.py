@@ -22,15 +22,21 @@ from fer_experiments.cli.options import tracking_option
                                                  "detector).")
 @click.option("--detector", default="haar", show_default=True, help="Face detector for photos (see fer-exp predict).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@click.option("--no-log", is_flag=True, help="Do not log the pictures to the model's MLflow run.")
 @tracking_option
 def explain(model_uri: str, image: str, out_dir: str | None, class_name: str | None, no_detect: bool, detector: str,
-            as_json: bool, tracking_uri: str | None) -> None:
+            as_json: bool, no_log: bool, tracking_uri: str | None) -> None:
     """Show what the network looks at for one face: the feature maps after each conv block and a Grad-CAM map.
 
     MODEL_URI: runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias> or a local .keras file.
     IMAGE: a 48x48 face crop, or a photo in which the largest face found by the detector is explained.
-    Writes feature-maps-block<b>.png per conv block, grad-cam.png, face.png and explain.json into --out.
+    Writes feature-maps-block<b>.png per conv block, grad-cam.png, face.png and explain.json into --out. For a
+    runs:/ model or a registered version the pictures are also logged to the model's run as
+    explain/<image name>-<picture>.png, where `fer-exp report` shows the best trial's.
     """
+    import shutil
+    import tempfile
+
     import numpy as np
 
     from fer_experiments import EXPRESSIONS, IMAGE_SIZE
@@ -84,6 +90,20 @@ def explain(model_uri: str, image: str, out_dir: str | None, class_name: str | N
         "files": written + [str(target / "face.png")],
     }
     atomic_write_text(target / "explain.json", json.dumps(summary, indent=2) + "\n")
+    if not no_log:
+        from fer_experiments.cli.options import tracking_uri_or_default
+        from fer_experiments.tracking import TrackedRun
+        from fer_experiments.tracking.model_io import model_run_id
+
+        run_id = model_run_id(model_uri, tracking_uri)
+        if run_id is not None:
+            run = TrackedRun(run_id, tracking_uri_or_default(tracking_uri))
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in written:  # flat names: the study report lists the files directly in explain/
+                    named = Path(tmp) / f"{Path(image).stem}-{Path(path).name}"
+                    shutil.copyfile(path, named)
+                    run.log_artifact(named, "explain")
+            summary["logged_to_run"] = run_id
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -94,3 +114,5 @@ def explain(model_uri: str, image: str, out_dir: str | None, class_name: str | N
         click.echo(f"  {name}: {shape[0]}x{shape[1]}x{shape[2]}")
     click.echo(f"  Grad-CAM for {summary['explained_class']} on {ex.cam_layer}")
     click.echo(f"written to {target}/: {', '.join(Path(p).name for p in summary['files'])}")
+    if "logged_to_run" in summary:
+        click.echo(f"logged to run {summary['logged_to_run']} under explain/")

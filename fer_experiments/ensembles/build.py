@@ -143,6 +143,7 @@ def check_digest(dataset: "FerDataset", members: list[Member], data_path: str) -
 
 def _log_run(cfg: EnsembleConfig, out: EnsembleOutcome, ensemble: "keras.Model", data) -> str:
     from fer_experiments.tracking import find_runs, start_run
+    from fer_experiments.tracking.exported import log_exported_model
     from fer_experiments.tracking.runs import experiment_name
     from fer_experiments.tracking.training_run import base_tags, log_selection_evaluation
 
@@ -159,13 +160,14 @@ def _log_run(cfg: EnsembleConfig, out: EnsembleOutcome, ensemble: "keras.Model",
             tags.ENSEMBLE_METHOD: cfg.method, tags.ENSEMBLE_TOP: cfg.top,
             tags.ENSEMBLE_CANDIDATES: ",".join(c.member.run_id for c in out.candidates),
             tags.ENSEMBLE_BEST_MEMBER: out.best.member.run_id, "member_kind": out.kind, "n_members": len(members)})
-        log_selection_evaluation(run, out.evaluation, {
+        best = log_selection_evaluation(run, out.evaluation, {
             tags.N_PARAMS: out.n_params, tags.FACES_PER_SECOND: out.faces_per_second,
             "best_member_val_accuracy": out.best.public_accuracy})
         run.log_dict([{"run_id": c.member.run_id, "kind": c.member.kind, "number": c.member.number,
                        "weight": c.weight, "public_accuracy": c.public_accuracy, "n_params": c.n_params}
                       for c in out.candidates], "ensemble/members.json")
-        run.log_keras_model(ensemble)
+        run.log_keras_model(ensemble, metrics=best)
+        log_exported_model(run, ensemble)  # the ONNX graph serving runs, beside the Keras model, as for a trial
         run.set_tags({tags.WALL_SECONDS: f"{time.time() - started:.1f}"})
     return run.run_id
 

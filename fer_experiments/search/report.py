@@ -44,6 +44,7 @@ class TrialRow:
     metrics: dict[str, float]
     seconds: float | None
     curve: list[tuple[int, float]] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,7 +88,7 @@ def gather(study: str, tracking_uri: str, storage: str | None = None) -> StudyDa
         rows.append(TrialRow(number=number, state=state, value=float(value) if value not in (None, "") else None,
                              run_id=run.run_id, run_name=run.name, experiment_id=run.experiment_id,
                              status=run.status, params=run.params, metrics=run.metrics, seconds=seconds,
-                             curve=metric_history(tracking_uri, run.run_id, objective)))
+                             curve=metric_history(tracking_uri, run.run_id, objective), tags=run.tags))
     # A retried trial (a worker died) has two runs: keep the one that ended best (COMPLETE over others, then newest).
     by_number: dict[int, TrialRow] = {}
     for row in rows:
@@ -289,7 +290,7 @@ def _figure_html(src: str, caption: str) -> str:
 def build_report(d: StudyData) -> str:
     """The page's HTML (one string, no external URL)."""
     from fer_experiments.search.summary import per_class_figure
-    from fer_experiments.tracking.runs import list_artifacts, read_artifact, run_url
+    from fer_experiments.tracking.runs import read_artifact, run_url
 
     p = d.parent
     done = [t for t in d.trials if t.state == "COMPLETE" and t.value is not None]
@@ -357,10 +358,9 @@ def build_report(d: StudyData) -> str:
                 imgs.append(_figure_html(_png_bytes(data), caption))
         sections.append(f'<section id="best"><h2>Best trial: {best.number} ({_e(best.run_name)}), {d.objective} '
                         f'{best.value:.4f}</h2><div class="grid">{"".join(imgs)}</div></section>')
-        explain = [a for a in list_artifacts(d.tracking_uri, best.run_id, EXPLAIN_FOLDER) if a.endswith(".png")]
-        if explain:
-            imgs = [_figure_html(_png_bytes(data), a.rsplit("/", 1)[-1]) for a in sorted(explain)[:12]
-                    if (data := read_artifact(d.tracking_uri, best.run_id, a))]
+        explained = explain_images_of(d, best)
+        if explained:
+            imgs = [_figure_html(_png_bytes(data), name) for name, data in explained[:12]]
             sections.append('<section id="explain"><h2>What the best trial looks at</h2>'
                             f'<div class="grid">{"".join(imgs)}</div></section>')
 
@@ -389,6 +389,32 @@ def build_report(d: StudyData) -> str:
             f"<style>{_CSS}</style></head><body><header><h1>{_e(title)}</h1><p>{_e(d.engine)} search, maximising "
             f"{_e(d.objective)} on PublicTest &middot; report made {made} by fer-exp</p></header><main>"
             + "".join(sections) + f"</main><script>{_JS}</script></body></html>\n")
+
+
+def explain_images_of(d: StudyData, best: TrialRow) -> list[tuple[str, bytes]]:
+    """(name, PNG) images of what the best trial's network looks at: the run's ``explain/`` artifacts if it has
+    some, else feature maps and Grad-CAM (``fer-exp explain``'s renderer) of its model on the first PublicTest face
+    of the data set logged with the run. [] when neither can be had (the report then has no such section)."""
+    from pathlib import Path
+
+    from fer_experiments.tracking.runs import list_artifacts, read_artifact
+
+    logged = sorted(a for a in list_artifacts(d.tracking_uri, best.run_id, EXPLAIN_FOLDER) if a.endswith(".png"))
+    if logged:
+        return [(a.rsplit("/", 1)[-1], data) for a in logged if (data := read_artifact(d.tracking_uri, best.run_id, a))]
+    source = best.tags.get(tags.DATA_SOURCE)
+    if not source or not Path(source).is_file() or not tags.has_model(best.tags):
+        return []
+    try:
+        from fer_experiments.data import load_dataset
+        from fer_experiments.evaluation.explain import explain_images
+        from fer_experiments.tracking.model_io import load_keras_model
+
+        face = load_dataset(source).split("PublicTest").x[0]
+        model = load_keras_model(f"runs:/{best.run_id}/model", d.tracking_uri)
+        return sorted(explain_images(model, face).items())
+    except Exception:  # noqa: BLE001 - an optional view: the report is complete without it
+        return []
 
 
 def _shown_params(d: StudyData) -> set[str]:

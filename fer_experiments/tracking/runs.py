@@ -101,6 +101,10 @@ class TrackedRun:
         columns = list(dict.fromkeys(k for row in rows for k in row))
         mlflow.log_table({c: [row.get(c) for row in rows] for c in columns}, artifact_file, run_id=self.run_id)
 
+    def log_artifact(self, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Upload one local file into the run's artifacts (under the folder ``artifact_path``)."""
+        self._client().log_artifact(self.run_id, str(local_path), artifact_path)
+
     def log_figure(self, fig: "Figure", artifact_file: str) -> None:
         self._client().log_figure(self.run_id, fig, artifact_file)
 

@@ -178,6 +178,12 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
     best_epoch, best_eval, best_weights = evaluator.best
     if restore_best and best_weights is not None:
         exported.set_weights(best_weights)
+    if loss is not None and getattr(exported, "compiled", False):
+        # Without augmentation or TTA the exported model is the fitted one, compiled with the custom loss: give it
+        # the plain loss (keeping the trained optimizer) so the logged model loads without this package.
+        exported.compile(optimizer=exported.optimizer,
+                         loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_params.label_smoothing),
+                         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     return TrainResult(
         model=exported, history=evaluator.history, best_epoch=best_epoch, epochs_run=len(evaluator.history["loss"]),
         evaluation=best_eval, objective=objective, objective_value=_objective_value(best_eval, objective),

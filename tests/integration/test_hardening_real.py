@@ -239,23 +239,23 @@ def test_version_whose_artifacts_are_gone(env: dict, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ 9: SIGKILLed `train` reconciled
-def test_sigkilled_train_run_is_reconciled_without_study(env: dict, tmp_path: Path) -> None:
-    proc = _popen("train", "--data", env["csv"], "--preset", "seed-base", "--set", "filters=4", "--set", "dense_units=8", "--epochs", "50",
-                  "--limit", "200",
-                  "--experiment", "t", cwd=tmp_path)
+def test_sigkilled_train_run_is_reconciled_without_study(tiny_real_csv: Path, tmp_path: Path) -> None:
+    proc = _popen("train", "--data", str(tiny_real_csv), "--preset", "seed-base", "--set", "filters=4",
+                  "--set", "dense_units=8", "--epochs", "50", "--limit", "200", "--experiment", "t", cwd=tmp_path)
     try:
-        client = None
+        assert proc.stdout is not None
+        seen = ""
         deadline = time.monotonic() + 600
-        running = []
-        while time.monotonic() < deadline and not running:
-            time.sleep(2)
-            if (tmp_path / "mlruns" / "mlflow.db").exists():
-                client = client or _client(tmp_path)
-                exp = client.get_experiment_by_name("t")
-                running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") if exp else []
-            assert proc.poll() is None, proc.communicate()
-        assert running, "the train run never started"
-        assert running[0].data.tags["fer.pid"] == str(proc.pid)
+        while time.monotonic() < deadline and "epoch 1/50" not in seen:  # the run exists once epochs are reported
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+        assert "epoch 1/50" in seen, seen
+        client = _client(tmp_path)
+        running = client.search_runs([client.get_experiment_by_name("t").experiment_id],
+                                     "attributes.status = 'RUNNING'")
+        assert len(running) == 1 and running[0].data.tags["fer.pid"] == str(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
@@ -264,4 +264,4 @@ def test_sigkilled_train_run_is_reconciled_without_study(env: dict, tmp_path: Pa
     out = run_cli("reconcile", cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert running[0].info.run_id in out.stdout and "KILLED" in out.stdout
-    assert client is not None and client.get_run(running[0].info.run_id).info.status == "KILLED"
+    assert client.get_run(running[0].info.run_id).info.status == "KILLED"

@@ -115,7 +115,8 @@ def test_logged_models_carry_metrics_classes_and_a_table(work: dict) -> None:
         if run.info.run_id == _runs(work, "study")[0].data.tags.get("fer.challenger_run"):
             # The challenger's registered version is listed on its logged model (the Models tab's column).
             assert {"name": "fer-cnn", "version": "1"} in json.loads(model.tags["mlflow.modelVersions"])
-        table = mlflow.load_table("evaluation/val_classification_table.json", run_ids=[run.info.run_id])
+        table = client.load_table(run.info.experiment_id, "evaluation/val_classification_table.json",
+                                  run_ids=[run.info.run_id])
         assert list(table["class"])[:7] == info.metadata["class_names"] and "f1" in table.columns
 
 

@@ -102,7 +102,7 @@ def test_distill_model_trains_against_soft_targets() -> None:
     import keras
 
     from fer_experiments.data import Split
-    from fer_experiments.training.distill import distill_model
+    from fer_experiments.training.distill import DistillationLoss, distill_model
 
     rng = np.random.default_rng(2)
     train = Split(rng.integers(0, 256, (64, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8), np.arange(64) % NUM_CLASSES)
@@ -112,6 +112,30 @@ def test_distill_model_trains_against_soft_targets() -> None:
                            train, val, teacher_proba=teacher, temperature=2.0, alpha=0.5)
     assert result.epochs_run == 2 and all(np.isfinite(result.history["loss"]))
     assert 0.0 <= result.history["accuracy"][-1] <= 1.0
-    # The returned model carries the plain loss, so a logged student loads anywhere without custom objects.
-    assert isinstance(result.model.loss, keras.losses.CategoricalCrossentropy)
+    # The returned model (the exported network) carries no distillation loss, so a logged student loads anywhere
+    # without custom objects.
+    assert not isinstance(getattr(result.model, "loss", None), DistillationLoss)
+    assert result.model.predict(val.x[:2, ..., None].astype("float32"), verbose=0).shape == (2, NUM_CLASSES)
     assert result.extra == {"temperature": 2.0, "alpha": 0.5}
+
+
+def test_members_with_flip_tta_keep_it_inside_the_ensemble(tmp_path: Path) -> None:
+    import dataclasses
+
+    import keras
+
+    from fer_experiments.models.builder import build_network, with_tta
+
+    keras.utils.set_random_seed(3)
+    tta = with_tta(build_network(dataclasses.replace(TINY, tta="flip")), "flip")
+    plain = _members(1)[0]
+    x = _x()
+    model = build_ensemble([tta, plain], [0.5, 0.5])
+    expected = 0.5 * tta.predict(x, verbose=0) + 0.5 * plain.predict(x, verbose=0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
+    # The member still averages each image with its mirror inside the reloaded ensemble.
+    model.save(tmp_path / "ens.keras")
+    loaded = keras.models.load_model(tmp_path / "ens.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+    mirrored = x[:, :, ::-1, :]
+    np.testing.assert_allclose(tta.predict(mirrored, verbose=0), tta.predict(x, verbose=0), atol=1e-5)

@@ -1,8 +1,8 @@
 """The exported ONNX graph gives the Keras model's probabilities (within 1e-5) on real PrivateTest faces.
 
-Covered: the family's plain and BatchNorm networks (``models.builder``), and four shapes that issues 14 and 15 add
-(a residual block, a SeparableConv2D block, a flip test-time-augmentation wrapper, a mean of two models): until their
-builders are on main they are built here from plain ``keras.layers`` with the same structure. BatchNorm moving
+Covered: the family's plain, BatchNorm, residual and separable networks (``models.builder``, ``ModelParams.block``),
+its flip test-time-augmentation wrapper (``with_tta``) and an ensemble of two members (``models.ensemble``); on a
+checkout without those builders the same shapes are built here from plain ``keras.layers``. BatchNorm moving
 statistics are set to random values, so an untrained network still exercises them.
 """
 
@@ -64,9 +64,23 @@ def _stem():
     return inputs, layers.Conv2D(8, 3, padding="same", activation="relu")(x)
 
 
+def _family(block: str):
+    """The family's own residual / separable network (``ModelParams.block``), when issue 14's builder is on main."""
+    from fer_experiments.models.builder import build_model
+    from fer_experiments.params import ModelParams
+
+    if "block" not in ModelParams.__dataclass_fields__:
+        return None
+    return build_model(ModelParams(conv_blocks=2, convs_per_block=2, filters=8, batchnorm="after_activation",
+                                   dense_layers=1, dense_units=16, head="global_avg", block=block))
+
+
 def _residual():
     """conv-BN-relu, conv-BN, + a strided 1x1 shortcut, relu (the block issue 14 adds)."""
     import keras
+
+    if (model := _family("residual")) is not None:
+        return model
     from keras import layers
 
     inputs, x = _stem()
@@ -84,6 +98,9 @@ def _residual():
 def _separable():
     """two depthwise-separable convs with BatchNorm, max-pool (mini-Xception's block)."""
     import keras
+
+    if (model := _family("separable")) is not None:
+        return model
     from keras import layers
 
     inputs, x = _stem()

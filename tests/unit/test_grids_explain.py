@@ -193,3 +193,53 @@ def test_data_check_writes_a_sample_grid(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     w6, h6 = _png_size((tmp_path / "tiny-samples.png").read_bytes())
     assert w6 > w3 and h6 == h3
+
+
+@pytest.mark.parametrize("block, expected", [
+    ("residual", ["block1_relu", "block2_relu"]),  # the activation after the shortcut's sum, before pooling
+    ("separable", ["block1_add", "block2_add"]),  # mini-Xception pools inside the block: the sum after it
+])
+def test_explain_finds_residual_and_separable_blocks_inside_a_flip_tta_model(block: str, expected: list) -> None:
+    from fer_experiments.models.builder import build_network, with_tta
+    from fer_experiments.models.explain import conv_block_layers, core_model, explain
+    from fer_experiments.params import ModelParams
+
+    network = build_network(ModelParams(conv_blocks=2, convs_per_block=2, filters=4, block=block,
+                                        batchnorm="after_activation", dense_layers=0, head="global_avg"))
+    exported = with_tta(network, "flip")
+    assert core_model(exported) is network
+    assert [layer.name for _, layer in conv_block_layers(exported)] == expected
+    face, _ = _faces(1, seed=4)
+    ex = explain(exported, face[0])
+    assert ex.cam.shape == (IMAGE_SIZE, IMAGE_SIZE) and ex.cam.max() in (0.0, 1.0) and ex.cam.min() >= 0
+    assert ex.cam_layer == expected[-1] and list(ex.feature_maps) == ["block1", "block2"]
+    # The probabilities are the exported model's (the mean over the image and its mirror).
+    np.testing.assert_allclose(ex.probabilities, np.asarray(exported.predict_on_batch(
+        face[:1].astype(np.float32)[..., None]))[0], atol=1e-6)
+
+
+def test_explain_command_logs_its_pictures_to_the_models_run(tmp_path: Path, stores: dict, tiny_model) -> None:
+    """In process (click's runner): a runs:/ model's explain pictures land in explain/ of its run, flat, where the
+    study report looks for the best trial's."""
+    import cv2
+    from click.testing import CliRunner
+
+    from fer_experiments.cli import cli
+    from fer_experiments.tracking import start_run
+    from fer_experiments.tracking.runs import list_artifacts
+
+    uri = stores["tracking_uri"]
+    with start_run(uri, "explain") as run:
+        model_uri = run.log_keras_model(tiny_model)
+    face, _ = _faces(1, seed=6)
+    cv2.imwrite(str(tmp_path / "crop.png"), face[0])
+    result = CliRunner().invoke(cli, ["explain", model_uri, str(tmp_path / "crop.png"), "--out", str(tmp_path / "o"),
+                                      "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert f"logged to run {run.run_id} under explain/" in result.output
+    assert sorted(list_artifacts(uri, run.run_id, "explain")) == [
+        "explain/crop-feature-maps-block1.png", "explain/crop-feature-maps-block2.png",
+        "explain/crop-feature-maps-block3.png", "explain/crop-grad-cam.png"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "explain.json", "face.png", "feature-maps-block1.png", "feature-maps-block2.png", "feature-maps-block3.png",
+        "grad-cam.png"]
