@@ -49,13 +49,13 @@ def running_trial(args: argparse.Namespace) -> int:
         return 0  # no experiment yet: no trial either
     runs = _mlflow_api(args.tracking_uri, "runs/search", {
         "experiment_ids": [exp["experiment_id"]], "max_results": 100,
-        "filter": f"attributes.status = 'RUNNING' and tags.`fer.kind` = 'trial' and tags.optuna_study = '{args.study}'",
+        "filter": f"attributes.status = 'RUNNING' and tags.`fer.kind` = 'trial' and tags.study = '{args.study}'",
     }).get("runs", [])
     now_ms = time.time() * 1000
     for run in runs:
         tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
         if now_ms - int(run["info"]["start_time"]) >= args.min_age * 1000:
-            print(tags.get("optuna_trial_number", "?"), tags.get("host", "?"))
+            print(tags.get("trial_number", "?"), tags.get("host", "?"))
             return 0
     return 0
 
@@ -99,7 +99,7 @@ def verify(args: argparse.Namespace) -> int:
     client = MlflowClient(args.tracking_uri, registry_uri=args.tracking_uri)
     exp = client.get_experiment_by_name(args.experiment or args.study)
     runs = [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("fer.kind") == "study" and r.data.tags.get("optuna_study") == args.study]
+    parents = [r for r in runs if r.data.tags.get("fer.kind") == "study" and r.data.tags.get("study") == args.study]
     if len(parents) != 1:
         problems.append(f"{len(parents)} parent runs, expected 1")
     children = [r for r in runs if parents and r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
@@ -107,11 +107,11 @@ def verify(args: argparse.Namespace) -> int:
         problems.append(f"parent run is {parents[0].info.status}, expected FINISHED")
     by_trial: dict[int, list] = {}
     for r in children:
-        by_trial.setdefault(int(r.data.tags.get("optuna_trial_number", -1)), []).append(r)
+        by_trial.setdefault(int(r.data.tags.get("trial_number", -1)), []).append(r)
     if any(len(v) != 1 for v in by_trial.values()) or set(by_trial) != set(numbers):
         problems.append(f"child runs per trial {{n: count}}: {{{', '.join(f'{k}: {len(v)}' for k, v in sorted(by_trial.items()))}}}"
                         f", trials {sorted(numbers)}")
-    expected_status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "KILLED"}
+    expected_status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "KILLED"}
     models = 0
     for t in trials:
         rs = by_trial.get(t.number, [])
