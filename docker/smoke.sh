@@ -176,8 +176,9 @@ wait_healthy serve
 before="$(dc exec -T serve python /opt/fer-exp/docker/smoke_check.py health --url http://127.0.0.1:8000 || true)"
 [ "${before%% *}" = 503 ] || { say "model server before any promotion: '$before', expected 503"; exit 1; }
 say "promoting the study's best trial"
+# promote finds the study's best trial through its MLflow runs: the tracking server is all it needs.
 promoted="$(oneoff --entrypoint fer-exp worker-cpu promote --study "$study" --data "/data/$(basename "$csv")" \
-            --storage "$storage" --tracking-uri "$tracking")"
+            --tracking-uri "$tracking")"
 echo "$promoted" >&2
 version="$(grep -oE 'fer-cnn@champion -> version [0-9]+' <<<"$promoted" | grep -oE '[0-9]+$' || true)"
 [ -n "$version" ] || { say "promote moved no alias"; exit 1; }
