@@ -151,9 +151,11 @@ def test_class_gradient_matches_finite_differences(tiny_model) -> None:
         up, down = act.copy(), act.copy()
         up[(0, *idx)] += eps
         down[(0, *idx)] -= eps
-        numeric = (float(np.asarray(score(up.astype(np.float32)))[0])
-                   - float(np.asarray(score(down.astype(np.float32)))[0])) / (2 * eps)
-        assert grad[(0, *idx)] == pytest.approx(numeric, rel=0.05, abs=1e-3)
+        at, hi, lo = (float(np.asarray(score(a.astype(np.float32)))[0]) for a in (act, up, down))
+        # One-sided differences too: an element tied with another for its max-pool window (equal activations are
+        # common after ReLU + BatchNorm) has different slopes up and down, and the gradient is one of them.
+        slopes = [(hi - lo) / (2 * eps), (hi - at) / eps, (at - lo) / eps]
+        assert any(grad[(0, *idx)] == pytest.approx(s, rel=0.05, abs=1e-3) for s in slopes), (grad[(0, *idx)], slopes)
 
 
 def test_explain_images_are_pngs_one_per_block_and_the_grad_cam(tiny_model) -> None:
