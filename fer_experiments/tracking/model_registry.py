@@ -250,9 +250,12 @@ def model_artifact_problem(uri: str, name: str, version: str) -> str | None:
 
 def artifact_location_problem(location: str) -> str | None:
     """Why the model at ``location`` (a file path or URI of a logged model's folder) cannot be loaded, or None."""
+    import re
     from urllib.parse import unquote, urlparse
 
-    if location.startswith("file:") or "://" not in location:
+    # A path, or a file: URI, is checked on disk; any other scheme (s3://, mlflow-artifacts:/ of a tracking server
+    # proxying its artifacts, ...) by listing through MLflow.
+    if location.startswith("file:") or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", location):
         path = Path(unquote(urlparse(location).path) if location.startswith("file:") else location)
         if not (path / "MLmodel").is_file():
             return f"model files missing: {path / 'MLmodel'} does not exist"

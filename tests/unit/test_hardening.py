@@ -259,3 +259,12 @@ def test_cache_hit_keeps_this_loads_notes(tmp_path: Path) -> None:
     assert warm.digest == cold.digest  # a cache hit: the images did not change
     assert any("ignored 3 files" in n for n in warm.notes), warm.notes
     assert load_dataset(root, cache_dir=cache).notes == warm.notes
+
+
+def test_remote_artifact_location_is_listed_not_looked_up_on_disk() -> None:
+    """A tracking server's proxied artifacts (``mlflow-artifacts:/...``, one slash) are not a local path: the Docker
+    smoke test's promote was refused because such a model's MLmodel was looked for on the worker's disk."""
+    from fer_experiments.tracking.model_registry import artifact_location_problem
+
+    problem = artifact_location_problem("mlflow-artifacts:/1/models/m-0123/artifacts")
+    assert problem is None or "does not exist" not in problem, problem
