@@ -97,8 +97,15 @@ def verify(args: argparse.Namespace) -> int:
                         f"({[t.user_attrs.get('fail_reason') for t in state[TrialState.FAIL] if t is not stopped]})")
 
     client = MlflowClient(args.tracking_uri, registry_uri=args.tracking_uri)
-    exp = client.get_experiment_by_name(args.experiment or args.study)
-    runs = [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+    runs: list = []
+    # Read a few times before judging: one run of this check (of five) found no run at all on a server that had
+    # logged them, right after the last worker exited.
+    for _ in range(5):
+        exp = client.get_experiment_by_name(args.experiment or args.study)
+        runs = [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+        if any(r.data.tags.get("fer.kind") == "study" for r in runs):
+            break
+        time.sleep(3)
     parents = [r for r in runs if r.data.tags.get("fer.kind") == "study" and r.data.tags.get("study") == args.study]
     if len(parents) != 1:
         problems.append(f"{len(parents)} parent runs, expected 1")
