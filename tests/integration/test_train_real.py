@@ -64,7 +64,8 @@ def test_run_has_params_metrics_artifacts_and_input(trained: dict) -> None:
                                                                                      "exported/MLmodel"}
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert evaluation == {f"evaluation/val_{n}" for n in ("confusion_matrix.png", "confusion_matrix.csv",
-                                                        "classification_report.txt", "classification_report.json")}
+                                                        "classification_report.txt", "classification_report.json",
+                                                        "classification_table.json")}
     report = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation/val_classification_report.json",
                                                        str(trained["work"]))).read_text())
     assert report["split"] == "PublicTest" and report["n"] == 240
