@@ -30,6 +30,10 @@ def _quiet() -> None:
     # user's TF_CPP_MIN_LOG_LEVEL (TensorFlow's default when unset) for debugging TensorFlow itself.
     if os.environ.get("FER_EXP_DEBUG") != "1":
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        # ...and the oneDNN lines TensorFlow's import writes before reading that variable (cli/native_noise.py).
+        from fer_experiments.cli.native_noise import filter_tensorflow_startup
+
+        filter_tensorflow_startup()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DISABLE_TELEMETRY", "true")
     # MLflow configures its own loggers when imported (after this): its level must come from the environment.

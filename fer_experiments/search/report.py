@@ -113,6 +113,10 @@ def _importances(study: str, storage: str | None) -> tuple[dict[str, float] | No
         loaded = optuna.load_study(study_name=study, storage=storage)
     except Exception as exc:  # noqa: BLE001 - no such study in that storage: the page says so
         return None, f"the Optuna study could not be read ({type(exc).__name__})"
+    complete = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        # Checked here: Optuna would log a warning to the user's terminal and then fail anyway.
+        return None, f"parameter importances need at least 2 COMPLETE trials (this study has {len(complete)})"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -92,14 +92,18 @@ def write_summary(study: optuna.Study, parent: Any, tracking_uri: str) -> list[s
             ax = optuna.visualization.matplotlib.plot_optimization_history(study)
             parent.log_figure(ax.figure, "summary/optimization_history.png")
             _close(ax.figure)
-        try:
-            importances = optuna.importance.get_param_importances(study)
-            parent.log_text(json.dumps(importances, indent=2), "summary/param_importances.json")
-            ax = optuna.visualization.matplotlib.plot_param_importances(study)
-            parent.log_figure(ax.figure, "summary/param_importances.png")
-            _close(ax.figure)
-        except (RuntimeError, ValueError, ZeroDivisionError) as exc:
-            notes.append(f"parameter importances need more COMPLETE trials with varied params ({exc})")
+        if len(complete) < 2:
+            # Checked here: Optuna would log a warning to the user's terminal and draw an empty chart.
+            notes.append(f"parameter importances need at least 2 COMPLETE trials (this study has {len(complete)})")
+        else:
+            try:
+                importances = optuna.importance.get_param_importances(study)
+                parent.log_text(json.dumps(importances, indent=2), "summary/param_importances.json")
+                ax = optuna.visualization.matplotlib.plot_param_importances(study)
+                parent.log_figure(ax.figure, "summary/param_importances.png")
+                _close(ax.figure)
+            except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+                notes.append(f"parameter importances need more COMPLETE trials with varied params ({exc})")
     rows = per_class_rows(study, tracking_uri)
     parent.log_text(rows_csv(rows), "summary/per_class_top5_vs_2018.csv")
     parent.log_figure(per_class_figure(rows), "summary/per_class_top5_vs_2018.png")
