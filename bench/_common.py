@@ -26,6 +26,7 @@ _keep = {"tmp": False}
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # tf.data's harmless E0000 lines
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("DISABLE_TELEMETRY", "true")
 os.environ["KERAS_HOME"] = str(TMP / "keras")
 os.environ["MPLCONFIGDIR"] = str(TMP / "mpl")
@@ -33,6 +34,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # A tracking URI from the caller's shell must not redirect the benchmark's runs into a real store.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("FER_EXP_STORAGE", None)
+
+from fer_experiments.cli.native_noise import filter_tensorflow_startup  # noqa: E402 - after sys.path is set
+
+filter_tensorflow_startup()  # TensorFlow's oneDNN start-up lines, written before TF_CPP_MIN_LOG_LEVEL is read
 
 
 def _cleanup() -> None:
