@@ -36,10 +36,13 @@ log = logging.getLogger("fer_experiments.export")
 
 #: The file name of the graph inside an exported-model folder (MLflow's onnx flavour uses the same name).
 ONNX_FILE = "model.onnx"
-#: Names the runtime in /health, /metrics and reports.
+#: Names the runtime in /health, /metrics and reports: the exported graph (float32, the Keras model's probabilities
+#: within 1e-5), its INT8 quantization (ONNX Runtime's VNNI kernels: ~3x the faces/s, probabilities within a few
+#: points of a percent), or the Keras model itself.
 RUNTIME_EXPORTED = "exported"
+RUNTIME_INT8 = "int8"
 RUNTIME_KERAS = "keras"
-RUNTIMES = (RUNTIME_EXPORTED, RUNTIME_KERAS)
+RUNTIMES = (RUNTIME_EXPORTED, RUNTIME_INT8, RUNTIME_KERAS)
 
 
 class ExportError(Exception):
@@ -71,6 +74,69 @@ def export_onnx(model: "keras.Model", path: str | Path) -> Path:
         tf2onnx_log.setLevel(level)
         tmp.unlink(missing_ok=True)
     return path
+
+
+def quantize_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarray) -> Path:
+    """Write the static INT8 quantization of the exported graph at ``fp32_path`` to ``path``; ExportError on failure.
+
+    QDQ format, int8 weights per output channel, uint8 activations whose ranges are calibrated (min-max) on
+    ``calibration``: (N, 48, 48[, 1]) faces, uint8 or float 0-255. Training faces are what it should see (never
+    PrivateTest). Measured here for seed-deep-bn: ~3x the faces/s of the float graph on one core of a CPU with
+    AVX512-VNNI; ONNX Runtime runs it on any x86-64 CPU (slower without VNNI).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pre = path.with_name(f".{path.name}.{os.getpid()}.pre.onnx")
+    faces = np.ascontiguousarray(calibration, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
+    if len(faces) == 0:
+        raise ExportError("no calibration faces for the INT8 graph")
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        input_name = ExportedModel(fp32_path).input_name
+
+        class _Faces(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._batches = iter(faces[i:i + 32] for i in range(0, len(faces), 32))
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self._batches, None)
+                return None if batch is None else {input_name: batch}
+
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            # Folds BatchNorm into the convolutions first, so that they quantize as one operation.
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            import onnx
+
+            quantize_static(str(pre), str(tmp), _Faces(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=_softmax_and_after(onnx.load(str(pre)).graph))
+        ExportedModel(tmp)  # loads and has the model's input: else it is no use
+        os.replace(tmp, path)
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; the caller falls back
+        raise ExportError(f"INT8 quantization failed: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+        pre.unlink(missing_ok=True)
+    return path
+
+
+def _softmax_and_after(graph: Any) -> list[str]:
+    """Names of the Softmax nodes and of every node fed by them (a TTA or ensemble mean): they stay in float, so
+    the graph's output are probabilities that sum to 1, not multiples of 1/255."""
+    tainted: set[str] = set()
+    names: list[str] = []
+    for node in graph.node:  # ONNX lists nodes in topological order
+        if node.op_type == "Softmax" or any(i in tainted for i in node.input):
+            names.append(node.name)
+            tainted.update(node.output)
+    return names
 
 
 def runtime_version() -> str:

@@ -103,11 +103,11 @@ class PredictBody(BaseModel):
     model: ModelBody = Field(description="the model version that answered")
     image: ImageSizeBody
     time_ms: float = Field(description="decode + detect + classify, in milliseconds")
-    runtime: str = Field(description="what classified: exported (ONNX Runtime) or keras")
+    runtime: str = Field(description="what classified: exported (ONNX Runtime), int8 (its INT8 graph) or keras")
 
 
 class RuntimeBody(BaseModel):
-    runtime: str = Field(description="exported (the ONNX graph in ONNX Runtime) or keras")
+    runtime: str = Field(description="exported (the ONNX graph in ONNX Runtime), int8 (that graph in INT8) or keras")
     engine: str = Field(description="e.g. onnxruntime 1.32.0")
     source: str = Field(description="where the exported graph came from (its run, the cache, ...)")
 
@@ -217,7 +217,7 @@ class Metrics:
                   "# HELP fer_model_info The model version answering (value 1).", "# TYPE fer_model_info gauge"]
         if current is not None:
             lines.append(f'fer_model_info{{name="{_label(current.name)}",version="{_label(current.version or "")}"}} 1')
-        lines += ["# HELP fer_model_runtime_info What classifies: the exported graph or Keras (value 1).",
+        lines += ["# HELP fer_model_runtime_info What classifies: the exported graph, its INT8 graph or Keras (value 1).",
                   "# TYPE fer_model_runtime_info gauge"]
         if current is not None:
             rt = current.runtime

@@ -62,10 +62,18 @@ class Classifier:
     """A model that takes (N, 48, 48, 1) pixels 0-255: the exported graph in ONNX Runtime, or the Keras model called
     through its compiled predict step."""
 
-    def __init__(self, model: "keras.Model | ExportedModel", source: str = "") -> None:
-        from fer_experiments.models.export import RUNTIME_EXPORTED, RUNTIME_KERAS, ExportedModel, describe
+    def __init__(self, model: "keras.Model | ExportedModel", source: str = "", int8: bool = False) -> None:
+        from fer_experiments.models.export import (
+            RUNTIME_EXPORTED,
+            RUNTIME_INT8,
+            RUNTIME_KERAS,
+            ExportedModel,
+            describe,
+        )
 
-        self.runtime = RUNTIME_EXPORTED if isinstance(model, ExportedModel) else RUNTIME_KERAS
+        exported = isinstance(model, ExportedModel)
+        self._onnx = exported
+        self.runtime = (RUNTIME_INT8 if int8 else RUNTIME_EXPORTED) if exported else RUNTIME_KERAS
         self.engine = describe(model)  # e.g. "onnxruntime 1.32.0"
         self.source = source  # where the exported graph came from (the run, the cache), for /health
         if self.runtime == RUNTIME_KERAS:
@@ -87,7 +95,7 @@ class Classifier:
     def predict_proba(self, faces: np.ndarray) -> np.ndarray:
         """(N, 48, 48) uint8 faces -> (N, 7) probabilities (one compiled call for the whole batch)."""
         x = np.ascontiguousarray(faces, dtype=np.float32).reshape(len(faces), IMAGE_SIZE, IMAGE_SIZE, 1)
-        if self.runtime == "exported":
+        if self._onnx:  # an ONNX Runtime session, float or INT8
             return np.asarray(self.model(x), dtype=np.float64)
         return np.asarray(self.model.predict_on_batch(x), dtype=np.float64)
 
@@ -150,7 +158,7 @@ class LoadedModel:
 
     @property
     def runtime(self) -> dict[str, str]:
-        """What classifies: ``{"runtime": "exported" | "keras", "engine": ..., "source": ...}``."""
+        """What classifies: ``{"runtime": "exported" | "int8" | "keras", "engine": ..., "source": ...}``."""
         return self.predictor.classifier.info()
 
     def answer(self, image: DecodedImage, detect: bool = True, started: float | None = None) -> dict[str, Any]:
@@ -248,10 +256,44 @@ def _file_version(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+#: How many Training faces calibrate an INT8 graph, and how many others check it against the float graph.
+INT8_CALIBRATION_FACES = 256
+INT8_CHECK_FACES = 512
+
+
+def int8_faces(model_uri: str, tracking_uri: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Training faces to calibrate and check an INT8 graph: from the data set logged with the model's run when that
+    file is here, else from ``FER2013_CSV``; ConfigError saying what to do when there is neither."""
+    import os
+
+    from fer_experiments.data import load_dataset
+    from fer_experiments.tracking import get_run, tags
+    from fer_experiments.tracking.exported import run_id_of
+    from fer_experiments.tracking.store import default_tracking_uri
+
+    candidates = []
+    run_id = run_id_of(model_uri, tracking_uri or default_tracking_uri())
+    if run_id is not None:
+        candidates.append(get_run(tracking_uri or default_tracking_uri(), run_id).tags.get(tags.DATA_SOURCE))
+    candidates.append(os.environ.get("FER2013_CSV"))
+    source = next((c for c in candidates if c and Path(c).exists()), None)
+    if source is None:
+        raise ConfigError(f"--runtime int8 calibrates on Training faces: the data set logged with {model_uri}'s run "
+                          f"({candidates[0] or 'none'}) is not on this machine and FER2013_CSV is not set; set it to "
+                          "a FER2013 copy, or use --runtime exported")
+    train = load_dataset(source).split("Training")
+    order = np.random.default_rng(0).permutation(len(train))  # a fixed sample: the same graph on every machine
+    n_cal = min(INT8_CALIBRATION_FACES, len(train))
+    return (train.x[order[:n_cal]], train.x[order[n_cal:n_cal + INT8_CHECK_FACES]],
+            f"Training faces of {Path(source).name}")
+
+
 def load_classifier(load_uri: str, tracking_uri: str | None, runtime: str = "exported") -> Classifier:
     """The classifier of the model at ``load_uri``: its exported graph (exported now if it has none yet) for
-    ``runtime="exported"``, falling back to Keras with a warning when it cannot be exported; Keras for ``keras``."""
-    from fer_experiments.models.export import RUNTIMES, ExportedModel, ExportError
+    ``runtime="exported"``, falling back to Keras with a warning when it cannot be exported; that graph's INT8
+    quantization for ``int8`` (quantized now on Training faces if it has none yet, the float graph when that
+    fails); Keras for ``keras``."""
+    from fer_experiments.models.export import RUNTIME_INT8, RUNTIME_KERAS, RUNTIMES, ExportedModel, ExportError
     from fer_experiments.tracking.model_io import load_keras_model
 
     if runtime not in RUNTIMES:
@@ -263,18 +305,26 @@ def load_classifier(load_uri: str, tracking_uri: str | None, runtime: str = "exp
             keras_model.append(load_keras_model(load_uri, tracking_uri))
         return keras_model[0]
 
-    if runtime == "exported":
-        from fer_experiments.tracking.exported import ensure_exported
+    if runtime == RUNTIME_KERAS:
+        return Classifier(load_keras())
+    from fer_experiments.tracking.exported import ensure_exported, ensure_int8
 
-        path, source = ensure_exported(load_uri, tracking_uri, load_keras)
-        if path is not None:
-            try:
-                return Classifier(ExportedModel(path), source=source)
-            except ExportError as exc:
-                source = str(exc)
-        log.warning("%s: serving with Keras (%s)", load_uri, source)
-        return Classifier(load_keras(), source=f"keras fallback: {source}"[:300])
-    return Classifier(load_keras())
+    path, source = ensure_exported(load_uri, tracking_uri, load_keras)
+    if path is not None and runtime == RUNTIME_INT8:
+        try:
+            int8_path, int8_source = ensure_int8(load_uri, tracking_uri, path,
+                                                 lambda: int8_faces(load_uri, tracking_uri))
+            return Classifier(ExportedModel(int8_path), source=int8_source, int8=True)
+        except ExportError as exc:
+            log.warning("%s: no INT8 graph (%s); serving the float graph", load_uri, exc)
+            source = f"float graph: {exc}"[:300]
+    if path is not None:
+        try:
+            return Classifier(ExportedModel(path), source=source)
+        except ExportError as exc:
+            source = str(exc)
+    log.warning("%s: serving with Keras (%s)", load_uri, source)
+    return Classifier(load_keras(), source=f"keras fallback: {source}"[:300])
 
 
 def load_target(target: Target, tracking_uri: str | None, detector: FaceDetector | None,

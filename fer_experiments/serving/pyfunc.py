@@ -64,10 +64,11 @@ def _classifier(keras_model: Any, runtime: str, exported_path: str | None, keras
     import logging
     from pathlib import Path
 
-    from fer_experiments.models.export import ONNX_FILE, RUNTIMES, ExportedModel, ExportError
+    from fer_experiments.models.export import ONNX_FILE, RUNTIME_EXPORTED, RUNTIME_KERAS, ExportedModel, ExportError
 
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    # No int8 here: its calibration faces come from the run's data set, which a serving container does not have.
+    if runtime not in (RUNTIME_EXPORTED, RUNTIME_KERAS):
+        raise ValueError(f"runtime must be {RUNTIME_EXPORTED} or {RUNTIME_KERAS}, got {runtime!r}")
     if runtime == "keras":
         return Classifier(keras_model)
     try:

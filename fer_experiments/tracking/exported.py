@@ -19,17 +19,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from fer_experiments.models.export import ONNX_FILE, ExportError, export_onnx
+from fer_experiments.models.export import ONNX_FILE, ExportError, ExportedModel, export_onnx, quantize_int8
 from fer_experiments.tracking import tags as names
 from fer_experiments.tracking.runs import TrackedRun, _client, _retry
 
 if TYPE_CHECKING:
     import keras
+    import numpy as np
 
 log = logging.getLogger("fer_experiments.tracking")
 
 #: Artifact folder of the exported graph, beside the Keras model's ``model/``.
 EXPORTED_ARTIFACT = "exported"
+#: Artifact folder of its INT8 quantization (``--runtime int8``), made on first use and logged to the run.
+INT8_ARTIFACT = "exported-int8"
 
 
 def _save_onnx_folder(onnx_path: Path, folder: Path) -> Path:
@@ -46,10 +49,10 @@ def _save_onnx_folder(onnx_path: Path, folder: Path) -> Path:
     return folder
 
 
-def _log_graph(uri: str, run_id: str, onnx_path: Path) -> None:
+def _log_graph(uri: str, run_id: str, onnx_path: Path, artifact: str = EXPORTED_ARTIFACT) -> None:
     with tempfile.TemporaryDirectory(prefix="fer-export-") as tmp:
-        folder = _save_onnx_folder(onnx_path, Path(tmp) / EXPORTED_ARTIFACT)
-        _retry(lambda: _client(uri).log_artifacts(run_id, str(folder), EXPORTED_ARTIFACT))
+        folder = _save_onnx_folder(onnx_path, Path(tmp) / artifact)
+        _retry(lambda: _client(uri).log_artifacts(run_id, str(folder), artifact))
 
 
 def log_exported_model(run: TrackedRun, model: "keras.Model") -> bool:
@@ -84,21 +87,22 @@ def run_id_of(model_uri: str, tracking_uri: str) -> str | None:
     return None
 
 
-def find_exported(run_id: str, tracking_uri: str) -> Path | None:
-    """The local path of run ``run_id``'s exported graph (downloaded when the store is remote), or None."""
+def find_exported(run_id: str, tracking_uri: str, artifact: str = EXPORTED_ARTIFACT) -> Path | None:
+    """The local path of run ``run_id``'s exported graph (``artifact``: the INT8 one's folder for that one;
+    downloaded when the store is remote), or None."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
     try:
-        listed = [f.path for f in client.list_artifacts(run_id, EXPORTED_ARTIFACT)]
+        listed = [f.path for f in client.list_artifacts(run_id, artifact)]
     except (MlflowException, OSError):
         return None
-    wanted = f"{EXPORTED_ARTIFACT}/{ONNX_FILE}"
+    wanted = f"{artifact}/{ONNX_FILE}"
     if wanted not in listed:
         return None
     try:  # the whole folder: a graph saved with external data keeps its weight files beside it
-        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EXPORTED_ARTIFACT,
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
                                                           tracking_uri=tracking_uri))
     except (MlflowException, OSError) as exc:
         log.warning("exported graph of run %s unreadable: %s", run_id, exc)
@@ -171,3 +175,53 @@ def ensure_exported(model_uri: str, tracking_uri: str | None,
         except Exception as exc:  # noqa: BLE001 - a read-only store: the cached file still serves
             log.warning("exported graph of run %s not logged (%s); cached at %s", run_id, exc, cached)
     return cached, "exported now (cache)"
+
+
+def int8_agreement(fp32_path: Path, int8_path: Path, faces: "np.ndarray") -> float:
+    """The share of ``faces`` on which the INT8 graph's top class is the float graph's."""
+    import numpy as np
+
+    from fer_experiments.models.export import exported_predict_proba
+
+    a = exported_predict_proba(ExportedModel(fp32_path), faces).argmax(axis=1)
+    b = exported_predict_proba(ExportedModel(int8_path), faces).argmax(axis=1)
+    return float(np.mean(a == b))
+
+
+def ensure_int8(model_uri: str, tracking_uri: str | None, fp32_path: Path,
+                faces: Callable[[], tuple["np.ndarray", "np.ndarray", str]]) -> tuple[Path, str]:
+    """The INT8 graph of the model at ``model_uri`` whose float graph is ``fp32_path``, quantized now if it has none.
+
+    ``faces()`` gives (calibration faces, check faces, where they come from): called only when quantizing. The
+    graph is logged to the model's run under ``exported-int8/`` with ``fer.int8_agreement`` (the share of the check
+    faces on which it agrees with the float graph), so that later loads anywhere find it; a model not tied to a run
+    is cached beside the exported graphs. Returns (path, where it came from); ExportError when it cannot be made.
+    """
+    from fer_experiments.tracking.store import default_tracking_uri
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    run_id = None
+    try:
+        run_id = run_id_of(model_uri, tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - an unreadable registry entry: fall back to the cache
+        log.warning("cannot find the run of %s: %s", model_uri, exc)
+    if run_id is not None:
+        found = find_exported(run_id, tracking_uri, INT8_ARTIFACT)
+        if found is not None:
+            return found, f"run {run_id}"
+    cached = _cache_dir() / f"{_file_key(fp32_path)[:32]}.int8.onnx"
+    if cached.is_file():
+        return cached, "cache"
+    calibration, check, origin = faces()
+    quantize_int8(fp32_path, cached, calibration)
+    agreement = int8_agreement(fp32_path, cached, check)
+    where = f"quantized now on {len(calibration)} {origin} (top class as the float graph's on {agreement:.1%} of " \
+            f"{len(check)} others)"
+    if run_id is not None:
+        try:
+            _log_graph(tracking_uri, run_id, cached, INT8_ARTIFACT)
+            _retry(lambda: _client(tracking_uri).set_tag(run_id, names.INT8_AGREEMENT, f"{agreement:.4f}"))
+            return cached, f"{where}, logged to run {run_id}"
+        except Exception as exc:  # noqa: BLE001 - a read-only store: the cached file still serves
+            log.warning("INT8 graph of run %s not logged (%s); cached at %s", run_id, exc, cached)
+    return cached, f"{where}, cached"

@@ -100,6 +100,9 @@ DISTILL_ALPHA = "distill_alpha"
 EXPORTED = "fer.exported"
 EXPORT_ERROR = "fer.export_error"
 EXPORT_SECONDS = "fer.export_seconds"
+#: On a run whose INT8 graph was made (``--runtime int8``): the share of check faces where its top class is the
+#: float graph's.
+INT8_AGREEMENT = "fer.int8_agreement"
 
 # Names older versions wrote beside the ones above (read, never written).
 _OLD_STUDY = "optuna_study"

@@ -185,3 +185,36 @@ def test_a_damaged_graph_is_reported(tmp_path: Path) -> None:
     bad.write_bytes(b"not a graph")
     with pytest.raises(ExportError, match="not a loadable ONNX graph"):
         ExportedModel(bad)
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_int8_graph_is_quantized_and_close_to_the_float_graph(kind: str, real_dataset, private_faces: np.ndarray,
+                                                              tmp_path: Path) -> None:
+    import keras
+    import onnx
+
+    from fer_experiments.models.export import ExportedModel, export_onnx, exported_predict_proba, quantize_int8
+
+    keras.utils.set_random_seed(3)
+    model = BUILDERS[kind]()
+    _randomise_bn(model)
+    fp32 = export_onnx(model, tmp_path / "model.onnx")
+    int8 = quantize_int8(fp32, tmp_path / "int8" / "model.onnx", real_dataset.split("Training").x[:128])
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops
+    expected = exported_predict_proba(ExportedModel(fp32), private_faces)
+    got = exported_predict_proba(ExportedModel(int8), private_faces)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-3)
+    # INT8 rounding moves the probabilities a little, never far (faces it was not calibrated on).
+    assert np.abs(got - expected).max() < 0.05, np.abs(got - expected).max()
+    assert not list(tmp_path.joinpath("int8").glob(".*")), "no temporary file is left"
+
+
+def test_int8_needs_calibration_faces(tmp_path: Path) -> None:
+    from fer_experiments.models.export import ExportError, export_onnx, quantize_int8
+
+    fp32 = export_onnx(_plain(), tmp_path / "model.onnx")
+    with pytest.raises(ExportError, match="no calibration faces"):
+        quantize_int8(fp32, tmp_path / "int8.onnx", np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
+    assert not (tmp_path / "int8.onnx").exists()
