@@ -10,7 +10,7 @@ network; at most 64 MiB carried per call) into ``bench/gpu/pack/`` (git-ignored)
   each shard records the source CSV's sha256, so a study on the GPU has the same data digest as one here.
 
 Then carry ``bench/gpu/pack/bundle1`` in one call and ``bench/gpu/pack/bundle2`` in the next (``bench/gpu/run.sh``
-installs and unpacks what each brings, and runs the search once everything is there).
+keeps what each brings; once everything is there it installs all the wheels in one go and runs the search).
 
     python bench/gpu/pack.py [--data PATH] [--python-version 3.12] [--out bench/gpu/pack]
 """
