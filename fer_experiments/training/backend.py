@@ -12,6 +12,9 @@ def seed_everything(seed: int) -> None:
     import keras
 
     keras.utils.set_random_seed(seed)
+    # fer-exp prints its own progress; a library's predict() with Keras's default verbosity (seen on the JAX backend,
+    # after training) would draw a progress bar into the user's terminal.
+    keras.utils.disable_interactive_logging()
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf  # backend-specific, on purpose and only here
 
