@@ -235,7 +235,7 @@ def detection(data: bytes, photos: list[tuple[np.ndarray, list[tuple[int, int, i
                   ("JPEG decode (as training: colour)", lambda: cv2.imdecode(np.frombuffer(data, np.uint8),
                                                                             cv2.IMREAD_UNCHANGED)),
                   ("grayscale conversion", lambda: to_gray(colour)),
-                  ("downscale to 320 px (INTER_AREA)", lambda: cv2.resize(gray, (320, 240),
+                  ("downscale to 360 px (INTER_AREA)", lambda: cv2.resize(gray, (360, 270),
                                                                          interpolation=cv2.INTER_AREA)),
                   ("Haar detect (serve's setting)", lambda: det.detect(gray)),
                   ("whole decode_image + detect", lambda: det.detect(decode_image(data).gray)),
@@ -246,9 +246,10 @@ def detection(data: bytes, photos: list[tuple[np.ndarray, list[tuple[int, int, i
                 fn = lambda: decode_image(crop).gray  # noqa: E731 - decode + nothing else: no detection
             print(f"  {name:<38}{cpu_ms(fn, 30):8.2f}")
         print("\nHaar settings: CPU ms per photo and PrivateTest faces found (40 photos x 3 faces; 64/100/140 px):")
-        settings = {"serve default: 320 px, 1.15 / 4": DetectorConfig(),
-                    "320 px, 1.25 / 3": DetectorConfig(scale_factor=1.25, min_neighbors=3),
-                    "256 px, 1.15 / 4": DetectorConfig(detect_size=256),
+        settings = {"serve default: 360 px, 1.10 / 4": DetectorConfig(),
+                    "320 px, 1.15 / 4 (the earlier default)": DetectorConfig(detect_size=320, scale_factor=1.15),
+                    "360 px, 1.10 / 3": DetectorConfig(min_neighbors=3),
+                    "480 px, 1.15 / 4": DetectorConfig(detect_size=480, scale_factor=1.15),
                     "full size, 1.1 / 5 (OpenCV's example)": DetectorConfig(detect_size=0, scale_factor=1.1,
                                                                             min_neighbors=5)}
         for name, cfg in settings.items():

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 from fer_experiments.cli.options import tracking_option
 from fer_experiments.config import DEFAULT_MODEL_URI
+from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE
 
 
 def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -24,7 +25,7 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--detector", default="haar", show_default=True,
                      help="Face detector: haar (OpenCV frontalface_default), haar-alt (frontalface_alt2) or the path "
                           "of a Haar cascade XML."),
-        click.option("--detect-size", type=click.IntRange(min=0), default=320, show_default=True,
+        click.option("--detect-size", type=click.IntRange(min=0), default=DEFAULT_DETECT_SIZE, show_default=True,
                      help="Detect on a copy downscaled so its longer side is at most this many pixels (0: full size; "
                           "raise it to find faces smaller than ~1/10 of the image)."),
         click.option("--min-face", type=click.IntRange(min=1), default=32, show_default=True,

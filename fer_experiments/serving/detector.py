@@ -2,10 +2,12 @@
 
 ``haar`` (haarcascade_frontalface_default, the default), ``haar-alt`` (haarcascade_frontalface_alt2) or a path to
 any cascade XML. Detection runs on a copy of the image downscaled so its longer side is at most ``detect_size``
-pixels, with a coarser scale step than OpenCV's example: on this 2-core CPU a 640x480 photo takes ~6-9 ms instead
-of ~40 ms at full size with scaleFactor 1.1 / minNeighbors 5 (~120 ms on a busy machine), and finds nearly the same
-faces of 48 px and up (FER2013 faces pasted into photos at 140 px: 142 vs 150 of 200 found, no false positives;
-bench/serve_latency.py prints the timings).
+pixels. The defaults (360 px, scale step 1.10, 4 neighbours) were chosen on 40 photos holding 120 PrivateTest faces
+of 64, 100 and 140 px (bench/serve_latency.py): they find 88 of them, OpenCV's example setting (full size,
+1.1 / 5) 90, at less than half its CPU time (~26 against ~54-61 ms of one thread on this 2-core CPU under load); the
+earlier 320 px / 1.15 / 4 was faster (~17 ms) but missed 16 of the faces OpenCV's setting finds, most of them the
+64 px ones. None of these settings gave a false detection on those photos. ``?detect=false`` (and ``--no-detect``)
+skips detection for callers that send face crops.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ CASCADES = {
     "haar": "haarcascade_frontalface_default.xml",
     "haar-alt": "haarcascade_frontalface_alt2.xml",
 }
+#: Longer side of the copy detection runs on, in pixels (0: the image as it is).
+DEFAULT_DETECT_SIZE = 360
+
 #: A Haar face box is ~95% of a FER2013 crop and sits ~2.5% inside it (measured on pasted PrivateTest faces), so
 #: widening it by this fraction on each side frames a detected face the way the training images are framed.
 DEFAULT_MARGIN = 0.03
@@ -54,8 +59,8 @@ class DetectorConfig:
 
     spec: str = "haar"
     #: The image is downscaled so that its longer side is at most this for detection (0: never downscale).
-    detect_size: int = 320
-    scale_factor: float = 1.15
+    detect_size: int = DEFAULT_DETECT_SIZE
+    scale_factor: float = 1.10
     min_neighbors: int = 4
     #: Smallest face looked for, in pixels of the original image (never below the cascade's window).
     min_face: int = 32

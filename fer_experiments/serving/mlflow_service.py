@@ -23,6 +23,7 @@ import logging
 
 import fer_experiments
 from fer_experiments.config import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
+from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE
 from fer_experiments.tracking import tags
 from fer_experiments.tracking.model_registry import (
     ModelVersion,
@@ -61,7 +62,7 @@ def find_service_version(uri: str, model_name: str, version: str) -> ModelVersio
 
 
 def log_service_model(uri: str, model_name: str, version: str, *, detector: str = "haar",
-                      detect_size: int = 320, margin: float | None = None) -> tuple[ModelVersion, bool]:
+                      detect_size: int = DEFAULT_DETECT_SIZE, margin: float | None = None) -> tuple[ModelVersion, bool]:
     """Log and register the pyfunc wrapper of ``models:/<model_name>/<version>`` (idempotent: one per version).
 
     Returns (wrapper version, created). Takes ~2 s (the Keras model is copied into the wrapper).

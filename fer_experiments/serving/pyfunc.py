@@ -12,7 +12,7 @@ import base64
 import binascii
 from typing import Any
 
-from fer_experiments.serving.detector import DEFAULT_MARGIN, DetectorConfig, FaceDetector
+from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DEFAULT_MARGIN, DetectorConfig, FaceDetector
 from fer_experiments.serving.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected
 from fer_experiments.serving.predictor import Classifier, Limits, LoadedModel, Predictor
 
@@ -26,7 +26,7 @@ class ServiceModel:
 
     @classmethod
     def from_keras(cls, keras_model: Any, *, model_name: str, model_version: str | None, detector: str = "haar",
-                   detect_size: int = 320, min_face: int = 32, margin: float = DEFAULT_MARGIN,
+                   detect_size: int = DEFAULT_DETECT_SIZE, min_face: int = 32, margin: float = DEFAULT_MARGIN,
                    max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                    model_uri: str | None = None, runtime: str = "exported", exported_path: str | None = None,
                    keras_path: str | None = None, **_: Any) -> "ServiceModel":
