@@ -87,6 +87,15 @@ def run_id_of(model_uri: str, tracking_uri: str) -> str | None:
     return None
 
 
+def _run_or_none(model_uri: str, tracking_uri: str) -> str | None:
+    """``run_id_of``, or None (with a warning) when the registry entry cannot be read: the cache serves then."""
+    try:
+        return run_id_of(model_uri, tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - an unreadable registry entry: fall back to the cache
+        log.warning("cannot find the run of %s: %s", model_uri, exc)
+        return None
+
+
 def find_exported(run_id: str, tracking_uri: str, artifact: str = EXPORTED_ARTIFACT) -> Path | None:
     """The local path of run ``run_id``'s exported graph (``artifact``: the INT8 one's folder for that one;
     downloaded when the store is remote), or None."""
@@ -147,11 +156,7 @@ def ensure_exported(model_uri: str, tracking_uri: str | None,
     tracking_uri = tracking_uri or default_tracking_uri()
     if model_uri.startswith(("runs:", "models:")):
         prepare_store(tracking_uri)
-    run_id = None
-    try:
-        run_id = run_id_of(model_uri, tracking_uri)
-    except Exception as exc:  # noqa: BLE001 - an unreadable registry entry: fall back to the cache
-        log.warning("cannot find the run of %s: %s", model_uri, exc)
+    run_id = _run_or_none(model_uri, tracking_uri)
     if run_id is not None:
         found = find_exported(run_id, tracking_uri)
         if found is not None:
@@ -200,11 +205,7 @@ def ensure_int8(model_uri: str, tracking_uri: str | None, fp32_path: Path,
     from fer_experiments.tracking.store import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
-    run_id = None
-    try:
-        run_id = run_id_of(model_uri, tracking_uri)
-    except Exception as exc:  # noqa: BLE001 - an unreadable registry entry: fall back to the cache
-        log.warning("cannot find the run of %s: %s", model_uri, exc)
+    run_id = _run_or_none(model_uri, tracking_uri)
     if run_id is not None:
         found = find_exported(run_id, tracking_uri, INT8_ARTIFACT)
         if found is not None:
