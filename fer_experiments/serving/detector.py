@@ -4,9 +4,9 @@
 any cascade XML. Detection runs on a copy of the image downscaled so its longer side is at most ``detect_size``
 pixels. The defaults (360 px, scale step 1.10, 4 neighbours) were chosen on 40 photos holding 120 PrivateTest faces
 of 64, 100 and 140 px (bench/serve_latency.py): they find 88 of them, OpenCV's example setting (full size,
-1.1 / 5) 90, at less than half its CPU time (~26 against ~54-61 ms of one thread on this 2-core CPU under load); the
-earlier 320 px / 1.15 / 4 was faster (~17 ms) but missed 16 of the faces OpenCV's setting finds, most of them the
-64 px ones. None of these settings gave a false detection on those photos. ``?detect=false`` (and ``--no-detect``)
+1.1 / 5) 90, at half its CPU time (25.5 against 51.8 ms of one thread on this 2-core CPU); the earlier
+320 px / 1.15 / 4 was faster (14.9 ms) but missed 16 of the faces OpenCV's setting finds, most of them the 64 px
+ones. None of these settings gave a false detection on those photos. ``?detect=false`` (and ``--no-detect``)
 skips detection for callers that send face crops.
 """
 
