@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 from fer_experiments.cli.options import tracking_option
 from fer_experiments.config import DEFAULT_MODEL_URI
+from fer_experiments.models.export import RUNTIME_EXPORTED, RUNTIMES
 from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE
 
 
@@ -33,7 +34,7 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--margin", type=click.FloatRange(0, 1), default=None,
                      help="Widen each detected box by this fraction on every side before cropping "
                           "[default: 0.03, the framing of FER2013's faces]."),
-        click.option("--runtime", type=click.Choice(["exported", "int8", "keras"]), default="exported",
+        click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=RUNTIME_EXPORTED,
                      show_default=True,
                      help="exported: the model's ONNX graph in ONNX Runtime (exported now and logged to its run if "
                           "it has none yet; Keras when it cannot be exported); int8: that graph quantized to INT8 "

@@ -272,9 +272,10 @@ def int8_faces(model_uri: str, tracking_uri: str | None) -> tuple[np.ndarray, np
     from fer_experiments.tracking.store import default_tracking_uri
 
     candidates = []
-    run_id = run_id_of(model_uri, tracking_uri or default_tracking_uri())
+    tracking_uri = tracking_uri or default_tracking_uri()
+    run_id = run_id_of(model_uri, tracking_uri)
     if run_id is not None:
-        candidates.append(get_run(tracking_uri or default_tracking_uri(), run_id).tags.get(tags.DATA_SOURCE))
+        candidates.append(get_run(tracking_uri, run_id).tags.get(tags.DATA_SOURCE))
     candidates.append(os.environ.get("FER2013_CSV"))
     source = next((c for c in candidates if c and Path(c).exists()), None)
     if source is None:
