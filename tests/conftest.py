@@ -189,6 +189,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
             ) -> subprocess.CompletedProcess[str]:
     """Run ``fer-exp ARGS`` in a subprocess (as a user would) and capture its output."""
     # A tracking URI exported by an in-process mlflow call must not redirect the command's runs.
-    full_env = {k: v for k, v in os.environ.items() if k not in _TRACKING_VARS} | (env or {})
+    # PYTHONFAULTHANDLER: a native crash (CI once saw a -11 with empty stderr) prints every thread's Python stack.
+    full_env = ({k: v for k, v in os.environ.items() if k not in _TRACKING_VARS} | {"PYTHONFAULTHANDLER": "1"}
+                | (env or {}))
     return subprocess.run([sys.executable, "-m", "fer_experiments.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

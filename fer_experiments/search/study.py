@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from fer_experiments.errors import ConfigError, DataError, FatalError
+from fer_experiments.errors import ConfigError, DataError, FatalError, TrialFailed
 from fer_experiments.io import file_lock
 from fer_experiments.locks import (
     STUDY_SETUP_KEY,
@@ -37,13 +37,19 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 class _NoInterruptionWarnings(logging.Filter):
     """Drop Optuna's "Trial N failed ... KeyboardInterrupt()" warning (with its traceback) and the "Trial N failed
-    with value None" line after it: the command says once, in its own words, what the interruption stopped."""
+    with value None" line after it: the command says once, in its own words, what the interruption stopped. A
+    failed trial keeps Optuna's one-line warning without the traceback."""
 
     def __init__(self) -> None:
         super().__init__()
         self._trial: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], TrialFailed):
+            # An expected outcome whose reason the message already gives: Optuna's line stays, the traceback (of
+            # this package's own frames) goes.
+            record.exc_info, record.exc_text = None, None
+            return True
         if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
             words = record.getMessage().split()
             self._trial = words[1] if len(words) > 1 else None

@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping, get_type_hints
 import yaml
 
 from fer_experiments.errors import ConfigError, short_repr
-from fer_experiments.params import ALL_FIELDS, CHOICES, MODEL_FIELDS, ModelParams, TrainParams
+from fer_experiments.params import ALL_FIELDS, CHOICES, MAX_EPOCHS, MODEL_FIELDS, ModelParams, TrainParams
 
 Kind = Literal["int", "float", "categorical", "fixed"]
 #: One condition of a parameter: (parent name, values the parent must take).
@@ -64,7 +64,8 @@ REFIT_KEYS: dict[str, tuple[Any, str, Any]] = {
     # How many of the best trials are retrained.
     "top_k": (lambda v: _is_int(v) and v >= 1, "an int >= 1", 1),
     # Epochs of a refit (null: the trial's own epochs); the PublicTest-best epoch is kept.
-    "epochs": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or null (the trial's epochs)", None),
+    "epochs": (lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_EPOCHS),
+               f"an int 1-{MAX_EPOCHS} or null (the trial's epochs)", None),
     # Training rows of a refit (null: all of Training).
     "train_limit": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or null (all rows)", None),
     # Under --budget: the largest share of the budget the refits may reserve (the trials get the rest at least).
@@ -421,8 +422,9 @@ class _Validator:
         if objective not in OBJECTIVES:
             raise self.fail("objective", f"unknown objective {short_repr(objective)} (allowed: {', '.join(OBJECTIVES)})")
         max_epochs = d["max_epochs"]
-        if not _is_int(max_epochs) or max_epochs < 1:
-            raise self.fail("max_epochs", f"must be an int >= 1, got {short_repr(max_epochs)}")
+        # Bounded here as a training's epochs are, so that the space is refused at load, not each trial at run time.
+        if not _is_int(max_epochs) or not 1 <= max_epochs <= MAX_EPOCHS:
+            raise self.fail("max_epochs", f"must be an int 1-{MAX_EPOCHS}, got {short_repr(max_epochs)}")
         train_limit = d.get("train_limit")
         if train_limit is not None and (not _is_int(train_limit) or train_limit < 1):
             raise self.fail("train_limit", f"must be an int >= 1 or null (all rows), got {short_repr(train_limit)}")

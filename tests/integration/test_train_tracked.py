@@ -73,7 +73,7 @@ def test_train_end_to_end(tiny_csv: Path, tmp_path: Path) -> None:
 
 def test_train_nan_exits_4_and_run_failed(tiny_csv: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
-    proc = run_cli("train", "--data", str(tiny_csv), *TINY_SETS, "--batch-size", "16", "--learning-rate", "1e30",
+    proc = run_cli("train", "--data", str(tiny_csv), *TINY_SETS, "--batch-size", "16", "--learning-rate", "1e39",
                    "--set", "optimizer=sgd", "--tracking-uri", uri, cwd=tmp_path, timeout=300)
     assert proc.returncode == 4, proc.stdout + proc.stderr
     _assert_one_line_error(proc, "nan")

@@ -149,8 +149,11 @@ BAD_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("missing name", changed(name=None), "name: required key is missing"),
     ("bad name", changed(name="has space"), "name: must be a string of 1-100 letters"),
     ("missing max_epochs", changed(max_epochs=None), "max_epochs: required key is missing"),
-    ("max_epochs < 1", changed(max_epochs=0), "max_epochs: must be an int >= 1, got 0"),
-    ("max_epochs bool", changed(max_epochs=True), "max_epochs: must be an int >= 1, got True"),
+    ("max_epochs < 1", changed(max_epochs=0), "max_epochs: must be an int 1-1000, got 0"),
+    ("max_epochs bool", changed(max_epochs=True), "max_epochs: must be an int 1-1000, got True"),
+    # More than a training may run: refused at load (it used to fail every trial instead).
+    ("max_epochs > 1000", changed(max_epochs=1001), "max_epochs: must be an int 1-1000, got 1001"),
+    ("refit epochs > 1000", changed(refit={"epochs": 5000}), "refit.epochs: must be an int 1-1000 or null"),
     ("train_limit 0", changed(train_limit=0), "train_limit: must be an int >= 1 or null"),
     ("objective", changed(objective="val_loss"), "objective: unknown objective 'val_loss'"),
     ("params empty", changed(params={}), "params: must be a non-empty mapping"),
