@@ -3,7 +3,8 @@
 Prints, in one run:
   * where a 640x480 photo's time goes before classification (CPU ms per stage, single thread: Pillow's header
     check, JPEG decode, grayscale conversion, downscale, Haar detection), and detection settings against recall on
-    PrivateTest faces pasted into photos at 64, 100 and 140 px,
+    PrivateTest faces pasted into photos at 64, 100 and 140 px and into the frames of an mp4v video at 140 px,
+    and false detections in face-free clutter made of face patches,
   * for a tiny net, seed-deep-bn, a flip-TTA residual net and a 3-model ensemble (untrained weights: speed does not
     depend on them), with each runtime (keras: ``predict_on_batch``; exported: ONNX Runtime; int8: the exported
     graph quantized to INT8, calibrated on 256 Training faces of --data):
@@ -209,19 +210,91 @@ def pasted_photos(data_path: str, n: int = 40) -> tuple[bytes, list[tuple[np.nda
     return one, photos
 
 
+Slots = list[tuple[int, int, int]]  # (x, y, size) of each pasted face
+
+
+def moving_frames(data_path: str, pairs: int = 12, frames: int = 24) -> list[tuple[np.ndarray, Slots]]:
+    """``pairs`` x ``frames`` gray 640x480 video frames, each with two PrivateTest faces of 140 px that move 3 px right
+    and 1 px down per frame, written to an mp4v video and read back (compression artefacts included)."""
+    import cv2
+
+    from fer_experiments.data import load_dataset
+
+    x = load_dataset(data_path, cache_dir=default_cache_dir()).split("PrivateTest").x
+    video = TMP / "moving.mp4"
+    out: list[tuple[np.ndarray, Slots]] = []
+    for pair in range(pairs):
+        faces = [cv2.resize(x[2000 + 2 * pair + k], (140, 140), interpolation=cv2.INTER_CUBIC) for k in range(2)]
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (640, 480))
+        slots_of = []
+        for f in range(frames):
+            img = np.full((480, 640), 128, np.uint8)
+            slots = [(40 + 3 * f, 100 + f, 140), (400 + 3 * f, 200 + f, 140)]
+            for face, (sx, sy, size) in zip(faces, slots):
+                img[sy:sy + size, sx:sx + size] = face
+            writer.write(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
+            slots_of.append(slots)
+        writer.release()
+        cap = cv2.VideoCapture(str(video))
+        for slots in slots_of:
+            ok, frame = cap.read()
+            if not ok:
+                raise SystemExit(f"could not read back {video}")
+            out.append((cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), slots))
+        cap.release()
+    return out
+
+
+def clutter_images(data_path: str, n: int = 40) -> list[np.ndarray]:
+    """``2 n`` gray 640x480 images with no face: 16x16 patches cut from random PrivateTest faces at random places
+    (face textures without a face's layout), lightly blurred, and each one's top-left quarter enlarged 2x (coarser
+    texture). Every box a detector finds in them is a false detection."""
+    import cv2
+
+    from fer_experiments.data import load_dataset
+
+    x = load_dataset(data_path, cache_dir=default_cache_dir()).split("PrivateTest").x
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        img = np.zeros((480, 640), np.uint8)
+        for y in range(0, 480, 16):
+            for x0 in range(0, 640, 16):
+                face = x[rng.integers(len(x))]
+                py, px = rng.integers(0, 32, 2)
+                img[y:y + 16, x0:x0 + 16] = face[py:py + 16, px:px + 16]
+        img = cv2.GaussianBlur(img, (3, 3), 0)
+        out += [img, cv2.resize(img[:240, :320], (640, 480), interpolation=cv2.INTER_CUBIC)]
+    return out
+
+
 def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
     return ix * iy / float(a[2] * a[3] + b[2] * b[3] - ix * iy)
 
 
-def detection(data: bytes, photos: list[tuple[np.ndarray, list[tuple[int, int, int]]]]) -> None:
+def _found(det: Any, images: list[tuple[np.ndarray, Slots]]) -> tuple[dict[int, int], int, float]:
+    """(faces found by size, false detections, CPU ms per image) of ``det`` on (image, face slots) pairs."""
+    found: dict[int, int] = {}
+    false = 0
+    t0 = time.thread_time()
+    for img, slots in images:
+        boxes = [(b.x, b.y, b.w, b.h) for b in det.detect(img)]
+        for sx, sy, size in slots:
+            found[size] = found.get(size, 0) + any(_iou(b, (sx, sy, size, size)) > 0.3 for b in boxes)
+        false += sum(not any(_iou(b, (sx, sy, s, s)) > 0.3 for sx, sy, s in slots) for b in boxes)
+    return found, false, (time.thread_time() - t0) / len(images) * 1000
+
+
+def detection(data: bytes, photos: list[tuple[np.ndarray, Slots]], frames: list[tuple[np.ndarray, Slots]],
+              clutter: list[np.ndarray]) -> None:
     import io
 
     import cv2
     from PIL import Image
 
-    from fer_experiments.serving.detector import DetectorConfig, FaceDetector
+    from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DetectorConfig, FaceDetector
     from fer_experiments.serving.images import decode_image, to_gray
 
     threads = cv2.getNumThreads()
@@ -230,13 +303,14 @@ def detection(data: bytes, photos: list[tuple[np.ndarray, list[tuple[int, int, i
         colour = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         gray = decode_image(data).gray
         det = FaceDetector()
+        small = (DEFAULT_DETECT_SIZE, round(DEFAULT_DETECT_SIZE * gray.shape[0] / gray.shape[1]))
         print("\nwhere a 640x480 JPEG's time goes before classification (CPU ms, one thread):")
         stages = [("Pillow header checks", lambda: Image.open(io.BytesIO(data)).size),
                   ("JPEG decode (as training: colour)", lambda: cv2.imdecode(np.frombuffer(data, np.uint8),
                                                                             cv2.IMREAD_UNCHANGED)),
                   ("grayscale conversion", lambda: to_gray(colour)),
-                  ("downscale to 360 px (INTER_AREA)", lambda: cv2.resize(gray, (360, 270),
-                                                                         interpolation=cv2.INTER_AREA)),
+                  (f"downscale to {small[0]} px (INTER_AREA)", lambda: cv2.resize(gray, small,
+                                                                                  interpolation=cv2.INTER_AREA)),
                   ("Haar detect (serve's setting)", lambda: det.detect(gray)),
                   ("whole decode_image + detect", lambda: det.detect(decode_image(data).gray)),
                   ("a 48x48 crop with ?detect=false", None)]
@@ -245,26 +319,23 @@ def detection(data: bytes, photos: list[tuple[np.ndarray, list[tuple[int, int, i
             if fn is None:
                 fn = lambda: decode_image(crop).gray  # noqa: E731 - decode + nothing else: no detection
             print(f"  {name:<38}{cpu_ms(fn, 30):8.2f}")
-        print("\nHaar settings: CPU ms per photo and PrivateTest faces found (40 photos x 3 faces; 64/100/140 px):")
-        settings = {"serve default: 360 px, 1.10 / 4": DetectorConfig(),
-                    "320 px, 1.15 / 4 (the earlier default)": DetectorConfig(detect_size=320, scale_factor=1.15),
-                    "360 px, 1.10 / 3": DetectorConfig(min_neighbors=3),
-                    "480 px, 1.15 / 4": DetectorConfig(detect_size=480, scale_factor=1.15),
-                    "full size, 1.1 / 5 (OpenCV's example)": DetectorConfig(detect_size=0, scale_factor=1.1,
-                                                                            min_neighbors=5)}
+        print(f"\ndetection settings (frontalface_default unless named; CPU ms per image, one thread): faces found in "
+              f"{len(photos)} photos x 3 faces (64/100/140 px) and {len(frames)} mp4v video frames x 2 moving 140 px "
+              f"faces; false detections in those and in {len(clutter)} face-free clutter images:")
+        settings = {"serve default: 280 px, 1.10 / 3": DetectorConfig(),
+                    "280 px, 1.10 / 2": DetectorConfig(min_neighbors=2),
+                    "360 px, 1.10 / 4 (the earlier default)": DetectorConfig(detect_size=360, min_neighbors=4),
+                    "full size, 1.1 / 5 (OpenCV's example)": DetectorConfig(detect_size=0, min_neighbors=5),
+                    "alt2, 240 px, 1.10 / 3": DetectorConfig(spec="haar-alt", detect_size=240),
+                    "alt2, 360 px, 1.10 / 3": DetectorConfig(spec="haar-alt", detect_size=360)}
         for name, cfg in settings.items():
             d = FaceDetector(cfg)
-            found = {64: 0, 100: 0, 140: 0}
-            false = 0
-            t0 = time.thread_time()
-            for img, slots in photos:
-                boxes = [(b.x, b.y, b.w, b.h) for b in d.detect(img)]
-                for sx, sy, size in slots:
-                    found[size] += any(_iou(b, (sx, sy, size, size)) > 0.3 for b in boxes)
-                false += sum(not any(_iou(b, (sx, sy, s, s)) > 0.3 for sx, sy, s in slots) for b in boxes)
-            ms = (time.thread_time() - t0) / len(photos) * 1000
-            print(f"  {name:<40}{ms:7.1f} ms   found {sum(found.values()):3d}/{3 * len(photos)} "
-                  f"({found[64]}/{found[100]}/{found[140]})   false {false}")
+            found, false, ms = _found(d, photos)
+            vfound, vfalse, vms = _found(d, frames)
+            cluttered = sum(len(d.detect(img)) for img in clutter)
+            print(f"  {name:<40} photos {ms:5.1f} ms {sum(found.values()):3d}/{3 * len(photos)} "
+                  f"({found.get(64, 0)}/{found.get(100, 0)}/{found.get(140, 0)})   video {vms:5.1f} ms "
+                  f"{sum(vfound.values()):3d}/{2 * len(frames)}   false {false + vfalse} + {cluttered} in clutter")
     finally:
         cv2.setNumThreads(threads)
 
@@ -361,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [m for m in args.models.split(",") if m]
     runtimes = [r for r in args.runtimes.split(",") if r]
     photo, photos = pasted_photos(args.data)
-    detection(photo, photos)
+    detection(photo, photos, moving_frames(args.data), clutter_images(args.data))
 
     rows: list[dict[str, Any]] = []
     one = np.random.default_rng(0).integers(0, 256, (1, 48, 48), dtype=np.uint8)

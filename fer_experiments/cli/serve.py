@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 from fer_experiments.cli.options import tracking_option
 from fer_experiments.config import DEFAULT_MODEL_URI
 from fer_experiments.models.export import RUNTIME_EXPORTED, RUNTIMES
-from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE
+from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DEFAULT_DETECTOR
 
 
 def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -23,12 +23,12 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/model, or a local .keras "
                           "file / MLflow model folder."),
         tracking_option,
-        click.option("--detector", default="haar", show_default=True,
+        click.option("--detector", default=DEFAULT_DETECTOR, show_default=True,
                      help="Face detector: haar (OpenCV frontalface_default), haar-alt (frontalface_alt2) or the path "
                           "of a Haar cascade XML."),
         click.option("--detect-size", type=click.IntRange(min=0), default=DEFAULT_DETECT_SIZE, show_default=True,
                      help="Detect on a copy downscaled so its longer side is at most this many pixels (0: full size; "
-                          "raise it to find faces smaller than ~1/10 of the image)."),
+                          "raise it to find faces smaller than ~1/12 of the image's longer side)."),
         click.option("--min-face", type=click.IntRange(min=1), default=32, show_default=True,
                      help="Smallest face to look for, in pixels of the original image."),
         click.option("--margin", type=click.FloatRange(0, 1), default=None,

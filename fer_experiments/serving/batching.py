@@ -1,20 +1,22 @@
 """Micro-batching: faces from requests that arrive within a short window are classified in one call.
 
 A request's worker thread hands its faces to ``MicroBatcher.classify`` and blocks until its own rows come back.
-One batching thread (started on demand, gone after a second without work) takes the first waiting job, then keeps
-collecting jobs until ``window`` seconds have passed since that job arrived or ``max_batch`` faces are gathered,
-classifies them in one call and hands each job its rows. A job is never split, so an image with more faces than
-``max_batch`` is classified alone. Each answer is the same as an unbatched one: the rows of a batch do not
-interact (the exported graph gives bit-identical rows whatever the batch; tests/unit/test_batching.py checks it).
+One batching thread (started on demand, gone after a second without work) takes every job waiting, then waits for
+more only while a request it was told about (``expecting()``: one that is still decoding and detecting) may still
+join, at most ``window`` seconds after the first job arrived and until ``max_batch`` faces are gathered. A request
+alone is therefore classified at once (no window added to a sequential client's latency), and jobs that queue while
+the classifier is busy form the next batch. A job is never split, so an image with more faces than ``max_batch``
+is classified alone. Each answer is the same as an unbatched one: the rows of a batch do not interact (the
+exported graph gives bit-identical rows whatever the batch; tests/unit/test_batching.py checks it).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -46,23 +48,38 @@ class MicroBatcher:
         self.fn = fn
         self.window = window
         self.max_batch = max_batch
-        self._queue: queue.Queue[_Job] = queue.Queue()
-        self._lock = threading.Lock()
+        self._jobs: list[_Job] = []
+        self._expected = 0  # requests inside expecting(): they may still bring faces
+        self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
         # Figures for /metrics: calls made and faces classified through the batcher.
         self.batches = 0
         self.batched_faces = 0
+
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Around the work before ``classify`` (decoding, detection): the batcher waits, within its window, for
+        faces this request may bring, instead of classifying what it has without them."""
+        with self._cond:
+            self._expected += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._expected -= 1
+                self._cond.notify_all()
 
     def classify(self, faces: np.ndarray) -> np.ndarray:
         """The (N, 7) probabilities of ``faces``, computed in a batch shared with concurrent callers."""
         if self.window <= 0 or len(faces) == 0:
             return self._call(faces)
         job = _Job(faces)
-        with self._lock:
-            self._queue.put(job)
+        with self._cond:
+            self._jobs.append(job)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="fer-microbatch", daemon=True)
                 self._worker.start()
+            self._cond.notify_all()
         job.done.wait()
         if job.error is not None:
             raise job.error
@@ -71,38 +88,34 @@ class MicroBatcher:
 
     def _call(self, faces: np.ndarray) -> np.ndarray:
         out = self.fn(faces)
-        with self._lock:
+        with self._cond:
             self.batches += 1
             self.batched_faces += len(faces)
         return out
 
-    def _run(self) -> None:
-        carry: _Job | None = None  # a job that did not fit in the previous batch starts the next one
-        while True:
-            first = carry
-            if first is None:
-                try:
-                    first = self._queue.get(timeout=IDLE_SECONDS)
-                except queue.Empty:
-                    with self._lock:  # a job put after this check starts a new worker
-                        if self._queue.empty():
-                            self._worker = None
-                            return
-                    continue
-            carry = None
-            jobs, n = [first], len(first.faces)
-            deadline = first.arrived + self.window
-            while n < self.max_batch:
+    def _take(self) -> list[_Job] | None:
+        """The next batch (the jobs' order kept, none split), or None when the thread should end (idle)."""
+        with self._cond:
+            if not self._jobs and not self._cond.wait_for(lambda: bool(self._jobs), timeout=IDLE_SECONDS):
+                self._worker = None  # under the lock: a job put after this starts a new worker
+                return None
+            deadline = self._jobs[0].arrived + self.window
+            while self._expected > 0 and sum(len(j.faces) for j in self._jobs) < self.max_batch:
                 remaining = deadline - time.perf_counter()
-                try:
-                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
+                if remaining <= 0:
                     break
+                self._cond.wait(remaining)
+            jobs, n = [self._jobs[0]], len(self._jobs[0].faces)
+            for job in self._jobs[1:]:
                 if n + len(job.faces) > self.max_batch:
-                    carry = job
                     break
                 jobs.append(job)
                 n += len(job.faces)
+            del self._jobs[:len(jobs)]
+            return jobs
+
+    def _run(self) -> None:
+        while (jobs := self._take()) is not None:
             self._process(jobs)
 
     def _process(self, jobs: list[_Job]) -> None:

@@ -2,12 +2,15 @@
 
 ``haar`` (haarcascade_frontalface_default, the default), ``haar-alt`` (haarcascade_frontalface_alt2) or a path to
 any cascade XML. Detection runs on a copy of the image downscaled so its longer side is at most ``detect_size``
-pixels. The defaults (360 px, scale step 1.10, 4 neighbours) were chosen on 40 photos holding 120 PrivateTest faces
-of 64, 100 and 140 px (bench/serve_latency.py): they find 88 of them, OpenCV's example setting (full size,
-1.1 / 5) 90, at half its CPU time (25.5 against 51.8 ms of one thread on this 2-core CPU); the earlier
-320 px / 1.15 / 4 was faster (14.9 ms) but missed 16 of the faces OpenCV's setting finds, most of them the 64 px
-ones. None of these settings gave a false detection on those photos. ``?detect=false`` (and ``--no-detect``)
-skips detection for callers that send face crops.
+pixels. The defaults (280 px, scale step 1.10, 3 neighbours) were chosen with bench/serve_latency.py on PrivateTest
+faces pasted into 40 JPEG photos (120 faces of 64, 100 and 140 px) and into 288 mp4v video frames (two moving 140 px
+faces each), and on 80 face-free images of face patches (false detections). Against the earlier default (360 px,
+1.10 / 4) they take 58% of its CPU time (27 against 47 ms of one thread here), find 84 against 88 photo faces and
+410 against 417 video faces, and make fewer false detections (12 against 16, none on the faces' images). Fewer
+neighbours (2) find more (89, 432) but make 28 false detections; alt2 at 240 px is cheaper still (18 ms) but loses
+7% of the video faces. The cascade's window is 24 px, so the smallest face found is 1/12 of the image's longer side
+(55 px in a 640 px photo); ``--detect-size`` raises the size for smaller faces. ``?detect=false`` (and
+``--no-detect``) skips detection for callers that send face crops.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ CASCADES = {
     "haar": "haarcascade_frontalface_default.xml",
     "haar-alt": "haarcascade_frontalface_alt2.xml",
 }
+#: The cascade ``--detector`` names by default.
+DEFAULT_DETECTOR = "haar"
 #: Longer side of the copy detection runs on, in pixels (0: the image as it is).
-DEFAULT_DETECT_SIZE = 360
+DEFAULT_DETECT_SIZE = 280
 
 #: A Haar face box is ~95% of a FER2013 crop and sits ~2.5% inside it (measured on pasted PrivateTest faces), so
 #: widening it by this fraction on each side frames a detected face the way the training images are framed.
@@ -57,11 +62,11 @@ class Box:
 class DetectorConfig:
     """Which cascade and how hard to look."""
 
-    spec: str = "haar"
+    spec: str = DEFAULT_DETECTOR
     #: The image is downscaled so that its longer side is at most this for detection (0: never downscale).
     detect_size: int = DEFAULT_DETECT_SIZE
     scale_factor: float = 1.10
-    min_neighbors: int = 4
+    min_neighbors: int = 3
     #: Smallest face looked for, in pixels of the original image (never below the cascade's window).
     min_face: int = 32
 

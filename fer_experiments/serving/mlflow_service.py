@@ -23,7 +23,7 @@ import logging
 
 import fer_experiments
 from fer_experiments.config import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
-from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE
+from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DEFAULT_DETECTOR, DetectorConfig
 from fer_experiments.tracking import tags
 from fer_experiments.tracking.model_registry import (
     ModelVersion,
@@ -61,7 +61,7 @@ def find_service_version(uri: str, model_name: str, version: str) -> ModelVersio
     return None
 
 
-def log_service_model(uri: str, model_name: str, version: str, *, detector: str = "haar",
+def log_service_model(uri: str, model_name: str, version: str, *, detector: str = DEFAULT_DETECTOR,
                       detect_size: int = DEFAULT_DETECT_SIZE, margin: float | None = None) -> tuple[ModelVersion, bool]:
     """Log and register the pyfunc wrapper of ``models:/<model_name>/<version>`` (idempotent: one per version).
 
@@ -76,6 +76,8 @@ def log_service_model(uri: str, model_name: str, version: str, *, detector: str 
     service = service_model_name(model_name)
     config = {"model_name": model_name, "model_version": str(version), "model_uri": f"models:/{model_name}/{version}",
               "detector": detector, "detect_size": detect_size,
+              # Stored so that the wrapper keeps detecting as it did when logged, whatever later defaults become.
+              "scale_factor": DetectorConfig.scale_factor, "min_neighbors": DetectorConfig.min_neighbors,
               "margin": DEFAULT_MARGIN if margin is None else margin}
     run_tags = {tags.KIND: tags.KIND_SERVICE, tags.SOURCE_MODEL: model_name, tags.SOURCE_VERSION: str(version),
                 tags.SOURCE_RUN_ID: source.run_id, tags.WRAPPER_FORMAT: WRAPPER_FORMAT}

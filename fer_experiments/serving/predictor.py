@@ -128,10 +128,16 @@ class Predictor:
 
     def faces(self, gray: np.ndarray, detect: bool = True) -> list[Face]:
         """Every face of ``gray`` (H, W) uint8, classified in one batch; [] when there is none."""
-        boxes, batch = self.crops(gray, detect)
+        if self.batcher is None:
+            boxes, batch = self.crops(gray, detect)
+            classify = self.classifier.predict_proba
+        else:
+            with self.batcher.expecting():  # a batch being formed may wait for these faces
+                boxes, batch = self.crops(gray, detect)
+            classify = self.batcher.classify
         if not boxes:
             return []
-        probs = (self.batcher.classify if self.batcher is not None else self.classifier.predict_proba)(batch)
+        probs = classify(batch)
         return [Face(box, EXPRESSIONS[int(np.argmax(p))], tuple(float(v) for v in p)) for box, p in zip(boxes, probs)]
 
 

@@ -12,9 +12,21 @@ import base64
 import binascii
 from typing import Any
 
-from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DEFAULT_MARGIN, DetectorConfig, FaceDetector
+from fer_experiments.serving.detector import (
+    DEFAULT_DETECT_SIZE,
+    DEFAULT_DETECTOR,
+    DEFAULT_MARGIN,
+    DetectorConfig,
+    FaceDetector,
+)
 from fer_experiments.serving.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected
 from fer_experiments.serving.predictor import Classifier, Limits, LoadedModel, Predictor
+
+
+#: Detection settings of wrappers logged before their ``model_config`` stored them (the defaults of that time), so
+#: that such a wrapper keeps detecting as it did.
+LEGACY_SCALE_FACTOR = 1.10
+LEGACY_MIN_NEIGHBORS = 4
 
 
 class ServiceModel:
@@ -25,8 +37,10 @@ class ServiceModel:
         self.limits = limits
 
     @classmethod
-    def from_keras(cls, keras_model: Any, *, model_name: str, model_version: str | None, detector: str = "haar",
-                   detect_size: int = DEFAULT_DETECT_SIZE, min_face: int = 32, margin: float = DEFAULT_MARGIN,
+    def from_keras(cls, keras_model: Any, *, model_name: str, model_version: str | None,
+                   detector: str = DEFAULT_DETECTOR, detect_size: int = DEFAULT_DETECT_SIZE,
+                   scale_factor: float = LEGACY_SCALE_FACTOR, min_neighbors: int = LEGACY_MIN_NEIGHBORS,
+                   min_face: int = 32, margin: float = DEFAULT_MARGIN,
                    max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                    model_uri: str | None = None, runtime: str = "exported", exported_path: str | None = None,
                    keras_path: str | None = None, **_: Any) -> "ServiceModel":
@@ -40,7 +54,8 @@ class ServiceModel:
 
         runtime = os.environ.get("FER_EXP_RUNTIME", runtime)
         classifier = _classifier(keras_model, runtime, exported_path, keras_path)
-        det = FaceDetector(DetectorConfig(spec=detector, detect_size=int(detect_size), min_face=int(min_face)))
+        det = FaceDetector(DetectorConfig(spec=detector, detect_size=int(detect_size), min_face=int(min_face),
+                                          scale_factor=float(scale_factor), min_neighbors=int(min_neighbors)))
         version = None if model_version is None else str(model_version)
         uri = model_uri or (f"models:/{model_name}/{version}" if version else model_name)
         loaded = LoadedModel(model_name, version, uri, Predictor(classifier, det, float(margin)))

@@ -116,3 +116,64 @@ def test_window_zero_calls_directly_and_errors_reach_every_caller() -> None:
 def test_bad_settings_are_refused(window: float, max_batch: int) -> None:
     with pytest.raises(ValueError):
         MicroBatcher(RowWise(), window=window, max_batch=max_batch)
+
+
+def test_a_request_alone_does_not_wait_for_the_window() -> None:
+    # Nobody else is coming (no request inside expecting()): classified at once, well before the 1 s window.
+    fn = RowWise()
+    batcher = MicroBatcher(fn, window=1.0, max_batch=64)
+    done = threading.Event()
+    threading.Thread(target=lambda: (batcher.classify(_faces(0, 1)), done.set()), daemon=True).start()
+    assert done.wait(0.9), "a lone request waited for the batch window"
+    assert fn.calls == [1]
+
+
+def test_the_batch_waits_for_an_expected_request_and_takes_its_faces() -> None:
+    fn = RowWise()
+    batcher = MicroBatcher(fn, window=1.0, max_batch=64)
+    detecting, release = threading.Event(), threading.Event()
+    results: dict[str, np.ndarray] = {}
+
+    def slow_request() -> None:
+        with batcher.expecting():  # still detecting faces
+            detecting.set()
+            release.wait(5)
+        results["slow"] = batcher.classify(_faces(1, 2))
+
+    t = threading.Thread(target=slow_request)
+    t.start()
+    assert detecting.wait(5)
+    first = threading.Thread(target=lambda: results.setdefault("first", batcher.classify(_faces(0, 1))))
+    first.start()
+    time.sleep(0.1)  # the batch is held open for the request that is still detecting
+    assert fn.calls == []
+    release.set()
+    t.join(5)
+    first.join(5)
+    assert fn.calls == [3]  # one call with both requests' faces
+    np.testing.assert_array_equal(results["first"], RowWise()(_faces(0, 1)))
+    np.testing.assert_array_equal(results["slow"], RowWise()(_faces(1, 2)))
+
+
+def test_an_expected_request_without_faces_releases_the_wait() -> None:
+    fn = RowWise()
+    batcher = MicroBatcher(fn, window=1.0, max_batch=64)
+    entered, leave = threading.Event(), threading.Event()
+
+    def no_face_request() -> None:
+        with batcher.expecting():
+            entered.set()
+            leave.wait(5)
+        # found no face: never calls classify
+
+    t = threading.Thread(target=no_face_request)
+    t.start()
+    assert entered.wait(5)
+    done = threading.Event()
+    threading.Thread(target=lambda: (batcher.classify(_faces(0, 1)), done.set()), daemon=True).start()
+    time.sleep(0.05)
+    assert not done.is_set()  # held for the expected request
+    leave.set()
+    assert done.wait(0.9), "the batch kept waiting after the expected request left without faces"
+    t.join(5)
+    assert fn.calls == [1]

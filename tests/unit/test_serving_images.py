@@ -270,3 +270,21 @@ def test_bytes_of_no_known_format_stay_415(data: bytes) -> None:
     with pytest.raises(ImageRejected) as info:
         decode_image(data)
     assert (info.value.status, info.value.code) == (415, "unsupported_media_type")
+
+
+def test_pyfunc_wrapper_keeps_the_detection_settings_it_was_logged_with() -> None:
+    import keras
+
+    from fer_experiments.serving.pyfunc import LEGACY_MIN_NEIGHBORS, LEGACY_SCALE_FACTOR, ServiceModel
+
+    inputs = keras.Input((48, 48, 1))
+    model = keras.Model(inputs, keras.layers.Dense(7, activation="softmax")(keras.layers.Flatten()(inputs)))
+    common = {"model_name": "fer-cnn", "model_version": "1", "runtime": "keras"}
+    # A wrapper logged before the settings were stored: the defaults of that time, not today's.
+    old = ServiceModel.from_keras(model, detector="haar", detect_size=360, **common)
+    cfg = old.loaded.predictor.detector.config
+    assert (cfg.spec, cfg.detect_size, cfg.scale_factor, cfg.min_neighbors) == (
+        "haar", 360, LEGACY_SCALE_FACTOR, LEGACY_MIN_NEIGHBORS)
+    # A wrapper logged now stores them (serving/mlflow_service.py): they are used as stored.
+    new = ServiceModel.from_keras(model, detector="haar", detect_size=280, scale_factor=1.1, min_neighbors=3, **common)
+    assert new.loaded.predictor.detector.config == DetectorConfig()
