@@ -105,24 +105,15 @@ def _importances(study: str, storage: str | None) -> tuple[dict[str, float] | No
     """fANOVA importances from the Optuna study, or (None, why not)."""
     if storage is None:
         return None, "parameter importances come from the Optuna study; this study's engine keeps none"
-    import warnings
-
     import optuna
+
+    from fer_experiments.search.summary import param_importances
 
     try:
         loaded = optuna.load_study(study_name=study, storage=storage)
     except Exception as exc:  # noqa: BLE001 - no such study in that storage: the page says so
         return None, f"the Optuna study could not be read ({type(exc).__name__})"
-    complete = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < 2:
-        # Checked here: Optuna would log a warning to the user's terminal and then fail anyway.
-        return None, f"parameter importances need at least 2 COMPLETE trials (this study has {len(complete)})"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return dict(optuna.importance.get_param_importances(loaded)), ""
-    except (RuntimeError, ValueError, ZeroDivisionError) as exc:
-        return None, f"parameter importances need more COMPLETE trials with varied params ({exc})"
+    return param_importances(loaded)
 
 
 # ------------------------------------------------------------------------------------------------- figures

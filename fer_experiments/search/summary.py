@@ -15,6 +15,20 @@ from optuna.trial import TrialState
 from fer_experiments import EXPRESSIONS
 
 
+def param_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str]:
+    """fANOVA importances of the study's parameters, or (None, why not)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        # Checked here: Optuna would log a warning to the user's terminal and then fail or draw an empty chart.
+        return None, f"parameter importances need at least 2 COMPLETE trials (this study has {len(complete)})"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dict(optuna.importance.get_param_importances(study)), ""
+    except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+        return None, f"parameter importances need more COMPLETE trials with varied params ({exc})"
+
+
 def reference_rows() -> list[dict[str, Any]]:
     """The 2018 study's per-class PublicTest numbers (shipped as package data)."""
     text = resources.files("fer_experiments").joinpath("reference/seed-2018-per-class.csv").read_text()
@@ -92,18 +106,14 @@ def write_summary(study: optuna.Study, parent: Any, tracking_uri: str) -> list[s
             ax = optuna.visualization.matplotlib.plot_optimization_history(study)
             parent.log_figure(ax.figure, "summary/optimization_history.png")
             _close(ax.figure)
-        if len(complete) < 2:
-            # Checked here: Optuna would log a warning to the user's terminal and draw an empty chart.
-            notes.append(f"parameter importances need at least 2 COMPLETE trials (this study has {len(complete)})")
+        importances, why_not = param_importances(study)
+        if importances is None:
+            notes.append(why_not)
         else:
-            try:
-                importances = optuna.importance.get_param_importances(study)
-                parent.log_text(json.dumps(importances, indent=2), "summary/param_importances.json")
-                ax = optuna.visualization.matplotlib.plot_param_importances(study)
-                parent.log_figure(ax.figure, "summary/param_importances.png")
-                _close(ax.figure)
-            except (RuntimeError, ValueError, ZeroDivisionError) as exc:
-                notes.append(f"parameter importances need more COMPLETE trials with varied params ({exc})")
+            parent.log_text(json.dumps(importances, indent=2), "summary/param_importances.json")
+            ax = optuna.visualization.matplotlib.plot_param_importances(study)
+            parent.log_figure(ax.figure, "summary/param_importances.png")
+            _close(ax.figure)
     rows = per_class_rows(study, tracking_uri)
     parent.log_text(rows_csv(rows), "summary/per_class_top5_vs_2018.csv")
     parent.log_figure(per_class_figure(rows), "summary/per_class_top5_vs_2018.png")
