@@ -21,7 +21,8 @@ from fer_experiments.serving.detector import DEFAULT_DETECTOR
                    "Neutral).")
 @click.option("--no-detect", is_flag=True, help="Use the whole image as the face (48x48 crops never go through the "
                                                  "detector).")
-@click.option("--detector", default=DEFAULT_DETECTOR, show_default=True, help="Face detector for photos (see fer-exp predict).")
+@click.option("--detector", default=DEFAULT_DETECTOR, show_default=True,
+              help="Face detector for photos (see fer-exp predict).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.option("--no-log", is_flag=True, help="Do not log the pictures to the model's MLflow run.")
 @tracking_option

@@ -2,7 +2,7 @@
 
 A request's worker thread hands its faces to ``MicroBatcher.classify`` and blocks until its own rows come back.
 One batching thread (started on demand, gone after a second without work) takes every job waiting, then waits for
-more only while a request it was told about (``expecting()``: one that is still decoding and detecting) may still
+more only while a request it was told about (``expecting()``: one that is still detecting faces) may still
 join, at most ``window`` seconds after the first job arrived and until ``max_batch`` faces are gathered. A request
 alone is therefore classified at once (no window added to a sequential client's latency), and jobs that queue while
 the classifier is busy form the next batch. A job is never split, so an image with more faces than ``max_batch``
@@ -58,7 +58,7 @@ class MicroBatcher:
 
     @contextmanager
     def expecting(self) -> Iterator[None]:
-        """Around the work before ``classify`` (decoding, detection): the batcher waits, within its window, for
+        """Around the work before ``classify`` (face detection): the batcher waits, within its window, for the
         faces this request may bring, instead of classifying what it has without them."""
         with self._cond:
             self._expected += 1
