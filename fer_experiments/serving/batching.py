@@ -51,6 +51,7 @@ class MicroBatcher:
         self._jobs: list[_Job] = []
         self._expected = 0  # requests inside expecting(): they may still bring faces
         self._cond = threading.Condition()
+        self._local = threading.local()  # .expected: this thread is inside expecting() and has not classified yet
         self._worker: threading.Thread | None = None
         # Figures for /metrics: calls made and faces classified through the batcher.
         self.batches = 0
@@ -58,16 +59,24 @@ class MicroBatcher:
 
     @contextmanager
     def expecting(self) -> Iterator[None]:
-        """Around the work before ``classify`` (face detection): the batcher waits, within its window, for the
-        faces this request may bring, instead of classifying what it has without them."""
+        """Around a request's face detection and its ``classify`` call: until that call queues its faces (or the
+        request ends without any), the batcher waits, within its window, for them instead of classifying what it
+        has. The expectation ends in the same step that queues the faces, so no batch starts in between."""
         with self._cond:
             self._expected += 1
+        self._local.expected = True
         try:
             yield
         finally:
             with self._cond:
-                self._expected -= 1
-                self._cond.notify_all()
+                self._end_expectation()
+
+    def _end_expectation(self) -> None:
+        """Under the lock: this thread's expectation (if any is left) ends."""
+        if getattr(self._local, "expected", False):
+            self._local.expected = False
+            self._expected -= 1
+            self._cond.notify_all()
 
     def classify(self, faces: np.ndarray) -> np.ndarray:
         """The (N, 7) probabilities of ``faces``, computed in a batch shared with concurrent callers."""
@@ -76,6 +85,7 @@ class MicroBatcher:
         job = _Job(faces)
         with self._cond:
             self._jobs.append(job)
+            self._end_expectation()
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="fer-microbatch", daemon=True)
                 self._worker.start()

@@ -130,14 +130,13 @@ class Predictor:
         """Every face of ``gray`` (H, W) uint8, classified in one batch; [] when there is none."""
         if self.batcher is None:
             boxes, batch = self.crops(gray, detect)
-            classify = self.classifier.predict_proba
+            probs = self.classifier.predict_proba(batch) if boxes else None
         else:
             with self.batcher.expecting():  # a batch being formed may wait for these faces
                 boxes, batch = self.crops(gray, detect)
-            classify = self.batcher.classify
-        if not boxes:
+                probs = self.batcher.classify(batch) if boxes else None
+        if probs is None:
             return []
-        probs = classify(batch)
         return [Face(box, EXPRESSIONS[int(np.argmax(p))], tuple(float(v) for v in p)) for box, p in zip(boxes, probs)]
 
 

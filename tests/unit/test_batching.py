@@ -135,10 +135,10 @@ def test_the_batch_waits_for_an_expected_request_and_takes_its_faces() -> None:
     results: dict[str, np.ndarray] = {}
 
     def slow_request() -> None:
-        with batcher.expecting():  # still detecting faces
+        with batcher.expecting():  # as Predictor.faces: detect, then classify inside the expectation
             detecting.set()
-            release.wait(5)
-        results["slow"] = batcher.classify(_faces(1, 2))
+            release.wait(5)  # still detecting faces
+            results["slow"] = batcher.classify(_faces(1, 2))
 
     t = threading.Thread(target=slow_request)
     t.start()
