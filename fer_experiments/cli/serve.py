@@ -256,8 +256,9 @@ def _write_annotated(image: Any, faces: list[dict[str, Any]], name: str, out_dir
 @click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
               help="Largest image accepted, in pixels (413 above: decompression bombs).")
 @click.option("--batch-window-ms", type=click.FloatRange(0, 1000), default=3.0, show_default=True,
-              help="Micro-batching: faces of requests arriving within this many milliseconds of the first waiting "
-                   "one are classified in one call (0: off).")
+              help="Micro-batching: how long a classifier call may wait, after the first waiting face, for the "
+                   "faces of requests still being detected; they are classified in one call (0: off; a request "
+                   "alone never waits).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Micro-batching: at most this many faces per classifier call.")
 @click.option("--body-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
