@@ -45,12 +45,13 @@ class _NoInterruptionWarnings(logging.Filter):
         self._trial: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], TrialFailed):
+        raised = record.exc_info[0] if record.exc_info else None
+        if raised is not None and issubclass(raised, TrialFailed):
             # An expected outcome whose reason the message already gives: Optuna's line stays, the traceback (of
             # this package's own frames) goes.
             record.exc_info, record.exc_text = None, None
             return True
-        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
+        if raised is not None and issubclass(raised, KeyboardInterrupt):
             words = record.getMessage().split()
             self._trial = words[1] if len(words) > 1 else None
             return False

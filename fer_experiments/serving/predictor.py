@@ -13,6 +13,7 @@ old version while new ones get the new version.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -128,15 +129,13 @@ class Predictor:
 
     def faces(self, gray: np.ndarray, detect: bool = True) -> list[Face]:
         """Every face of ``gray`` (H, W) uint8, classified in one batch; [] when there is none."""
-        if self.batcher is None:
+        batcher = self.batcher
+        # With a batcher, a batch being formed may wait for these faces until they are queued.
+        with batcher.expecting() if batcher is not None else contextlib.nullcontext():
             boxes, batch = self.crops(gray, detect)
-            probs = self.classifier.predict_proba(batch) if boxes else None
-        else:
-            with self.batcher.expecting():  # a batch being formed may wait for these faces
-                boxes, batch = self.crops(gray, detect)
-                probs = self.batcher.classify(batch) if boxes else None
-        if probs is None:
-            return []
+            if not boxes:
+                return []
+            probs = (batcher.classify if batcher is not None else self.classifier.predict_proba)(batch)
         return [Face(box, EXPRESSIONS[int(np.argmax(p))], tuple(float(v) for v in p)) for box, p in zip(boxes, probs)]
 
 
