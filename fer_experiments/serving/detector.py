@@ -4,12 +4,13 @@
 any cascade XML. Detection runs on a copy of the image downscaled so its longer side is at most ``detect_size``
 pixels. The defaults (280 px, scale step 1.10, 3 neighbours) were chosen with bench/serve_latency.py on PrivateTest
 faces pasted into 40 JPEG photos (120 faces of 64, 100 and 140 px) and into 288 mp4v video frames (two moving 140 px
-faces each), and on 80 face-free images of face patches (false detections). Against the earlier default (360 px,
-1.10 / 4) they take 58% of its CPU time (27 against 47 ms of one thread here), find 84 against 88 photo faces and
-410 against 417 video faces, and make fewer false detections (12 against 16, none on the faces' images). Fewer
-neighbours (2) find more (89, 432) but make 28 false detections; alt2 at 240 px is cheaper still (18 ms) but loses
-7% of the video faces. The cascade's window is 24 px, so the smallest face found is 1/12 of the image's longer side
-(55 px in a 640 px photo); ``--detect-size`` raises the size for smaller faces. ``?detect=false`` (and
+faces each), and on 80 face-free images of face patches; a face is found by a box with IoU >= 0.5, any other box is
+false. Against the earlier default (360 px, 1.10 / 4) they take 62% of its CPU time (15.8 against 25.4 ms of one
+thread on an AVX512 EPYC; 27 against 47 ms on an AVX2 one), find 82 against 85 photo faces and 389 against 381
+video faces, and make 35 against 55 false detections. Fewer neighbours (2) find more but make 63 false detections;
+a 1.15 scale step is 15-25% cheaper but places more boxes off the faces; alt2 at 240 px is cheaper still (11.6 ms)
+but loses 6% of the video faces. The cascade's window is 24 px, so the smallest face found is 1/12 of the image's
+longer side (55 px in a 640 px photo); ``--detect-size`` raises the size for smaller faces. ``?detect=false`` (and
 ``--no-detect``) skips detection for callers that send face crops.
 """
 
