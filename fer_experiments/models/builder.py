@@ -102,11 +102,15 @@ def _residual_block(x: "keras.KerasTensor", params: ModelParams, filters: int, r
 def _separable_block(x: "keras.KerasTensor", params: ModelParams, filters: int, reg: object, conv_bn: bool,
                      prefix: str) -> "keras.KerasTensor":
     """mini-Xception's block: ``convs_per_block`` depthwise-separable convolutions (activation between them), a 3x3/2
-    max-pool, and a strided 1x1 convolution as the shortcut, added (the block halves the resolution itself)."""
+    max-pool, and a 1x1 convolution of every second pixel as the shortcut, added (the block halves the resolution
+    itself)."""
     from keras import layers
 
-    shortcut = layers.Conv2D(filters, 1, strides=2, padding="same", kernel_regularizer=reg, use_bias=not conv_bn,
-                             name=f"{prefix}_proj")(x)
+    # The strided 1x1 projection as a subsample then a 1x1 convolution: the same function and weights, but
+    # TensorFlow's oneDNN backward pass of a strided 1x1 Conv2D corrupts the heap (TF 2.21 on x86 CPUs: training
+    # aborted or segfaulted in most runs here; tests/integration/test_native_crash.py).
+    shortcut = layers.MaxPooling2D(1, strides=2, name=f"{prefix}_subsample")(x)
+    shortcut = layers.Conv2D(filters, 1, kernel_regularizer=reg, use_bias=not conv_bn, name=f"{prefix}_proj")(shortcut)
     if conv_bn:
         shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_proj_bn")(shortcut)
     for c in range(params.convs_per_block):

@@ -93,10 +93,28 @@ def test_separable_block_is_mini_xception_shaped() -> None:
     seps = _of(model, keras.layers.SeparableConv2D)
     assert len(seps) == 4 and [s.filters for s in seps] == [4, 4, 8, 8]
     shortcuts = [layer for layer in model.layers if layer.name.endswith("_proj")]
-    assert len(shortcuts) == 2 and all(s.strides == (2, 2) for s in shortcuts)
-    pools = _of(model, keras.layers.MaxPooling2D)
-    assert all(p.pool_size == (3, 3) and p.strides == (2, 2) for p in pools)
+    assert len(shortcuts) == 2 and all(s.kernel_size == (1, 1) and s.strides == (1, 1) for s in shortcuts)
+    pools = {p.name: p for p in _of(model, keras.layers.MaxPooling2D)}
+    assert sorted(pools) == ["block1_pool", "block1_subsample", "block2_pool", "block2_subsample"]
+    assert all(p.pool_size == ((1, 1) if n.endswith("_subsample") else (3, 3)) and p.strides == (2, 2)
+               for n, p in pools.items())
     assert model.layers[-2].output.shape[-1] == 8  # global average of the last block's 8 maps
+
+
+@pytest.mark.parametrize("size", [48, 6, 3])
+def test_separable_shortcut_is_a_strided_1x1_convolution(size: int) -> None:
+    """The shortcut (every second pixel, then a 1x1 convolution) computes what a 1x1 convolution of stride 2 does
+    (mini-Xception's shortcut), for even and odd sizes, and matches the main path's 3x3/2 pool in shape."""
+    rng = np.random.default_rng(size)
+    x = rng.normal(size=(2, size, size, 5)).astype("float32")
+    subsample = keras.layers.MaxPooling2D(1, strides=2)
+    conv = keras.layers.Conv2D(3, 1)
+    strided = keras.layers.Conv2D(3, 1, strides=2, padding="same")
+    ours = conv(subsample(x))
+    strided.build(x.shape)
+    strided.set_weights(conv.get_weights())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(strided(x)), atol=1e-6)
+    assert ours.shape[1:3] == keras.layers.MaxPooling2D(3, strides=2, padding="same")(x).shape[1:3]
 
 
 def test_mini_xception_parameter_counts() -> None:
