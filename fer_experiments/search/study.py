@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from fer_experiments.errors import ConfigError, DataError, FatalError, TrialFailed
+from fer_experiments.errors import ConfigError, FatalError, TrialFailed
 from fer_experiments.io import file_lock
 from fer_experiments.locks import (
     STUDY_SETUP_KEY,

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_experiments.search.lifecycle import TIMED_PHASES, SearchOutcome, tracked_trial
+from fer_experiments.search.lifecycle import TIMED_PHASES, SearchOutcome
+from fer_experiments.search.trial import tracked_trial
 from fer_experiments.tracking import get_run, tags
 from tests.conftest import synthetic_split, write_kaggle_csv
 
