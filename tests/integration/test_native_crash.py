@@ -14,8 +14,9 @@ import textwrap
 import pytest
 
 # Trains the family's separable (mini-Xception) block for 2 epochs on random pixels. With a strided 1x1 shortcut
-# convolution, TensorFlow's oneDNN backward pass corrupted the heap: this script aborted or segfaulted in every run
-# of 15 on a 2-core AVX512 EPYC (and in CI once as `fer-exp train ... block=separable`), and never with oneDNN off.
+# convolution, TensorFlow's oneDNN backward pass corrupted the heap: this network and 5 variants of it (other
+# widths, BatchNorm placements, one block) aborted or segfaulted in all 19 runs on a 2-core AVX512 EPYC (and CI
+# once saw it as `fer-exp train ... block=separable`); with TF_ENABLE_ONEDNN_OPTS=0 the command passed 6 of 6.
 _SEPARABLE = textwrap.dedent("""
     import numpy as np
     from fer_experiments.models.builder import build_network
