@@ -1,5 +1,5 @@
 """Benchmark: what a wall-clock budget buys. ``fer-exp search --space cpu-hour --budget Mm`` against a fixed
-hand-tuned baseline trained for the same wall time, both judged on PrivateTest.
+hand-tuned baseline trained for the same wall time, both judged on PrivateTest, at one or several budgets.
 
 Arm 1 runs the real command in a subprocess, in its own temporary folder (its own MLflow and Optuna stores), and
 evaluates the model it registers as ``challenger`` (the best refit). Arm 2 runs ``fer-exp train`` on the best single
@@ -55,7 +55,7 @@ def _cli(args: list[str], cwd: Path, log: Path) -> tuple[int, float]:
 
 
 def search_arm(data: str, cache: str, space: str, minutes: float) -> Arm:
-    work = _common.TMP / "search"
+    work = _common.TMP / f"search-{minutes:g}m"
     work.mkdir()
     log = work / "search.log"
     rc, wall = _cli(["search", "--data", data, "--cache-dir", cache, "--space", space, "--study", "cpu-budget",
@@ -81,11 +81,16 @@ def search_arm(data: str, cache: str, space: str, minutes: float) -> Arm:
             trials += kind == tags.KIND_TRIAL
             refits += kind == tags.KIND_REFIT
     arm.detail = f"{trials} trials + {refits} refit(s)"
+    for run in find_runs(uri, None, filter_string=tags.study_filter("cpu-budget", kind=tags.KIND_REFIT)):
+        if run.tags.get(tags.WARM_START_OF):
+            arm.detail += (f"; refit continued trial {run.tags.get(tags.WARM_START_TRIAL)} "
+                           f"({run.params.get('block')} f{run.params.get('filters')}) at epoch "
+                           f"{run.tags.get(tags.WARM_START_EPOCH)}")
     return arm
 
 
 def baseline_arm(data: str, cache: str, preset: str, minutes: float) -> Arm:
-    work = _common.TMP / "baseline"
+    work = _common.TMP / f"baseline-{minutes:g}m"
     work.mkdir()
     log = work / "train.log"
     budget = max(10.0, minutes * 60 - TRAIN_OVERHEAD_S)
@@ -117,28 +122,94 @@ def evaluate(arm: Arm, data: str, cache: str) -> None:
     arm.private, arm.private_f1, arm.public = private.accuracy, private.macro_f1, public.accuracy
 
 
+def _minutes(text: str) -> list[float]:
+    try:
+        values = [float(m) for m in text.split(",") if m.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--minutes: a comma-separated list of numbers, got {text!r}") from None
+    if not values or any(not (0 < m < 24 * 60) for m in values):
+        raise argparse.ArgumentTypeError(f"--minutes: each budget must be in (0, 1440), got {text!r}")
+    return values
+
+
+def plot(results: dict[float, list[Arm]], path: Path) -> None:
+    """PrivateTest against the budget, one line per arm, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    budgets = sorted(results)
+    for i, label in enumerate(("fer-exp search --budget", "baseline")):
+        points = [(m, a.private) for m in budgets for a in results[m][i:i + 1] if a.private is not None]
+        if points:
+            ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=results[budgets[0]][i].name)
+    ax.set_xlabel("wall-clock budget per arm (minutes, 2 CPU cores)")
+    ax.set_ylabel("PrivateTest accuracy (%)")
+    ax.set_title("What a CPU budget buys on FER2013")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, required=True, help="wall-clock budget of each arm")
+    ap.add_argument("--minutes", type=_minutes, required=True,
+                    help="wall-clock budget of each arm, or several: 10,20,60")
     ap.add_argument("--data", default=_common.default_data_path(), help="FER2013 CSV (default %(default)s)")
     ap.add_argument("--cache-dir", default=_common.default_cache_dir(), help="decoded-data cache")
     ap.add_argument("--space", default="cpu-hour", help="search space of arm 1 (default %(default)s)")
     ap.add_argument("--baseline", default="mini-xception-wide", help="preset of arm 2 (default %(default)s)")
     ap.add_argument("--only", choices=["search", "baseline"], default=None, help="run one arm only")
+    ap.add_argument("--plot", type=Path, default=_common.REPO / "docs" / "img" / "cpu-budget.png",
+                    help="the plot of PrivateTest against the budget (with both arms; default %(default)s)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (stores, logs)")
     args = ap.parse_args(argv)
     if args.keep:
         _common.keep_tmp()
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs (shared?) load "
+    print(f"machine: {platform.node()} {platform.machine()} {_cpu_model()}, {os.cpu_count()} CPUs, load "
           f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
-    arms: list[Arm] = []
-    if args.only in (None, "search"):
-        arms.append(search_arm(args.data, args.cache_dir, args.space, args.minutes))
-    if args.only in (None, "baseline"):
-        arms.append(baseline_arm(args.data, args.cache_dir, args.baseline, args.minutes))
-    for arm in arms:
-        evaluate(arm, args.data, args.cache_dir)
-    print(f"\nbudget {args.minutes:g} min per arm; PrivateTest is reported only, never used to choose")
+    results: dict[float, list[Arm]] = {}
+    for minutes in args.minutes:
+        arms: list[Arm] = []
+        if args.only in (None, "search"):
+            arms.append(search_arm(args.data, args.cache_dir, args.space, minutes))
+        if args.only in (None, "baseline"):
+            arms.append(baseline_arm(args.data, args.cache_dir, args.baseline, minutes))
+        for arm in arms:
+            evaluate(arm, args.data, args.cache_dir)
+        results[minutes] = arms
+        report(minutes, arms)
+        print(f"load average now {os.getloadavg()[0]:.1f}", flush=True)
+    print("\n| budget | arm | wall s | epochs | images seen | PublicTest | PrivateTest | PrivateTest macro-F1 | ratio | "
+          "detail |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for minutes, arms in results.items():
+        ratio = (f"{arms[0].private / arms[1].private:.3f}" if len(arms) == 2 and arms[1].private else "")
+        for i, a in enumerate(arms):
+            print(f"| {minutes:g} min | {a.name} | {a.wall_s:.0f} | {a.epochs} | {a.images:,} | {a.public:.4f} | "
+                  f"{a.private:.4f} | {a.private_f1:.4f} | {ratio if i == 0 else ''} | {a.detail} |")
+    if args.only is None:
+        plot(results, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def report(minutes: float, arms: list[Arm]) -> None:
+    print(f"\nbudget {minutes:g} min per arm; PrivateTest is reported only, never used to choose")
     print(f"{'arm':<34} {'wall s':>7} {'epochs':>6} {'images':>9} {'PublicTest':>10} {'PrivateTest':>11} "
           f"{'macro-F1':>8}  detail")
     for a in arms:
@@ -146,9 +217,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{a.private_f1:>8.4f}  {a.detail}")
     if len(arms) == 2 and arms[1].private:
         print(f"ratio PrivateTest fer-exp / baseline: {arms[0].private / arms[1].private:.3f}")
-        over = arms[0].wall_s - args.minutes * 60
-        print(f"search wall time vs budget: {arms[0].wall_s:.0f}s for {args.minutes * 60:.0f}s ({over:+.0f}s)")
-    return 0
+        over = arms[0].wall_s - minutes * 60
+        print(f"search wall time vs budget: {arms[0].wall_s:.0f}s for {minutes * 60:.0f}s ({over:+.0f}s)", flush=True)
 
 
 if __name__ == "__main__":

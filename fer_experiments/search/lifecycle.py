@@ -266,6 +266,11 @@ class SearchRun:
     epoch_seconds: list[float] = field(default_factory=list)
     #: Wall seconds a trial took outside ``train_model`` (run set-up, evaluation artifacts, model logging).
     logging_seconds: list[float] = field(default_factory=list)
+    #: Seconds of training each trial gets (the space's ``trial_budget``), None: bounded by epochs only.
+    trial_seconds: float | None = None
+    #: Under ``refit.warm_start``: the trained weights of this command's best COMPLETE trials, by run id, with their
+    #: objective value (at most ``refit.top_k`` kept): what a refit continues.
+    trained: dict[str, tuple[float, list[Any]]] = field(default_factory=dict)
 
     @property
     def experiment(self) -> str:
@@ -281,8 +286,11 @@ class SearchRun:
             return "--timeout reached"
         if self.budget_deadline is not None:
             left = self.trials_end() - time.time()
-            # The least a trial costs: build, tracing, one epoch, evaluation and logging (measured; a guess before).
+            # The least a trial costs: build, tracing, one epoch, evaluation and logging (measured; a guess before);
+            # with a trial_budget, its whole slice: trials compare at equal cost, so none starts with less.
             floor = sorted(self.epoch_seconds)[len(self.epoch_seconds) // 2] if self.epoch_seconds else 20.0
+            if self.trial_seconds is not None:
+                floor = self.trial_seconds + self.after_training()
             if left <= floor:
                 return "--budget: the time left is the refit's" if self.refit_plan else "--budget spent"
         return None
@@ -322,10 +330,14 @@ class SearchRun:
         self.running_trial = number
         self.progress.trial_start(number)
         if self.budget_deadline is not None:
-            # A trial never trains past the trials' share of the budget (it stops after the epoch that would overrun),
-            # less what logging it takes afterwards.
+            # A trial never trains past the trials' share of the budget (it stops at the step that would overrun),
+            # less what logging it takes afterwards; with a trial_budget, every trial gets that same slice.
             left = self.trials_end() - time.time() - self.after_training()
+            if self.trial_seconds is not None:
+                left = min(left, self.trial_seconds)
             values = values | {"time_budget_s": max(1.0, round(left, 1))}
+        elif self.trial_seconds is not None:
+            values = values | {"time_budget_s": round(self.trial_seconds, 1)}
         started = time.time()
         done = tracked_trial(tracking_uri=self.cfg.tracking_uri, experiment=self.experiment,
                              parent_run_id=self.parent.run_id, number=number, tags=run_tags, data=self.data,
@@ -344,9 +356,19 @@ class SearchRun:
         if done.result is not None:
             self.logging_seconds.append(max(0.0, time.time() - started - done.result.wall_seconds))
         self._account(done)
+        self._keep_weights(done)
         if self.budget_deadline is not None and self.refit_plan is not None:
             self.refit_need = estimate_refit_seconds(self)
         return done
+
+    def _keep_weights(self, done: TrialRun) -> None:
+        """Keep a COMPLETE trial's trained weights in memory when a warm refit may continue them (the top-K only)."""
+        plan = self.refit_plan
+        if plan is None or not plan.get("warm_start") or done.result is None:
+            return
+        self.trained[done.run_id] = (done.result.objective_value, done.result.model.get_weights())
+        for run_id in sorted(self.trained, key=lambda r: -self.trained[r][0])[plan["top_k"]:]:
+            del self.trained[run_id]
 
     def _account(self, done: TrialRun) -> None:
         out = self.outcome
@@ -439,6 +461,8 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
         run.refit_plan = plan or dict(_DEFAULT_REFIT)
     if cfg.budget_deadline is not None:
         run.budget_seconds = max(0.0, cfg.budget_deadline - time.time())
+    run.trial_seconds = run.space.trial_seconds(run.budget_seconds or None)
+    if cfg.budget_deadline is not None:
         if run.refit_plan is not None:
             run.refit_need = estimate_refit_seconds(run)
     final = "FAILED"
@@ -764,7 +788,8 @@ def refit(run: SearchRun) -> None:
                               run.data.dataset)
     objective = run.space.objective
     for i, record in enumerate(todo):
-        values = _refit_values(get_run(cfg.tracking_uri, record.run_id).params)
+        trial_run = get_run(cfg.tracking_uri, record.run_id)
+        values = _refit_values(trial_run.params)
         epochs = plan["epochs"] or int(values.get(tags.PARAM_EPOCHS, run.space.max_epochs))
         if run.budget_deadline is not None:
             share = (run.budget_deadline - run.final_reserve - time.time()) / (len(todo) - i)
@@ -773,8 +798,11 @@ def refit(run: SearchRun) -> None:
                 break
             after = run.after_training()
             values["time_budget_s"] = round(share - after, 1) if share > 2 * after else round(share / 2, 1)
+        weights, warm_tags = _warm_start(run, record, trial_run) if plan.get("warm_start") else (None, {})
+        start = (f"continuing trial {record.number}'s epoch {warm_tags[tags.WARM_START_EPOCH]} weights"
+                 if weights is not None else "from random weights")
         run.progress.note(f"refit of trial {record.number} on {len(data.train.y)} Training rows, up to {epochs} epochs"
-                          + (f", {values['time_budget_s']:.0f}s" if "time_budget_s" in values else ""))
+                          + (f", {values['time_budget_s']:.0f}s" if "time_budget_s" in values else "") + f", {start}")
 
         def show(epoch: int, metrics: dict[str, float], number: int = record.number) -> None:
             run.progress.epoch(number, epoch, epochs, metrics, objective)
@@ -782,18 +810,36 @@ def refit(run: SearchRun) -> None:
         refit_tags = tags.trial_tags(study=cfg.study, engine=run.engine.name, number=record.number,
                                      kind=tags.KIND_REFIT) | {
             tags.REFIT_OF: record.run_id, tags.HOST: socket.gethostname(), tags.PID: os.getpid(),
-            tags.GPU: gpu_label(cfg)}
+            tags.GPU: gpu_label(cfg)} | warm_tags
         result = tracked_trial(tracking_uri=cfg.tracking_uri, experiment=run.experiment,
                                parent_run_id=run.parent.run_id, number=record.number, tags=refit_tags, data=data,
                                values=values, epochs=epochs, objective=objective,
                                extra_params={"space": run.space.name, "engine": run.engine.name,
                                              tags.PARAM_REFIT_OF: record.run_id},
-                               observers=[show], run_name=f"refit-{record.number}")
+                               observers=[show], run_name=f"refit-{record.number}", initial_weights=weights)
         value = result.result.objective_value if result.result is not None else None
         out.refits.append((record.number, result.run_id, result.state, value))
         shown = f"{value:.4f}" if value is not None else (result.failure or result.state)
         run.progress.note(f"refit of trial {record.number} {result.state}: {objective} {shown} "
                           f"(trial: {record.objective_value:.4f})")
+
+
+def _warm_start(run: SearchRun, record: "tags.TrialRecord", trial_run: Any) -> tuple[list[Any] | None, dict[str, Any]]:
+    """The trial's trained weights (its best epoch: kept in memory by this command, else its logged model) and the
+    tags that say so; (None, {}) with a note when neither is there (the refit then starts from random weights)."""
+    weights = run.trained.get(record.run_id, (0.0, None))[1]
+    if weights is None:
+        from fer_experiments.tracking.model_io import load_keras_model
+
+        try:
+            weights = load_keras_model(f"runs:/{record.run_id}/model", run.cfg.tracking_uri).get_weights()
+        except Exception as exc:  # noqa: BLE001 - a missing or unreadable model: refit from scratch, say why
+            run.progress.note(f"refit of trial {record.number}: its model cannot be loaded ({type(exc).__name__}); "
+                              "starting from random weights")
+            return None, {}
+    epoch = trial_run.metrics.get("best_epoch")
+    return weights, {tags.WARM_START_OF: record.run_id, tags.WARM_START_TRIAL: record.number,
+                     tags.WARM_START_EPOCH: int(epoch) if epoch is not None else "unknown"}
 
 
 def _alive(pid: str | None) -> bool:

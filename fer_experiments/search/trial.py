@@ -48,7 +48,8 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
                   on_run: Callable[[str], None] | None = None,
                   on_phase: Callable[[str, float], None] | None = None,
                   on_end: Callable[[], None] | None = None,
-                  on_batch: "BatchObserver | None" = None, run_name: str | None = None) -> TrialRun:
+                  on_batch: "BatchObserver | None" = None, run_name: str | None = None,
+                  initial_weights: Sequence[Any] | None = None) -> TrialRun:
     """One trial as a child MLflow run of the study's parent run.
 
     The run ends FINISHED (trial_state COMPLETE; or trial_state PRUNED, tagged with the epoch reached, when an
@@ -82,7 +83,8 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
             clock["fit"] = clock["epoch_end"] = time.perf_counter()
             outcome.result = tracked_training(run, model_params, train_params, data, objective=objective,
                                               extra_params={names.TRIAL_NUMBER: number} | extra_params,
-                                              observers=[count, *observers], on_batch=on_batch)
+                                              observers=[count, *observers], on_batch=on_batch,
+                                              initial_weights=initial_weights)
         except stop_exceptions as exc:
             # Pruned = stopped on purpose, a normal end: FINISHED with trial_state PRUNED (as Optuna's and Ray Tune's
             # MLflow integrations do). KILLED is kept for interruptions, so the UI's red cross means "interrupted".

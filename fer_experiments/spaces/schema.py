@@ -58,6 +58,7 @@ DEFAULT_OBJECTIVE = "val_accuracy"
 
 TOP_LEVEL_KEYS: tuple[str, ...] = (
     "name", "description", "objective", "max_epochs", "train_limit", "sampler", "pruner", "params", "refit",
+    "start_from", "trial_budget",
 )
 #: ``refit:`` keys, each with a check, a description of the check and its default.
 REFIT_KEYS: dict[str, tuple[Any, str, Any]] = {
@@ -70,7 +71,11 @@ REFIT_KEYS: dict[str, tuple[Any, str, Any]] = {
     "train_limit": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or null (all rows)", None),
     # Under --budget: the largest share of the budget the refits may reserve (the trials get the rest at least).
     "budget_share": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)", 0.5),
+    # Continue the trial's trained weights (its best epoch) instead of starting from random weights.
+    "warm_start": (lambda v: isinstance(v, bool), "true or false", False),
 }
+#: ``trial_budget: "8%"``: each trial gets this share of ``--budget``.
+_SHARE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
 SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "int": ("type", "low", "high", "step", "log", "when"),
     "float": ("type", "low", "high", "step", "log", "when"),
@@ -189,11 +194,32 @@ class SearchSpace:
     #: ``{"top_k", "epochs", "train_limit", "budget_share"}`` (all keys set) or None: retrain the best trials after
     #: the search (``search.lifecycle``). Not part of the content hash: it does not change how trials compare.
     refit: dict[str, Any] | None = None
+    #: Known-good starting points, run as the study's first trials: ``(name, {param: value})`` with the values a
+    #: trial of this space takes (a preset's restricted to what the space searches). Not part of the content hash.
+    start_from: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    #: Wall seconds of training every trial gets (``float``), or a share of ``--budget`` (``"8%"``); None: trials are
+    #: bounded by their epochs only. Equal seconds make trials compare at equal cost.
+    trial_budget: float | str | None = None
     #: Where the space came from (a path as given, or "<dict>"); not part of the content.
     source: str = field(default="<dict>", compare=False)
 
     def __hash__(self) -> int:
         return hash(self.content_hash())
+
+    def trial_seconds(self, budget_seconds: float | None) -> float | None:
+        """Seconds of training per trial: ``trial_budget`` in seconds, or its share of ``budget_seconds``
+        (None without a --budget)."""
+        if self.trial_budget is None or isinstance(self.trial_budget, float):
+            return self.trial_budget
+        if not budget_seconds:
+            return None
+        match = _SHARE_RE.match(self.trial_budget)
+        assert match is not None  # validated at load
+        return budget_seconds * float(match.group(1)) / 100.0
+
+    def start_points(self) -> list[tuple[str, dict[str, Any]]]:
+        """The ``start_from`` points as ``(name, values)``, in the space's order."""
+        return [(name, dict(values)) for name, values in self.start_from]
 
     def get(self, name: str) -> ParamSpec | None:
         """The spec of parameter ``name``, or None."""
@@ -216,7 +242,9 @@ class SearchSpace:
                         "options": dict(self.sampler["options"])},
             "pruner": dict(self.pruner),
             "params": {p.name: p.to_dict() for p in self.params},
-        } | ({"refit": dict(self.refit)} if self.refit is not None else {})
+        } | ({"refit": dict(self.refit)} if self.refit is not None else {}) | (
+            {"start_from": [{"name": n, "params": dict(v)} for n, v in self.start_from]} if self.start_from else {}
+        ) | ({"trial_budget": self.trial_budget} if self.trial_budget is not None else {})
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the space, without ``source`` and ``description``.
@@ -227,6 +255,7 @@ class SearchSpace:
         d = self.to_dict()
         d.pop("description")
         d.pop("refit", None)  # what happens after the trials; spaces without it keep the hashes they had
+        d.pop("start_from", None)  # which trials come first, not how trials compare
         canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -444,9 +473,63 @@ class _Validator:
             if largest > max_epochs:
                 raise self.fail(f"params.epochs.{key}", f"{largest} exceeds max_epochs ({max_epochs})")
 
-        return SearchSpace(name=name, description=description, objective=objective, max_epochs=max_epochs,
-                           train_limit=train_limit, sampler=sampler, pruner=pruner, params=params,
-                           refit=self.refit(d.get("refit")), source=self.source)
+        space = SearchSpace(name=name, description=description, objective=objective, max_epochs=max_epochs,
+                            train_limit=train_limit, sampler=sampler, pruner=pruner, params=params,
+                            refit=self.refit(d.get("refit")), trial_budget=self.trial_budget(d.get("trial_budget")),
+                            source=self.source)
+        start = self.start_from(d.get("start_from"), space)
+        return dataclasses.replace(space, start_from=start) if start else space
+
+    def trial_budget(self, raw: Any) -> float | str | None:
+        """Seconds (a number > 0) or a share of --budget (``"8%"``), or None."""
+        if raw is None:
+            return None
+        if _is_number(raw) and raw > 0:
+            return float(raw)
+        if isinstance(raw, str) and (m := _SHARE_RE.match(raw)) and 0 < float(m.group(1)) < 100:
+            return raw.strip()
+        raise self.fail("trial_budget", f"must be seconds (a number > 0) or a share of --budget such as '8%', "
+                                        f"got {short_repr(raw)}")
+
+    def start_from(self, raw: Any, space: SearchSpace) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+        """``start_from:``: a list of preset names or ``{name: ..., params: {...}}`` parameter sets; each must lie
+        inside the space (a preset's searched values within their ranges, a parameter set naming searched ones)."""
+        from fer_experiments.models.presets import PRESETS
+        from fer_experiments.spaces.suggest import preset_values_for_space
+
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            raise self.fail("start_from", f"must be a list of preset names or {{name, params}} mappings, got "
+                                          f"{_type_name(raw)}")
+        out: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
+        for i, entry in enumerate(raw):
+            path = f"start_from[{i}]"
+            if isinstance(entry, str):
+                if entry not in PRESETS:
+                    raise self.fail(path, f"unknown preset {short_repr(entry)} (known: {', '.join(PRESETS)})"
+                                          f"{_hint(entry, tuple(PRESETS))}")
+                name, given = entry, PRESETS[entry].values()
+            elif isinstance(entry, Mapping):
+                extra = sorted(set(map(str, entry)) - {"name", "params"})
+                if extra or not isinstance(entry.get("name"), str) or not isinstance(entry.get("params"), Mapping):
+                    raise self.fail(path, "must be a preset name or a mapping {name: <text>, params: {<param>: "
+                                          "<value>, ...}}")
+                name, given = entry["name"], dict(entry["params"])
+                unknown = sorted(set(map(str, given)) - set(space.names))
+                if unknown:
+                    raise self.fail(f"{path}.params", f"{', '.join(unknown)}: not parameters of this space (it "
+                                                      f"declares {', '.join(space.names)})")
+            else:
+                raise self.fail(path, f"must be a preset name or a {{name, params}} mapping, got {_type_name(entry)}")
+            try:
+                values = preset_values_for_space(space, given)
+            except ConfigError as exc:
+                raise self.fail(path, f"{name}: {exc}") from None
+            if any(n == name for n, _ in out):
+                raise self.fail(path, f"{name!r} is listed twice")
+            out.append((name, tuple(values.items())))
+        return tuple(out)
 
     def refit(self, raw: Any) -> dict[str, Any] | None:
         """``refit:`` absent or null: no refit; a mapping: its keys over the defaults (``refit: {}`` = all defaults)."""

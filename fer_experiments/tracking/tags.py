@@ -36,6 +36,13 @@ FAILURE_REASON = "failure_reason"
 PRUNED_AT_EPOCH = "pruned_at_epoch"
 #: The trial a refit run retrains.
 REFIT_OF = "fer.refit_of"
+#: A refit that continues its trial's trained weights: that trial's run, its number and the epoch whose weights it
+#: starts from (absent: the refit started from random weights).
+WARM_START_OF = "fer.warm_start_of"
+WARM_START_TRIAL = "fer.warm_start_trial"
+WARM_START_EPOCH = "fer.warm_start_epoch"
+#: A trial that runs one of its space's ``start_from`` points (a preset's name or the parameter set's name).
+START_FROM = "fer.start_from"
 #: Where a run's process runs: host name and pid (``fer-exp reconcile`` ends runs whose process is gone).
 HOST = "host"
 PID = "fer.pid"
@@ -179,6 +186,8 @@ ATTR_CREATED = "fer.created"
 #: On a trial: its MLflow run and why it failed.
 ATTR_RUN_ID = "mlflow_run_id"
 ATTR_FAIL_REASON = "fail_reason"
+#: On an enqueued trial: the ``start_from`` point it runs.
+ATTR_START_FROM = "fer.start_from"
 
 
 def model_id_tag(artifact: str = "model") -> str:

@@ -45,10 +45,12 @@ def _absolute(path: str) -> str:
 def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: TrainParams, data: "TrainingData", *,
                      objective: str = "val_accuracy", extra_params: dict[str, Any] | None = None,
                      observers: Sequence["EpochObserver"] = (), on_batch: "BatchObserver | None" = None,
-                     fit: Callable[..., "TrainResult"] | None = None) -> "TrainResult":
+                     fit: Callable[..., "TrainResult"] | None = None,
+                     initial_weights: Sequence[Any] | None = None) -> "TrainResult":
     """Train inside an open run: log params, data input, per-epoch curves, then the full evaluation and the model.
 
     ``fit`` replaces ``trainer.train_model`` (same signature), e.g. a distillation (``training.distill``).
+    ``initial_weights`` continue an earlier training (``trainer.train_model``'s argument).
     """
     from fer_experiments.training.trainer import train_model
 
@@ -62,8 +64,9 @@ def tracked_training(run: TrackedRun, model_params: ModelParams, train_params: T
     def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
         run.log_metrics(metrics, step=epoch)
 
+    warm = {} if initial_weights is None else {"initial_weights": initial_weights}
     result = (fit or train_model)(model_params, train_params, data.train, data.val, objective=objective,
-                                  observers=[log_epoch, *observers], on_batch=on_batch)
+                                  observers=[log_epoch, *observers], on_batch=on_batch, **warm)
     log_result(run, result)
     return result
 

@@ -113,8 +113,13 @@ def check_fits_in_memory(model_params: ModelParams, train_params: TrainParams) -
 def train_model(model_params: ModelParams, train_params: TrainParams, train_split: "Split", val_split: "Split", *,
                 objective: str = "val_accuracy", observers: Sequence[EpochObserver] = (),
                 restore_best: bool = True, on_batch: BatchObserver | None = None,
-                targets: np.ndarray | None = None, loss: keras.losses.Loss | None = None) -> TrainResult:
+                targets: np.ndarray | None = None, loss: keras.losses.Loss | None = None,
+                initial_weights: Sequence[np.ndarray] | None = None) -> TrainResult:
     """Build, compile and fit one model; evaluate on ``val_split`` (PublicTest) after every epoch.
+
+    ``initial_weights`` (the exported model's ``get_weights()`` of a network of the same ``model_params``: a trial's
+    best epoch) continues that training instead of starting from random weights; they are evaluated on PublicTest
+    first as epoch 0, so the returned model is never worse on PublicTest than where it started.
 
     ``targets`` (one row per Training image, its first 7 columns the one-hot label) and ``loss`` replace the
     one-hot labels and the cross-entropy (distillation: ``fer_experiments.training.distill``); the
@@ -138,6 +143,11 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
     # test-time augmentation, i.e. the model that is exported, so the epoch PublicTest selects is the shipped one's.
     model = with_augmentation(network, train_params)
     exported = with_tta(network, model_params.tta)
+    if initial_weights is not None:
+        try:
+            exported.set_weights(list(initial_weights))
+        except ValueError as exc:
+            raise ConfigError(f"initial weights do not fit this network ({str(exc).splitlines()[0][:200]})") from exc
     steps = math.ceil(len(train_split.y) / train_params.batch_size)
     compile_model(model, train_params, steps, loss)
     y_fit = one_hot(train_split.y) if targets is None else np.asarray(targets, dtype=np.float32)
@@ -146,6 +156,8 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
     weights = class_weights(train_split.y, train_params.class_weight)
 
     evaluator = _EpochEvaluator(val_split, objective, observers, restore_best, len(train_split.y), exported)
+    if initial_weights is not None:
+        evaluator.start_from_current()
     callbacks: list[keras.callbacks.Callback] = [evaluator]
     if on_batch is not None:
         callbacks.append(_BatchReporter(on_batch, steps))
@@ -173,7 +185,7 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
         if _is_out_of_memory(exc):
             raise TrialFailed(f"out of memory: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
         raise
-    if evaluator.best is None:
+    if evaluator.best is None or not evaluator.history["loss"]:
         raise TrialFailed("training ran no epoch")
     best_epoch, best_eval, best_weights = evaluator.best
     if restore_best and best_weights is not None:
@@ -222,6 +234,11 @@ class _EpochEvaluator(keras.callbacks.Callback):
 
         self._seen = 0
         self.last_fit_seconds = 0.0
+
+    def start_from_current(self) -> None:
+        """Judge the model's current (continued) weights on PublicTest as epoch 0: the best epoch to beat."""
+        ev = evaluate_probabilities(self.val.y, predict_proba(self.exported, self.val.x), "PublicTest")
+        self.best = (0, ev, self.exported.get_weights() if self.keep_best else None)
 
     @property
     def images_per_second(self) -> float:
@@ -288,12 +305,15 @@ class _BatchReporter(keras.callbacks.Callback):
 class _TimeBudget(keras.callbacks.Callback):
     """Bounds a training by ``time_budget_s`` seconds of wall time (from the start of ``train_model``).
 
-    Stops after the epoch when the next one would overrun (at the mean epoch time so far, PublicTest pass included),
-    and mid-epoch when only the PublicTest pass that follows still fits (measured after the first epoch; before, at
-    a third of the training pace per image), so the partial epoch is still evaluated and the best epoch kept.
-    With ``lr_schedule: cosine`` it drives a cosine decay over the epochs that fit, sized from the first epoch's time
-    (until then, over ``epochs``), so the learning rate reaches its floor when the time does.
+    The budget is counted in steps, not whole epochs: training stops after the batch past which only the PublicTest
+    pass that follows still fits (that pass measured after the first epoch; before, at a third of the training pace
+    per image), so the last, partial epoch is still evaluated and the best epoch kept, and no time is left unused.
+    With ``lr_schedule: cosine`` it drives a cosine decay over the steps that fit, sized from the measured pace per
+    step (after a few steps, again at every epoch's end), so the learning rate reaches its floor when the time does.
     """
+
+    #: Steps timed before the first sizing of the schedule (the first step, which traces the graph, is not timed).
+    WARMUP_STEPS = 8
 
     def __init__(self, train: TrainParams, steps_per_epoch: int, started: float, *, eval_images: int = 0,
                  batch_size: int = 64, evaluator: "_EpochEvaluator | None" = None) -> None:
@@ -307,16 +327,36 @@ class _TimeBudget(keras.callbacks.Callback):
         self.cosine = train.lr_schedule == "cosine"
         self.base_lr = train.learning_rate
         self.steps_per_epoch = max(1, steps_per_epoch)
-        self.total_steps = max(1, train.epochs * self.steps_per_epoch)
-        self.max_epochs = train.epochs
+        self.max_steps = max(1, train.epochs * self.steps_per_epoch)
+        self.total_steps = self.max_steps
         self.started = started
         self.step = 0
         self.epochs_done = 0
+        #: Seconds of training steps timed so far and how many (the first step is tracing, never timed).
+        self._timed_seconds = 0.0
+        self._timed_steps = 0
+        self._batch_started = 0.0
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def _pace(self) -> float | None:
+        """Seconds per training step, measured; None before any step was timed."""
+        return self._timed_seconds / self._timed_steps if self._timed_steps else None
+
+    def _resize(self) -> None:
+        """Size the cosine to the steps that still fit: each costs its pace plus its share of a PublicTest pass per
+        epoch, and one pass follows the last step."""
+        pace = self._pace()
+        if pace is None:
+            return
+        reserve = self._eval_reserve()
+        per_step = pace + reserve / self.steps_per_epoch
+        more = int(max(0.0, self.budget - self._elapsed() - reserve) / per_step)
+        self.total_steps = max(self.step + 1, min(self.max_steps, self.step + more))
+
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._batch_started = time.monotonic()
         if self.cosine:
             progress = min(1.0, self.step / self.total_steps)
             self.model.optimizer.learning_rate.assign(self.base_lr * 0.5 * (1.0 + math.cos(math.pi * progress)))
@@ -328,16 +368,22 @@ class _TimeBudget(keras.callbacks.Callback):
         """Seconds the PublicTest pass after this epoch will take."""
         if self.eval_seconds is not None:
             return self.eval_seconds
-        fit = time.monotonic() - self._fit_started
-        done = self.step - self.epochs_done * self.steps_per_epoch
-        if done <= 0 or fit <= 0:
+        pace = self._pace()
+        if pace is None:
             return 0.0
         # Before a pass was timed: inference at ~3x the training pace per image (a guess that errs on time's side).
-        return self.eval_images * fit / (done * self.batch_size * 3.0)
+        return self.eval_images * pace / (self.batch_size * 3.0)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.step > 0:
+            self._timed_seconds += time.monotonic() - self._batch_started
+            self._timed_steps += 1
         self.step += 1
-        if self._elapsed() + self._eval_reserve() >= self.budget:
+        if self._timed_steps == self.WARMUP_STEPS and self.cosine:
+            self._resize()
+        pace = self._pace() or 0.0
+        # Stop when one more step and the pass after it would overrun.
+        if self._elapsed() + pace + self._eval_reserve() >= self.budget:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -345,13 +391,10 @@ class _TimeBudget(keras.callbacks.Callback):
             # This callback runs after the evaluator: its pass is what followed the fit of this epoch.
             self.eval_seconds = max(0.0, time.monotonic() - self._fit_started - self._last_fit_seconds())
         self.epochs_done = epoch + 1
-        elapsed = self._elapsed()
-        per_epoch = elapsed / self.epochs_done
-        if self.epochs_done == 1 and self.cosine:
-            # Size the decay to the epochs that fit in the budget at the first epoch's pace (never more than asked).
-            fit = max(1, min(self.max_epochs, int(self.budget // max(per_epoch, 1e-9))))
-            self.total_steps = max(self.step + 1, fit * self.steps_per_epoch)
-        if elapsed + per_epoch > self.budget:
+        if self.cosine:
+            self._resize()
+        # Not even one more step and its PublicTest pass fit: stop here rather than start an epoch to cut at once.
+        if self._elapsed() + (self._pace() or 0.0) + self._eval_reserve() >= self.budget:
             self.model.stop_training = True
 
     def _last_fit_seconds(self) -> float:

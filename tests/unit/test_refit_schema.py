@@ -19,15 +19,18 @@ def _space(**extra: Any) -> SearchSpace:
 def test_refit_defaults_and_values() -> None:
     assert _space().refit is None
     assert _space(refit=None).refit is None
-    assert _space(refit={}).refit == {"top_k": 1, "epochs": None, "train_limit": None, "budget_share": 0.5}
-    assert _space(refit={"top_k": 3, "epochs": 20, "train_limit": None, "budget_share": 0.6}).refit == {
-        "top_k": 3, "epochs": 20, "train_limit": None, "budget_share": 0.6}
+    assert _space(refit={}).refit == {"top_k": 1, "epochs": None, "train_limit": None, "budget_share": 0.5,
+                                      "warm_start": False}
+    assert _space(refit={"top_k": 3, "epochs": 20, "train_limit": None, "budget_share": 0.6,
+                         "warm_start": True}).refit == {
+        "top_k": 3, "epochs": 20, "train_limit": None, "budget_share": 0.6, "warm_start": True}
 
 
 @pytest.mark.parametrize(("refit", "key"), [
     ({"top_k": 0}, "refit.top_k"), ({"top_k": True}, "refit.top_k"), ({"epochs": 0}, "refit.epochs"),
     ({"epochs": "ten"}, "refit.epochs"), ({"train_limit": -1}, "refit.train_limit"),
     ({"budget_share": 1.5}, "refit.budget_share"), ({"topk": 2}, "refit.topk"), ([1], "refit"),
+    ({"warm_start": "yes"}, "refit.warm_start"),
 ])
 def test_bad_refit_is_a_config_error_naming_the_key(refit: Any, key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -66,7 +69,8 @@ def test_shipped_cpu_hour_space() -> None:
     space = load_space(resolve_space_path("cpu-hour"))
     assert space.refit is not None and space.refit["train_limit"] is None and space.refit["top_k"] >= 1
     assert space.get("tta").value == "flip" and space.get("augment_crop").value > 0
-    assert space.pruner["name"] == "hyperband" and space.train_limit
+    # Issue 21: trials see all of Training for equal slices of the budget (no epoch-based pruner between slices).
+    assert space.train_limit is None and space.trial_budget is not None and space.pruner["name"] == "none"
     assert set(space.get("block").choices) == {"plain", "residual", "separable"}
     gpu = load_space(resolve_space_path("gpu-full"))
     assert gpu.refit is not None

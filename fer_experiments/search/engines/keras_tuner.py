@@ -92,6 +92,8 @@ class KerasTunerEngine:
         self.kt: Any = None
         self.run: SearchRun | None = None
         self.started = 0
+        #: keras-tuner trial id -> the ``start_from`` point it runs.
+        self.start_names: dict[str, str] = {}
 
     def session(self, cfg: SearchConfig) -> ContextManager[None]:
         return no_lock()
@@ -150,6 +152,7 @@ class KerasTunerEngine:
             self.kt = _tuner_class(self.tuner_name)(self, max_trials=max_trials, **common)
         before = self._count()
         self.started = before["COMPLETED"] + before["FAILED"] + before["INVALID"]
+        self._start_points_first(run)
         try:
             self.kt.search(verbose=0)
         except BudgetSpent:
@@ -176,10 +179,43 @@ class KerasTunerEngine:
         values = define_kt(run.space, hp)
         # Hyperband hands each trial its epochs; fer-exp trains from scratch rather than from a checkpoint.
         epochs = int(hp.values.get("tuner/epochs", epochs_for(run.space, values)))
-        done = run.trial(int(trial.trial_id), values, epochs, extra_tags={tags.KERAS_TUNER_TRIAL_ID: trial.trial_id})
+        start = self.start_names.get(trial.trial_id)
+        done = run.trial(int(trial.trial_id), values, epochs, extra_tags={tags.KERAS_TUNER_TRIAL_ID: trial.trial_id}
+                         | ({tags.START_FROM: start} if start else {}))
         if done.result is None:
             raise keras_tuner.errors.FailedTrialError(f"trial {done.number}: {done.failure}")
         return {run.space.objective: done.result.objective_value}
+
+    def _start_points_first(self, run: SearchRun) -> None:
+        """The space's ``start_from`` points become the tuner's first trials: its oracle hands them out before its
+        own picks (those a resumed project already ran are not repeated). Hyperband's brackets decide their own
+        configurations and epochs, so with ``--tuner hyperband`` the points are skipped with a note."""
+        points = run.space.start_points()
+        if not points:
+            return
+        if self.tuner_name == "hyperband":
+            run.progress.note("start_from: keras-tuner's Hyperband picks every bracket's configurations itself; the "
+                              "start points are not run (use --tuner random or bayesian, or the Optuna engine)")
+            return
+        oracle = self.kt.oracle
+        done = [dict(t.hyperparameters.values) for t in oracle.trials.values()]
+        pending = []
+        for name, values in points:
+            if not any(all(old.get(k) == v for k, v in values.items()) for old in done):
+                pending.append((name, values))
+        own = oracle.populate_space
+
+        def populate_space(trial_id: str) -> dict[str, Any]:
+            if not pending:
+                return own(trial_id)
+            name, values = pending.pop(0)
+            hp = oracle.get_space()
+            hp.values.update(values)
+            self.start_names[trial_id] = name
+            return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING,
+                    "values": {p.name: hp.values[p.name] for p in hp.space if hp.is_active(p)}}
+
+        oracle.populate_space = populate_space
 
     def _count(self) -> dict[str, int]:
         counts = {"COMPLETED": 0, "FAILED": 0, "INVALID": 0, "RUNNING": 0, "IDLE": 0, "STOPPED": 0}

@@ -78,8 +78,11 @@ class OptunaEngine:
 
         study, cfg = self.study, run.cfg
         assert study is not None
-        for name in self.enqueue:
-            study.enqueue_trial(preset_values_for_space(run.space, get_preset(name).values()), skip_if_exists=True)
+        # The space's known-good starting points first, then --enqueue's presets; a resumed study skips those it ran.
+        starts = run.space.start_points() + [
+            (name, preset_values_for_space(run.space, get_preset(name).values())) for name in self.enqueue]
+        for name, values in starts:
+            study.enqueue_trial(values, user_attrs={tags.ATTR_START_FROM: name}, skip_if_exists=True)
         self._reconcile(run)
         gate = TrialGate(cfg.storage)
         objective = _Objective(run, on_start=gate.release)
@@ -154,9 +157,11 @@ class _Objective:
         self.run.running_trial = trial.number  # from here an interruption stops this trial (Optuna marks it FAIL)
         values = suggest(self.run.space, trial)
         epochs = epochs_for(self.run.space, values)
+        start = trial.user_attrs.get(tags.ATTR_START_FROM)
         try:
             done = self.run.trial(trial.number, values, epochs,
-                                  extra_tags={tags.STORAGE: redact_uri(self.run.cfg.storage)},
+                                  extra_tags={tags.STORAGE: redact_uri(self.run.cfg.storage)} | (
+                                      {tags.START_FROM: start} if start else {}),
                                   observers=[self._reporter(trial)], stop_exceptions=(optuna.TrialPruned,),
                                   on_run=lambda run_id: trial.set_user_attr(tags.ATTR_RUN_ID, run_id),
                                   hold_interrupts=True)

@@ -1,0 +1,108 @@
+"""Issue 21 end to end on tiny real data: a space's ``start_from`` points are the study's first trials (tagged in
+MLflow), trials get equal wall-clock slices (``trial_budget``), and the refit continues the winning trial's weights
+(``refit.warm_start``), never ending below it on PublicTest; ``--budget`` still bounds the whole command."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+
+def _space(path: Path, **extra: object) -> Path:
+    space = {"name": "tiny-warm", "max_epochs": 50, "train_limit": None, "sampler": {"name": "random", "seed": 3},
+             "pruner": "none", "trial_budget": 4,
+             "start_from": ["mini-xception", {"name": "narrow-plain", "params": {"block": "plain", "filters": 4}}],
+             "refit": {"top_k": 1, "epochs": 50, "warm_start": True},
+             "params": {
+                 "conv_blocks": 1, "filters": {"type": "categorical", "choices": [4, 16]}, "head": "global_avg",
+                 "dense_layers": 0, "batch_size": 64, "tta": "flip", "lr_schedule": "cosine", "stem_filters": 0,
+                 "learning_rate": {"type": "float", "low": 1.0e-3, "high": 5.0e-3, "log": True},
+                 "block": {"type": "categorical", "choices": ["plain", "separable"]}}} | extra
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def test_start_points_first_equal_slices_and_a_warm_refit(tiny_real_csv: Path, tmp_path: Path) -> None:
+    from fer_experiments.tracking import find_runs, tags
+
+    space = _space(tmp_path / "space.yaml")
+    proc = run_cli("search", "--data", str(tiny_real_csv), "--space", str(space), "--study", "w", "--n-trials", "3",
+                   cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    trials = sorted(find_runs(uri, None, filter_string=tags.study_filter("w", kind=tags.KIND_TRIAL)),
+                    key=lambda r: int(r.tags[tags.TRIAL_NUMBER]))
+    assert len(trials) == 3
+    # The space's start points are trials 0 and 1, in its order, tagged as such; trial 2 is the sampler's own.
+    assert [t.tags.get(tags.START_FROM) for t in trials] == ["mini-xception", "narrow-plain", None]
+    assert (trials[0].params["block"], trials[0].params["filters"]) == ("separable", "16")
+    assert float(trials[0].params["learning_rate"]) == pytest.approx(2e-3)  # the preset's, inside the space's range
+    assert (trials[1].params["block"], trials[1].params["filters"]) == ("plain", "4")
+    # Equal cost: every trial trained for the same slice of wall time, on all 600 Training rows.
+    assert {float(t.params["time_budget_s"]) for t in trials} == {4.0}
+    assert {t.params["n_train"] for t in trials} == {"600"}
+    refits = find_runs(uri, None, filter_string=tags.study_filter("w", kind=tags.KIND_REFIT))
+    assert len(refits) == 1
+    refit = refits[0]
+    best = max(trials, key=lambda r: (float(r.tags[tags.OBJECTIVE_VALUE]), -int(r.tags[tags.TRIAL_NUMBER])))
+    # The refit says which trial and which epoch it continues ...
+    assert refit.tags[tags.WARM_START_OF] == best.run_id == refit.tags[tags.REFIT_OF]
+    assert refit.tags[tags.WARM_START_TRIAL] == best.tags[tags.TRIAL_NUMBER]
+    assert refit.tags[tags.WARM_START_EPOCH] == str(int(best.metrics["best_epoch"]))
+    assert "continuing trial" in proc.stdout
+    # ... and, its start counted as epoch 0, never ends below that trial on PublicTest.
+    assert float(refit.tags[tags.OBJECTIVE_VALUE]) >= float(best.tags[tags.OBJECTIVE_VALUE])
+
+
+def test_a_wrong_start_point_is_refused_with_the_valid_names(tiny_real_csv: Path, tmp_path: Path) -> None:
+    space = _space(tmp_path / "space.yaml", start_from=["mini-xceptoin"])
+    proc = run_cli("search", "--data", str(tiny_real_csv), "--space", str(space), "--study", "x", "--n-trials", "1",
+                   cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr  # a bad config: exit 2, before any store is written
+    assert "start_from[0]: unknown preset 'mini-xceptoin'" in proc.stderr
+    assert "mini-xception-wide" in proc.stderr and "did you mean 'mini-xception'" in proc.stderr
+    assert not (tmp_path / "mlruns").exists() or not any((tmp_path / "mlruns").iterdir())
+
+
+def test_budget_with_slices_and_a_warm_refit_ends_within_it(tiny_real_csv: Path, tmp_path: Path) -> None:
+    from fer_experiments.tracking import find_runs, tags
+
+    budget = 100
+    space = _space(tmp_path / "space.yaml", trial_budget="8%", max_epochs=1000,
+                   refit={"top_k": 1, "epochs": 1000, "budget_share": 0.5, "warm_start": True})
+    started = time.monotonic()
+    proc = run_cli("search", "--data", str(tiny_real_csv), "--space", str(space), "--study", "b",
+                   "--budget", f"{budget}s", cwd=tmp_path, timeout=budget * 4)
+    wall = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert wall <= budget + 40, (wall, proc.stdout[-4000:])
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    trials = find_runs(uri, None, filter_string=tags.study_filter("b", kind=tags.KIND_TRIAL))
+    refits = find_runs(uri, None, filter_string=tags.study_filter("b", kind=tags.KIND_REFIT))
+    assert trials and len(refits) == 1 and refits[0].status == "FINISHED"
+    # 8% of the budget each: trials compare at equal cost.
+    assert all(float(t.params["time_budget_s"]) == pytest.approx(budget * 0.08, abs=1.5) for t in trials)
+    assert refits[0].tags[tags.WARM_START_OF] in {t.run_id for t in trials}
+    print(f"--budget {budget}s: wall {wall:.0f}s, {len(trials)} trials")
+
+
+def test_keras_tuner_runs_the_start_points_first(tiny_real_csv: Path, tmp_path: Path) -> None:
+    from fer_experiments.tracking import find_runs, tags
+
+    space = _space(tmp_path / "space.yaml", refit=None)
+    proc = run_cli("search", "--engine", "keras-tuner", "--tuner", "random", "--data", str(tiny_real_csv),
+                   "--space", str(space), "--study", "kt", "--n-trials", "3", cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    trials = sorted(find_runs(uri, None, filter_string=tags.study_filter("kt", kind=tags.KIND_TRIAL)),
+                    key=lambda r: int(r.tags[tags.TRIAL_NUMBER]))
+    assert [t.tags.get(tags.START_FROM) for t in trials] == ["mini-xception", "narrow-plain", None]
+    assert (trials[0].params["block"], trials[0].params["filters"]) == ("separable", "16")
+    assert (trials[1].params["block"], trials[1].params["filters"]) == ("plain", "4")
