@@ -285,11 +285,12 @@ class SearchRun:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return "--timeout reached"
         if self.budget_deadline is not None:
-            left = self.trials_end() - time.time()
+            left = self.trials_left()
             # The least a trial costs: build, tracing, one epoch, evaluation and logging (measured; a guess before);
-            # with a trial_budget, its whole slice: trials compare at equal cost, so none starts with less.
+            # with a trial_budget, its whole slice (trials compare at equal cost, so none starts with less), unless
+            # it is the first trial a refit needs.
             floor = sorted(self.epoch_seconds)[len(self.epoch_seconds) // 2] if self.epoch_seconds else 20.0
-            if self.trial_seconds is not None:
+            if self.trial_seconds is not None and not self._first_needed():
                 floor = self.trial_seconds + self.after_training()
             if left <= floor:
                 return "--budget: the time left is the refit's" if self.refit_plan else "--budget spent"
@@ -308,6 +309,20 @@ class SearchRun:
         """Under --budget: the ``time.time()`` after which no trial may train (the rest is the refits')."""
         assert self.budget_deadline is not None
         return self.budget_deadline - self.final_reserve - self.refit_need
+
+    def _first_needed(self) -> bool:
+        """No trial of the study has completed yet while a refit waits for one: the first trial must run even when
+        set-up ate the trials' share of a --budget (a refit with nothing to refit leaves the command with no model)."""
+        return self.refit_plan is not None and self.progress.best is None
+
+    def trials_left(self) -> float:
+        """Under --budget: seconds a trial starting now may use, before its logging (the first needed trial may
+        take half of what the refit reserved)."""
+        assert self.budget_deadline is not None
+        left = self.trials_end() - time.time()
+        if self._first_needed():
+            left = max(left, (self.budget_deadline - self.final_reserve - time.time()) / 2)
+        return left
 
     def trial(self, number: int, values: dict[str, Any], epochs: int, *, extra_tags: dict[str, Any] | None = None,
               observers: Sequence["EpochObserver"] = (), stop_exceptions: tuple[type[BaseException], ...] = (),
@@ -332,7 +347,7 @@ class SearchRun:
         if self.budget_deadline is not None:
             # A trial never trains past the trials' share of the budget (it stops at the step that would overrun),
             # less what logging it takes afterwards; with a trial_budget, every trial gets that same slice.
-            left = self.trials_end() - time.time() - self.after_training()
+            left = self.trials_left() - self.after_training()
             if self.trial_seconds is not None:
                 left = min(left, self.trial_seconds)
             values = values | {"time_budget_s": max(1.0, round(left, 1))}
