@@ -194,6 +194,7 @@ def test_a_photo_gives_boxes_labels_and_probabilities(page, env: dict) -> None:
         np.testing.assert_allclose(widths, [100 * answered["probabilities"][e] for e in EXPRESSIONS], atol=0.06)
         assert f": {shown['label']}" in shown["text"]
     assert page.text_content("#answered-by") == "fer-cnn version 1 (exported)"
+    assert page.is_hidden("#fps") and page.is_hidden("#frames")  # webcam figures only with the webcam
     for timing in ("#rtt", "#server-time"):
         assert re.fullmatch(r"\d+ ms", page.text_content(timing)), timing
     # The photo is drawn at the server's size with each box stroked in its face's colour.
@@ -300,7 +301,7 @@ def test_the_webcam_gives_live_labels_and_frames_per_second(page, env: dict) -> 
     shown_fps = float(page.get_attribute("#fps", "data-value"))
     measured = (f2 - f1) / (t2 - t1)
     assert shown_fps > 0 and measured / 3 <= shown_fps <= measured * 3, (shown_fps, measured)
-    assert re.fullmatch(r"\d+ ms \(mean \d+ ms\)", page.text_content("#rtt"))
+    assert re.fullmatch(r"\d+ ms \(mean \d+ ms\)", page.text_content("#rtt")) and page.is_visible("#fps")
     faces = _faces(page)
     assert len(faces) == 2, faces
     for face, (x, y, size) in zip(faces, CLIP_SLOTS):
@@ -314,6 +315,8 @@ def test_the_webcam_gives_live_labels_and_frames_per_second(page, env: dict) -> 
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
         for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return [c.width, c.height, n]; }""")
     assert painted[:2] == [640, 480] and painted[2] > 2000
+    if target := os.environ.get("FER_EXP_DEMO_SCREENSHOT"):
+        page.screenshot(path=str(Path(target).with_name(Path(target).stem + "-webcam.png")), full_page=True)
     page.click("#camera-stop")
     page.wait_for_function("() => window.__predict.inFlight === 0", timeout=60_000)
     stats = page.evaluate("window.__predict")

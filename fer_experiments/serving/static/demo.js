@@ -280,7 +280,7 @@
     canvas.hidden = false;
     renderFaces(faces, false);
     renderAnswer(answer, result.rtt);
-    $("fps").textContent = "–";
+    showLiveStats(false);
     document.body.dataset.photoAnswers = String(Number(document.body.dataset.photoAnswers || 0) + 1);
   }
 
@@ -311,10 +311,17 @@
     $("photo").hidden = true;
     $("live").hidden = false;
     $("smoothing").hidden = false;
+    $("fps").textContent = "–";
+    $("frames").textContent = "0";
+    showLiveStats(true);
     $("camera-start").disabled = true;
     $("camera-stop").disabled = false;
     session += 1;
     liveLoop(session);
+  }
+
+  function showLiveStats(on) {
+    document.querySelectorAll(".live-only").forEach((node) => { node.hidden = !on; });
   }
 
   function stopCamera() {
