@@ -15,6 +15,7 @@ from __future__ import annotations
 import _common  # noqa: F401  (environment first)
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ import time
 
 import numpy as np
 
-from _common import TMP, default_cache_dir, default_data_path, machine_line, quiet_libraries
+from _common import REPO, TMP, default_cache_dir, default_data_path, machine_line, quiet_libraries
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -52,7 +53,7 @@ def make_clip(path: str, frames: int = 25) -> None:
 def start_server(model_path: str, runtime: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "fer_experiments.cli", "serve", "--model", model_path, "--port",
                              "0", "--runtime", runtime], cwd=TMP, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, env=os.environ | {"PYTHONPATH": str(REPO)})  # this checkout's code
     found: dict[str, str] = {}
     ready = threading.Event()
 
@@ -98,7 +99,10 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=chromium, headless=True,
                                         args=[*FLAGS, f"--use-file-for-fake-video-capture={clip}"])
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(url + "/")
+            response = page.goto(url + "/")
+            if response is None or response.status != 200 or "model-status" not in page.content():
+                raise SystemExit(f"GET {url}/ did not give the demo page: {response and response.status} "
+                                 f"{page.content()[:300]}")
             page.wait_for_function("() => document.getElementById('model-status').textContent === 'ready'",
                                    timeout=60_000)
             page.click("#camera-start")
