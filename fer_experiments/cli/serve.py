@@ -271,7 +271,8 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
           margin: float | None, runtime: str, host: str, port: int, poll_seconds: float, max_bytes: int,
           max_pixels: int, batch_window_ms: float, max_batch: int, body_timeout: float, max_uploads: int,
           log_level: str) -> None:
-    """Serve the model over HTTP: POST /predict, GET /health, GET /metrics, POST /reload, docs at /docs.
+    """Serve the model over HTTP: POST /predict, GET /health, GET /metrics, POST /reload, docs at /docs, and a
+    demo page at / (drop a photo or open the webcam; docs/demo-page.md).
 
     \b
     curl -F image=@photo.jpg http://127.0.0.1:8000/predict
@@ -297,7 +298,8 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
                    f"{rt['runtime']} ({rt['engine']}{', ' + rt['source'] if rt['source'] else ''})", err=True)
     sock = listen_socket(host, port)  # bound here: a port in use is a one-line error (exit 2), not a traceback
     bound = sock.getsockname()[1]
-    click.echo(f"serving on http://{host}:{bound} (docs: http://{host}:{bound}/docs)", err=True)
+    base = f"http://{host}:{bound}"
+    click.echo(f"serving on {base} (demo page: {base}/, docs: {base}/docs)", err=True)
     app = create_app(holder, Limits(max_bytes, max_pixels), body_timeout=body_timeout, max_uploads=max_uploads)
     # Graceful shutdown waits for requests in flight (bounded: a stalled upload times out after --body-timeout).
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),

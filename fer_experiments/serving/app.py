@@ -1,4 +1,5 @@
-"""The REST app: ``POST /predict``, ``GET /health``, ``GET /metrics`` (Prometheus text), ``POST /reload``, ``/docs``.
+"""The REST app: ``POST /predict``, ``GET /health``, ``GET /metrics`` (Prometheus text), ``POST /reload``, ``/docs``,
+and the demo page ``GET /`` (``serving/demo.py``: a photo or the webcam, each face's expression live).
 
 Bad input never crashes a request: every refusal is a JSON ``{"error": <code>, "detail": <one line>}`` with
 400 (malformed HTTP, e.g. a Content-Length that is not a number: answered by ``JsonErrorH11Protocol``),
@@ -31,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from fer_experiments import EXPRESSIONS, __version__
+from fer_experiments.serving.demo import DEMO_ASSETS, add_demo_page
 from fer_experiments.serving.images import ImageRejected, decode_image
 from fer_experiments.serving.predictor import Limits, ModelHolder
 
@@ -40,7 +42,7 @@ log = logging.getLogger("fer_experiments.serving")
 MULTIPART_OVERHEAD = 64 * 1024
 #: Latency histogram buckets (seconds).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_ENDPOINTS = ("/predict", "/health", "/metrics", "/reload", "/docs", "/openapi.json")
+_ENDPOINTS = ("/predict", "/health", "/metrics", "/reload", "/docs", "/openapi.json", "/")
 #: Status recorded for a request whose client went away before the answer (nginx's convention; never sent).
 CLIENT_CLOSED = 499
 #: Defaults of ``fer-exp serve``: seconds without a body byte before 408, uploads read at once before 503.
@@ -359,6 +361,7 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), *, body_timeout: 
                   description="Facial expression recognition: faces found with OpenCV, classified by the fer-exp "
                               f"model ({', '.join(EXPRESSIONS)}).")
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(docs_assets_dir())), name="docs-assets")
+    add_demo_page(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -477,7 +480,10 @@ def _endpoint(request: Request) -> str:
 def _endpoint_of(path: str) -> str:
     if path in _ENDPOINTS:
         return path
-    return DOCS_ASSETS if path.startswith(DOCS_ASSETS + "/") else "other"
+    for prefix in (DOCS_ASSETS, DEMO_ASSETS):
+        if path.startswith(prefix + "/"):
+            return prefix
+    return "other"
 
 
 def _client(request: Request) -> str:

@@ -31,3 +31,6 @@ def test_wheel_install_finds_shipped_spaces_by_name(tmp_path: Path) -> None:
     package_file, space_path, name = proc.stdout.split()
     assert package_file.startswith(str(site)) and space_path.startswith(str(site))
     assert name == "cpu-quick"
+    # The demo page of `fer-exp serve` (serving/demo.py reads these at start) ships in the wheel too.
+    static = site / "fer_experiments" / "serving" / "static"
+    assert sorted(p.name for p in static.iterdir()) == ["demo.css", "demo.html", "demo.js"]
