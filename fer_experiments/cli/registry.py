@@ -35,17 +35,24 @@ def _sync_service(uri: str, name: str, alias: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Show the comparison, change nothing.")
 @click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None, help="Refuse candidates below this "
               "PublicTest accuracy.")
+@click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True, max=60_000), default=None,
+              help="With --study: the most accurate trial or refit that serves one face within this many ms "
+                   "(measured on this machine); exit 6 when none does.")
+@click.option("--runtime", "cost_runtime", type=click.Choice(["exported", "int8"]), default="exported",
+              show_default=True, help="The serving runtime --max-latency-ms is measured on.")
 @tracking_option
 @cache_dir_option
 def promote(study: str | None, run_id: str | None, data_path: str | None, model_name: str, alias: str, force: bool,
-            dry_run: bool, min_accuracy: float | None, tracking_uri: str | None, cache_dir: str | None) -> None:
+            dry_run: bool, min_accuracy: float | None, max_latency_ms: float | None, cost_runtime: str,
+            tracking_uri: str | None, cache_dir: str | None) -> None:
     """Register the best model and move the champion alias to it, refusing a worse one unless --force."""
     from fer_experiments.registry.promote import PromoteConfig
     from fer_experiments.registry.promote import promote as do_promote
 
     cfg = PromoteConfig(tracking_uri=tracking_uri_or_default(tracking_uri), data_path=data_path, study=study,
                         run_id=run_id, model_name=model_name, alias=alias, force=force, dry_run=dry_run,
-                        min_accuracy=min_accuracy, cache_dir=cache_dir)
+                        min_accuracy=min_accuracy, cache_dir=cache_dir, max_latency_ms=max_latency_ms,
+                        runtime=cost_runtime)
     r = do_promote(cfg, on_alias_moved=_sync_service)
     c = r.candidate
     # An ensemble or distilled run belongs to a study but to no trial.

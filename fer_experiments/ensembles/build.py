@@ -97,6 +97,7 @@ def make_ensemble(cfg: EnsembleConfig, echo: Callable[[str], None] = lambda s: N
     from fer_experiments.models.ensemble import build_ensemble
     from fer_experiments.models.predict import faces_per_second, predict_proba
     from fer_experiments.tracking.model_io import load_keras_model
+    from fer_experiments.tracking.model_registry import register_with_alias
 
     if cfg.method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
@@ -127,7 +128,7 @@ def make_ensemble(cfg: EnsembleConfig, echo: Callable[[str], None] = lambda s: N
     data = load_training_data(DataConfig(path=cfg.data_path, cache_dir=cfg.cache_dir), dataset)
     outcome.run_id = _log_run(cfg, outcome, ensemble, data)
     if cfg.register:
-        outcome.version = register_challenger(cfg.tracking_uri, cfg.model_name, cfg.alias, outcome.run_id, {
+        outcome.version = register_with_alias(cfg.tracking_uri, cfg.model_name, outcome.run_id, cfg.alias, {
             tags.VERSION_STUDY: cfg.study, tags.VERSION_KIND: tags.KIND_ENSEMBLE, tags.DATA_DIGEST: dataset.digest,
             tags.VERSION_PUBLIC_ACCURACY: ev.accuracy, tags.VERSION_PUBLIC_MACRO_F1: ev.macro_f1})
     return outcome
@@ -170,12 +171,3 @@ def _log_run(cfg: EnsembleConfig, out: EnsembleOutcome, ensemble: "keras.Model",
         log_exported_model(run, ensemble)  # the ONNX graph serving runs, beside the Keras model, as for a trial
         run.set_tags({tags.WALL_SECONDS: f"{time.time() - started:.1f}"})
     return run.run_id
-
-
-def register_challenger(uri: str, model_name: str, alias: str, run_id: str, version_tags: dict) -> str:
-    """Register the run's model as a version of ``model_name`` and point ``alias`` at it; returns the version."""
-    from fer_experiments.tracking.model_registry import register_run_model, set_alias
-
-    version, _ = register_run_model(uri, model_name, run_id, tags=version_tags)
-    set_alias(uri, model_name, alias, version.version)
-    return version.version

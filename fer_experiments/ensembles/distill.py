@@ -91,7 +91,7 @@ def distill_ensemble(cfg: DistillConfig, on_epoch: Callable[[int, dict[str, floa
     from fer_experiments.tracking.runs import experiment_name
     from fer_experiments.tracking.training_run import base_tags, tracked_training
     from fer_experiments.training.distill import distill_model
-    from fer_experiments.ensembles.build import register_challenger
+    from fer_experiments.tracking.model_registry import register_with_alias
 
     prepare_store(cfg.tracking_uri)
     try:
@@ -134,7 +134,7 @@ def distill_ensemble(cfg: DistillConfig, on_epoch: Callable[[int, dict[str, floa
                          teacher_public_accuracy=teacher.metrics.get(tags.PUBLIC_ACCURACY))
     if cfg.register:
         ev = result.evaluation
-        out.version = register_challenger(cfg.tracking_uri, cfg.model_name, cfg.alias, run.run_id, {
+        out.version = register_with_alias(cfg.tracking_uri, cfg.model_name, run.run_id, cfg.alias, {
             tags.VERSION_STUDY: study, tags.VERSION_KIND: tags.KIND_DISTILLED, tags.DATA_DIGEST: dataset.digest,
             tags.VERSION_PUBLIC_ACCURACY: ev.accuracy, tags.VERSION_PUBLIC_MACRO_F1: ev.macro_f1})
     return out

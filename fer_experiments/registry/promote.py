@@ -39,6 +39,9 @@ class PromoteConfig:
     dry_run: bool = False
     min_accuracy: float | None = None
     cache_dir: str | None = None
+    #: With ``study``: the most accurate trial or refit whose serving latency (one face, ``runtime``) is within this.
+    max_latency_ms: float | None = None
+    runtime: str = "exported"
 
 
 @dataclass
@@ -82,8 +85,11 @@ def resolve_candidate(cfg: PromoteConfig) -> Candidate:
         raise ConfigError("give exactly one of --study and --run")
     study = trial = None
     run_id = cfg.run_id
+    if cfg.max_latency_ms is not None and cfg.study is None:
+        raise ConfigError("--max-latency-ms picks within a study: give --study")
     if cfg.study is not None:
-        study, trial, run_id = best_of_study(cfg.tracking_uri, cfg.study)
+        study, trial, run_id = best_of_study(cfg.tracking_uri, cfg.study, max_latency_ms=cfg.max_latency_ms,
+                                             runtime=cfg.runtime, cache_dir=cfg.cache_dir)
     assert run_id is not None
     try:
         run = get_run(cfg.tracking_uri, run_id)
@@ -103,8 +109,10 @@ def resolve_candidate(cfg: PromoteConfig) -> Candidate:
                      private_macro_f1=run.metrics.get(tags.PRIVATE_MACRO_F1))
 
 
-def best_of_study(tracking_uri: str, study: str) -> tuple[str, int, str]:
-    """(study, trial, run_id) of the study's best COMPLETE trial, from its runs (any engine tags them alike)."""
+def best_of_study(tracking_uri: str, study: str, *, max_latency_ms: float | None = None, runtime: str = "exported",
+                  cache_dir: str | None = None) -> tuple[str, int, str]:
+    """(study, trial, run_id) of the study's best COMPLETE trial or refit, from its runs (any engine tags them
+    alike); with ``max_latency_ms``, the best one serving a face within it on ``runtime`` (Refused if none)."""
     from fer_experiments.tracking import find_runs, find_trial_records
 
     records = find_trial_records(tracking_uri, study)
@@ -115,8 +123,42 @@ def best_of_study(tracking_uri: str, study: str) -> tuple[str, int, str]:
     complete = [r for r in records if r.state == "COMPLETE" and r.objective_value is not None]
     if not complete:
         raise ConfigError(f"study {study!r} has no COMPLETE trial to promote")
+    if max_latency_ms is not None:
+        complete = _within_latency(tracking_uri, study, complete, max_latency_ms, runtime, cache_dir)
     best = max(complete, key=lambda r: (r.objective_value, -r.number))
     return study, best.number, best.run_id
+
+
+def _within_latency(tracking_uri: str, study: str, records: list["tags.TrialRecord"], max_latency_ms: float,
+                    runtime: str, cache_dir: str | None) -> list["tags.TrialRecord"]:
+    """The records whose network serves one face within ``max_latency_ms`` on ``runtime``: the latency its trial
+    measured on that runtime, else measured now from the run's parameters (cached by architecture)."""
+    from fer_experiments.data import default_cache_dir
+    from fer_experiments.models.cost import serving_cost
+    from fer_experiments.params import MODEL_FIELDS, split_params
+    from fer_experiments.tracking import get_run
+
+    cache = f"{cache_dir or default_cache_dir()}/serving_cost.json"
+    within, fastest = [], None
+    for record in records:
+        run = get_run(tracking_uri, record.run_id)
+        latency = run.metrics.get("latency_ms")
+        if latency is None or run.tags.get(tags.COST_RUNTIME) != runtime:
+            try:
+                model, _ = split_params({k: v for k, v in run.params.items() if k in MODEL_FIELDS})
+            except ConfigError:
+                continue  # not a network of the family (an ensemble): no single architecture to measure
+            latency = serving_cost(model, runtime, cache_file=cache).latency_ms
+        if fastest is None or latency < fastest[0]:
+            fastest = (latency, record)
+        if latency <= max_latency_ms:
+            within.append(record)
+    if not within:
+        shown = (f"; the fastest is trial {fastest[1].number} (run {fastest[1].run_id}) at {fastest[0]:.3f} ms"
+                 if fastest else "")
+        raise Refused(f"study {study!r}: no COMPLETE trial or refit serves a face within --max-latency-ms "
+                      f"{max_latency_ms:g} on the {runtime} runtime{shown}; nothing changed")
+    return within
 
 
 def logged_data_path(cfg: PromoteConfig, cand: Candidate, notes: list[str]) -> str:

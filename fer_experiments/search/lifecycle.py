@@ -353,6 +353,9 @@ class SearchRun:
             values = values | {"time_budget_s": max(1.0, round(left, 1))}
         elif self.trial_seconds is not None:
             values = values | {"time_budget_s": round(self.trial_seconds, 1)}
+        cost, skip, over = self._serving_cost(values, epochs)
+        if cost is not None:
+            run_tags[tags.COST_RUNTIME] = self.space.constraints["runtime"]  # type: ignore[index]
         started = time.time()
         done = tracked_trial(tracking_uri=self.cfg.tracking_uri, experiment=self.experiment,
                              parent_run_id=self.parent.run_id, number=number, tags=run_tags, data=self.data,
@@ -362,7 +365,8 @@ class SearchRun:
                              observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run,
                              on_phase=self.outcome.add_time,
                              on_end=self.interrupts.hold if hold_interrupts else None,
-                             on_batch=show_batch if self.progress.tty else None)
+                             on_batch=show_batch if self.progress.tty else None, cost=cost, skip=skip)
+        done.constraints = over
         self.running_trial = None
         if done.epochs_reached:
             wall = time.time() - started
@@ -375,6 +379,30 @@ class SearchRun:
         if self.budget_deadline is not None and self.refit_plan is not None:
             self.refit_need = estimate_refit_seconds(self)
         return done
+
+    def _serving_cost(self, values: dict[str, Any], epochs: int
+                      ) -> tuple[dict[str, float] | None, str | None, list[float] | None]:
+        """Under the space's ``constraints:``: the configuration's serving cost (measured before it trains, cached by
+        architecture), the limits it breaks (None: within them) and how far past each it is."""
+        limits = self.space.constraints
+        if limits is None:
+            return None, None, None
+        from fer_experiments.data import default_cache_dir
+        from fer_experiments.models.cost import serving_cost, violations
+        from fer_experiments.params import split_params
+
+        try:
+            model, _ = split_params(values | {"epochs": epochs})
+        except ConfigError:
+            return None, None, None  # an invalid combination: the trial fails on it, saying why
+        cache = self.cfg.data.cache_dir or default_cache_dir()
+        cost = serving_cost(model, limits["runtime"], cache_file=f"{cache}/serving_cost.json")
+        over, broken = violations(cost, limits)
+        self.progress.note(f"trial {self.running_trial}: {cost.params:,} params, {cost.latency_ms:.2f} ms a face "
+                           f"({cost.faces_per_second:,.0f} faces/s, {limits['runtime']})"
+                           + (f", measured in {cost.seconds:.1f}s" if not cost.cached else ", cached")
+                           + (f": not trained ({'; '.join(broken)})" if broken else ""))
+        return cost.figures(), "; ".join(broken) or None, over
 
     def _keep_weights(self, done: TrialRun) -> None:
         """Keep a COMPLETE trial's trained weights in memory when a warm refit may continue them (the top-K only)."""
@@ -691,7 +719,7 @@ def register_challenger(cfg: SearchConfig, settings: StudySettings, out: SearchO
     """Register the study's challenger (its best refit, else its best COMPLETE trial) as a new version with the
     ``challenger`` alias, once per new challenger run."""
     from fer_experiments.tracking import get_run
-    from fer_experiments.tracking.model_registry import register_run_model, set_alias
+    from fer_experiments.tracking.model_registry import register_with_alias
 
     run_id = out.challenger_run_id or out.best_run_id
     if run_id is None:
@@ -701,15 +729,14 @@ def register_challenger(cfg: SearchConfig, settings: StudySettings, out: SearchO
         return None
     trial = out.challenger_trial if out.challenger_run_id else out.best_trial
     value = out.challenger_value if out.challenger_run_id else out.best_value
-    version, _ = register_run_model(cfg.tracking_uri, cfg.model_name, run_id, tags={
+    version = register_with_alias(cfg.tracking_uri, cfg.model_name, run_id, DEFAULT_CHALLENGER_ALIAS, tags={
         tags.VERSION_STUDY: cfg.study, tags.VERSION_TRIAL: trial, tags.VERSION_ENGINE: out.engine,
         tags.OBJECTIVE: settings.space.objective, tags.OBJECTIVE_VALUE: value,
         tags.DATA_DIGEST: settings.data_digest})
-    set_alias(cfg.tracking_uri, cfg.model_name, DEFAULT_CHALLENGER_ALIAS, version.version)
     from fer_experiments.tracking import TrackedRun
 
     TrackedRun(out.parent_run_id, cfg.tracking_uri).set_tags({tags.CHALLENGER_RUN: run_id})
-    return version.version
+    return version
 
 
 def format_outcome(o: SearchOutcome) -> str:

@@ -182,6 +182,9 @@ def make_sampler(space: "SearchSpace", trials_so_far: int = 0) -> optuna.sampler
     name = cfg.pop("name", "tpe")
     seed = resumed_seed(cfg.pop("seed", 42), trials_so_far)
     options = dict(cfg.pop("options", {}) or {})
+    if space.constraints is not None and name in ("tpe", "gp"):
+        # A configuration past a serving limit never trains; the sampler still learns to steer away from it.
+        options["constraints_func"] = ConstraintValues(space)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **options)
     if name == "random":
@@ -194,6 +197,24 @@ def make_sampler(space: "SearchSpace", trials_so_far: int = 0) -> optuna.sampler
                               "use tpe or random, or `pip install torch`") from None
         return optuna.samplers.GPSampler(seed=seed, **options)
     raise ConfigError(f"{space.source}: sampler.name: unknown sampler {name!r}")
+
+
+class ConstraintValues:
+    """Optuna's ``constraints_func`` for a space with ``constraints:``: the amounts by which a trial's serving cost
+    is past each limit (<= 0 within), as the trial recorded them before training; zeros for a trial that recorded
+    none (it failed before its cost was known)."""
+
+    def __init__(self, space: "SearchSpace") -> None:
+        from fer_experiments.models.cost import LIMITS
+
+        assert space.constraints is not None
+        self.n = sum(k in space.constraints for k in LIMITS)
+
+    def __call__(self, trial: optuna.trial.FrozenTrial) -> list[float]:
+        values = trial.user_attrs.get(tags.ATTR_CONSTRAINTS)
+        if not isinstance(values, list) or len(values) != self.n:
+            return [0.0] * self.n
+        return [float(v) for v in values]
 
 
 def make_pruner(space: "SearchSpace") -> optuna.pruners.BasePruner:

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from fer_experiments.training.trainer import BatchObserver, EpochObserver, TrainResult
 
 
+class ConstraintViolated(Exception):
+    """A configuration past its space's serving limits: it never trains (the engine's own stop exception is used
+    where it has one, e.g. Optuna's ``TrialPruned``)."""
+
+
 @dataclass
 class TrialRun:
     """How one trial's training ended: COMPLETE (``result``), FAIL (``failure``) or stopped on purpose by the
@@ -30,6 +35,10 @@ class TrialRun:
     result: "TrainResult | None" = None
     failure: str | None = None
     stopped: BaseException | None = None
+    #: Set when the trial never trained because its serving cost broke a limit: the broken limits, one line.
+    skipped: str | None = None
+    #: Under a space's ``constraints:``: how far the cost is past each limit (<= 0: within), for the sampler.
+    constraints: list[float] | None = None
 
     @property
     def state(self) -> str:
@@ -49,7 +58,8 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
                   on_phase: Callable[[str, float], None] | None = None,
                   on_end: Callable[[], None] | None = None,
                   on_batch: "BatchObserver | None" = None, run_name: str | None = None,
-                  initial_weights: Sequence[Any] | None = None) -> TrialRun:
+                  initial_weights: Sequence[Any] | None = None, cost: dict[str, float] | None = None,
+                  skip: str | None = None) -> TrialRun:
     """One trial as a child MLflow run of the study's parent run.
 
     The run ends FINISHED (trial_state COMPLETE; or trial_state PRUNED, tagged with the epoch reached, when an
@@ -78,6 +88,20 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
         if on_run is not None:
             on_run(run.run_id)
         outcome = TrialRun(run_id=run.run_id, number=number)
+        if cost:
+            run.log_metrics(cost, step=0)
+        if skip is not None:
+            from fer_experiments.params import flat_params
+
+            model_params, train_params = split_params(values | {"epochs": epochs})
+            run.log_params(flat_params(model_params, train_params) | {names.TRIAL_NUMBER: number} | extra_params)
+            run.set_tags({names.TRIAL_STATE: "PRUNED", names.PRUNED_AT_EPOCH: 0, names.CONSTRAINT_VIOLATION: skip})
+            outcome.skipped = skip
+            outcome.stopped = (stop_exceptions[0] if stop_exceptions else ConstraintViolated)(
+                f"not trained: {skip}")
+            if on_end is not None:
+                on_end()
+            return outcome
         try:
             model_params, train_params = split_params(values | {"epochs": epochs})
             clock["fit"] = clock["epoch_end"] = time.perf_counter()

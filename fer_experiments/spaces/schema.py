@@ -58,7 +58,7 @@ DEFAULT_OBJECTIVE = "val_accuracy"
 
 TOP_LEVEL_KEYS: tuple[str, ...] = (
     "name", "description", "objective", "max_epochs", "train_limit", "sampler", "pruner", "params", "refit",
-    "start_from", "trial_budget",
+    "start_from", "trial_budget", "constraints",
 )
 #: ``refit:`` keys, each with a check, a description of the check and its default.
 REFIT_KEYS: dict[str, tuple[Any, str, Any]] = {
@@ -200,6 +200,9 @@ class SearchSpace:
     #: Wall seconds of training every trial gets (``float``), or a share of ``--budget`` (``"8%"``); None: trials are
     #: bounded by their epochs only. Equal seconds make trials compare at equal cost.
     trial_budget: float | str | None = None
+    #: Serving limits a configuration must meet before it trains (``models.cost.LIMITS`` keys, each a number) and
+    #: the ``runtime`` they are measured on; None: no limits.
+    constraints: dict[str, Any] | None = None
     #: Where the space came from (a path as given, or "<dict>"); not part of the content.
     source: str = field(default="<dict>", compare=False)
 
@@ -244,7 +247,8 @@ class SearchSpace:
             "params": {p.name: p.to_dict() for p in self.params},
         } | ({"refit": dict(self.refit)} if self.refit is not None else {}) | (
             {"start_from": [{"name": n, "params": dict(v)} for n, v in self.start_from]} if self.start_from else {}
-        ) | ({"trial_budget": self.trial_budget} if self.trial_budget is not None else {})
+        ) | ({"trial_budget": self.trial_budget} if self.trial_budget is not None else {}) | (
+            {"constraints": dict(self.constraints)} if self.constraints is not None else {})
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the space, without ``source`` and ``description``.
@@ -476,9 +480,41 @@ class _Validator:
         space = SearchSpace(name=name, description=description, objective=objective, max_epochs=max_epochs,
                             train_limit=train_limit, sampler=sampler, pruner=pruner, params=params,
                             refit=self.refit(d.get("refit")), trial_budget=self.trial_budget(d.get("trial_budget")),
-                            source=self.source)
+                            constraints=self.constraints(d.get("constraints")), source=self.source)
         start = self.start_from(d.get("start_from"), space)
         return dataclasses.replace(space, start_from=start) if start else space
+
+    def constraints(self, raw: Any) -> dict[str, Any] | None:
+        """``constraints:``: serving limits (at least one) and the runtime they hold for (default ``exported``)."""
+        from fer_experiments.models.cost import COST_RUNTIMES, LIMITS
+
+        if raw is None:
+            return None
+        keys = (*LIMITS, "runtime")
+        if not isinstance(raw, Mapping):
+            raise self.fail("constraints", f"must be a mapping ({', '.join(keys)}), got {_type_name(raw)}")
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in keys:
+                raise self.fail(f"constraints.{key}", f"unknown key (allowed: {', '.join(keys)})"
+                                                      f"{_hint(str(key), keys)}")
+            if key == "runtime":
+                if value not in COST_RUNTIMES:
+                    raise self.fail("constraints.runtime", f"must be one of {', '.join(COST_RUNTIMES)}, got "
+                                                           f"{short_repr(value)}")
+                out[key] = value
+            elif key in ("max_params", "max_model_bytes"):
+                if not _is_int(value) or value < 1:
+                    raise self.fail(f"constraints.{key}", f"must be an int >= 1, got {short_repr(value)}")
+                out[key] = value
+            else:
+                if not _is_number(value) or value <= 0:
+                    raise self.fail(f"constraints.{key}", f"must be a number > 0, got {short_repr(value)}")
+                out[key] = float(value)
+        if not any(k in out for k in LIMITS):
+            raise self.fail("constraints", f"names no limit (one of {', '.join(LIMITS)})")
+        out.setdefault("runtime", "exported")
+        return out
 
     def trial_budget(self, raw: Any) -> float | str | None:
         """Seconds (a number > 0) or a share of --budget (``"8%"``), or None."""

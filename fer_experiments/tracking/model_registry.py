@@ -122,6 +122,14 @@ def alias_version(uri: str, name: str, alias: str) -> ModelVersion | None:
         raise FatalError(f"cannot read {name}@{alias} from the registry: {str(exc).splitlines()[0][:200]}") from exc
 
 
+def register_with_alias(uri: str, name: str, run_id: str, alias: str, tags: Mapping[str, Any] | None = None) -> str:
+    """Register the run's model as a version of ``name`` (once per run) and point ``alias`` at it; returns the
+    version. The one registration path of searches, ensembles and distilled students."""
+    version, _ = register_run_model(uri, name, run_id, tags=tags)
+    set_alias(uri, name, alias, version.version)
+    return version.version
+
+
 def set_alias(uri: str, name: str, alias: str, version: str) -> None:
     """Point ``alias`` at ``version`` (one atomic update in the registry)."""
     prepare_store(uri)

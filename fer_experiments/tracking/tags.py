@@ -43,6 +43,10 @@ WARM_START_TRIAL = "fer.warm_start_trial"
 WARM_START_EPOCH = "fer.warm_start_epoch"
 #: A trial that runs one of its space's ``start_from`` points (a preset's name or the parameter set's name).
 START_FROM = "fer.start_from"
+#: Why a trial never trained: the serving limits of its space's ``constraints:`` it breaks, with the measured figures.
+CONSTRAINT_VIOLATION = "fer.constraint_violation"
+#: The runtime a trial's serving cost (metrics params, model_bytes, latency_ms, faces_per_second) was measured on.
+COST_RUNTIME = "fer.cost_runtime"
 #: Where a run's process runs: host name and pid (``fer-exp reconcile`` ends runs whose process is gone).
 HOST = "host"
 PID = "fer.pid"
@@ -188,6 +192,8 @@ ATTR_RUN_ID = "mlflow_run_id"
 ATTR_FAIL_REASON = "fail_reason"
 #: On an enqueued trial: the ``start_from`` point it runs.
 ATTR_START_FROM = "fer.start_from"
+#: On a trial of a space with ``constraints:``: how far its serving cost is past each limit (<= 0: within).
+ATTR_CONSTRAINTS = "fer.constraints"
 
 
 def model_id_tag(artifact: str = "model") -> str:

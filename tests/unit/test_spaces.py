@@ -28,7 +28,7 @@ from fer_experiments.spaces import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ("seed-family", "cpu-quick", "gpu-full")
+SHIPPED = ("seed-family", "cpu-quick", "gpu-full", "cpu-hour", "edge")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -182,6 +182,10 @@ class KerasTunerEngine:
         start = self.start_names.get(trial.trial_id)
         done = run.trial(int(trial.trial_id), values, epochs, extra_tags={tags.KERAS_TUNER_TRIAL_ID: trial.trial_id}
                          | ({tags.START_FROM: start} if start else {}))
+        if done.skipped is not None:
+            # keras-tuner has no pruned state: a configuration past the serving limits scores the worst value, so
+            # its tuners learn to avoid it without counting it as a failure.
+            return {run.space.objective: 0.0}
         if done.result is None:
             raise keras_tuner.errors.FailedTrialError(f"trial {done.number}: {done.failure}")
         return {run.space.objective: done.result.objective_value}

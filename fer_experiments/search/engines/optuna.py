@@ -170,6 +170,10 @@ class _Objective:
             _queue_again(trial)
             raise
         self.run.running_trial = None
+        if done.constraints is not None:
+            trial.set_user_attr(tags.ATTR_CONSTRAINTS, done.constraints)
+        if done.skipped is not None:
+            trial.set_user_attr(tags.ATTR_FAIL_REASON, f"not trained: {done.skipped}")
         if done.stopped is not None:
             raise done.stopped
         if done.failure is not None:
