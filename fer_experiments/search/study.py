@@ -25,7 +25,7 @@ from fer_experiments.locks import (
     sqlite_file,
     sqlite_write_problem,
 )
-from fer_experiments.search.lifecycle import StudySettings
+from fer_experiments.search.run import StudySettings
 from fer_experiments.tracking import tags
 from fer_experiments.tracking.store import redact_uri
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fer_experiments.search.lifecycle import Engine
+    from fer_experiments.search.run import Engine
 
 ENGINES: tuple[str, ...] = ("optuna", "keras-tuner")
 

@@ -16,7 +16,7 @@ import keras_tuner
 
 from fer_experiments.config import SearchConfig
 from fer_experiments.errors import ConfigError, FatalError
-from fer_experiments.search.lifecycle import SearchRun, StudySettings, no_lock
+from fer_experiments.search.run import SearchRun, StudySettings, no_lock
 from fer_experiments.tracking import tags
 
 if TYPE_CHECKING:

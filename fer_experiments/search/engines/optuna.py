@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from fer_experiments.config import SearchConfig
 from fer_experiments.errors import ConfigError, TrialFailed
-from fer_experiments.search.lifecycle import SearchRun, StudySettings
+from fer_experiments.search.run import SearchRun, StudySettings
 from fer_experiments.search.reconcile import fail_stale, reconcile
 from fer_experiments.search.study import (
     TrialGate,
