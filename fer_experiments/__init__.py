@@ -9,6 +9,9 @@ The Python API (``fer_experiments.api``) is re-exported here and imported on fir
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -57,8 +60,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
 
 def __getattr__(name: str) -> Any:
     """PEP 562: import the API module the first time one of its names is asked for."""
-    import importlib
-
     if name in _API:
         value = getattr(importlib.import_module("fer_experiments.api"), name)
     elif name in _ERRORS:
@@ -71,3 +72,29 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """The class of this package's module object: two API functions share their names with subpackages
+    (``fx.search`` / ``fer_experiments.search``, ``fx.models`` / ``fer_experiments.models``).
+
+    Importing a subpackage binds it as an attribute of its parent, which would hide the function after the first
+    search. Properties on the module's class win over its ``__dict__``, so those names always give the functions;
+    the subpackages are imported as usual (``from fer_experiments.search import study``), through ``sys.modules``.
+    """
+
+
+def _api_function(name: str) -> property:
+    def get(module: types.ModuleType) -> Any:
+        return getattr(importlib.import_module("fer_experiments.api"), name)
+
+    def keep_subpackage(module: types.ModuleType, value: Any) -> None:
+        module.__dict__[f"_{name}_subpackage"] = value  # the import system binding fer_experiments.<name>
+
+    return property(get, keep_subpackage, doc=f"fer_experiments.api.{name}")
+
+
+for _name in ("search", "models"):
+    setattr(_Package, _name, _api_function(_name))
+    sys.modules[__name__].__dict__.pop(_name, None)  # a subpackage bound before this line ran
+sys.modules[__name__].__class__ = _Package

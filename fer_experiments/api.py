@@ -58,7 +58,14 @@ def _tracking(tracking_uri: str | None) -> str:
     """The URI given, else MLFLOW_TRACKING_URI, else the embedded SQLite store (as the CLI's ``--tracking-uri``)."""
     from fer_experiments.tracking import default_tracking_uri
 
+    _library_defaults()
     return tracking_uri or default_tracking_uri()
+
+
+def _library_defaults() -> None:
+    """MLflow's per-download progress bars and telemetry off, as in the CLI, unless the caller set them."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 # --------------------------------------------------------------------------------------------------------- train
@@ -448,6 +455,7 @@ def evaluate(model: str, data: str | os.PathLike, split: str = "PrivateTest", *,
     from fer_experiments.data import load_dataset
     from fer_experiments.registry.evaluate import predict_split
 
+    _library_defaults()
     if split not in SPLITS:
         raise ConfigError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     ds = load_dataset(os.fspath(data), cache_dir=cache_dir)
@@ -505,6 +513,7 @@ def load_model(model: str = DEFAULT_MODEL_URI, *, tracking_uri: str | None = Non
     from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DEFAULT_MARGIN, DetectorConfig, FaceDetector
     from fer_experiments.serving.predictor import load_model as load
 
+    _library_defaults()
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     det = FaceDetector(DetectorConfig(spec=detector, detect_size=DEFAULT_DETECT_SIZE if detect_size is None

@@ -41,7 +41,11 @@ def test_import_is_light_and_names_resolve_lazily() -> None:
             "fns = [fx.train, fx.search, fx.promote, fx.rollback, fx.models, fx.evaluate, fx.load_model, fx.predict]\n"
             "assert all(callable(f) for f in fns) and fx.ConfigError.exit_code == 2\n"
             "heavy = [m for m in ('tensorflow', 'keras', 'mlflow', 'optuna', 'numpy') if m in sys.modules]\n"
-            "print(heavy)")
+            "print(heavy)\n"
+            # Importing the subpackages that share a name with an API function does not hide the function.
+            "import fer_experiments.search.study, fer_experiments.models.presets\n"
+            "from fer_experiments.search.study import list_studies\n"
+            "assert fx.search is fx.api.search and fx.models is fx.api.models, (fx.search, fx.models)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -111,7 +115,7 @@ def test_promote_load_predict_evaluate_rollback(study: dict) -> None:
     promotion = fx.promote(study="api", data=csv, tracking_uri=uri)
     assert isinstance(promotion, fx.Promotion)
     assert (promotion.decision, promotion.run_id, promotion.champion_version) == ("promote", r.best_run_id, None)
-    assert promotion.version == client.get_model_version_by_alias("fer-cnn", "champion").version
+    assert promotion.version == str(client.get_model_version_by_alias("fer-cnn", "champion").version)
     assert promotion.model_uri == "models:/fer-cnn@champion"
     # PrivateTest was evaluated once and logged to the run; evaluate() on the champion finds the same accuracy.
     assert promotion.private_accuracy == pytest.approx(client.get_run(r.best_run_id).data.metrics["test_accuracy"])
