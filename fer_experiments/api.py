@@ -10,7 +10,7 @@ predictions = fx.predict(["photo.jpg"], model)
 ```
 
 Every function returns a frozen result object and prints nothing (``search`` shows its live progress only when
-given a ``progress`` stream). Errors are those of :mod:`fer_experiments.errors`: ``ConfigError`` (a bad argument,
+given a ``progress`` stream). Errors are those of `fer_experiments.errors`: ``ConfigError`` (a bad argument,
 space or parameter), ``DataError`` (bad data), ``TrialFailed``, ``FatalError`` (a store that cannot be used) and
 ``Refused`` (e.g. promoting a worse model without ``force=True``); the CLI maps them to its exit codes 2-6.
 
@@ -49,7 +49,7 @@ __all__ = [
     "evaluate", "load_model", "models", "predict", "promote", "rollback", "search", "train",
 ]
 
-#: What :func:`predict` takes as one image: a file path, the encoded bytes of a file, or decoded pixels
+#: What `predict` takes as one image: a file path, the encoded bytes of a file, or decoded pixels
 #: (a (H, W) grayscale or (H, W, 3) RGB uint8 array).
 ImageInput = Union[str, os.PathLike, bytes, "np.ndarray"]
 
@@ -71,31 +71,47 @@ def _library_defaults() -> None:
 # --------------------------------------------------------------------------------------------------------- train
 @dataclass(frozen=True)
 class TrainPlan:
-    """What :func:`train` is about to do, given to its ``on_start`` callback once the data is loaded."""
+    """What `train` is about to do, given to its `on_start` callback once the data is loaded.
+
+    Attributes:
+        preset: The network trained.
+        train_rows: Training rows it trains on (the `limit` subset, or all).
+        val_rows: PublicTest rows that select the epoch.
+        epochs: Epochs it will train at most.
+        notes: Remarks about the data set (e.g. duplicates across splits).
+    """
 
     preset: str
     train_rows: int
     val_rows: int
     epochs: int
-    #: Remarks about the data set (e.g. duplicates across splits).
     notes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """One finished, tracked training (``fer-exp train``)."""
+    """One finished, tracked training (`fer-exp train`).
+
+    Attributes:
+        run_id: The MLflow run.
+        model_uri: `runs:/<run_id>/model`: give it to `evaluate` or `load_model`, or its run to `promote(run=...)`.
+        experiment_id: The run's MLflow experiment.
+        tracking_uri: The MLflow store it was logged to.
+        best_epoch: The epoch whose weights were kept (best on PublicTest).
+        epochs_run: Epochs trained.
+        images_per_second: Training speed.
+        evaluation: PublicTest metrics of the kept weights.
+        history: Per-epoch values of loss, accuracy, val_loss, val_accuracy, val_macro_f1, lr.
+    """
 
     run_id: str
-    #: ``runs:/<run_id>/model``: give it to :func:`evaluate`, :func:`load_model` or :func:`promote` (``run=``).
     model_uri: str
     experiment_id: str
     tracking_uri: str
     best_epoch: int
     epochs_run: int
     images_per_second: float
-    #: PublicTest metrics of the kept (best-epoch) weights.
     evaluation: "Evaluation"
-    #: Per-epoch lists: loss, accuracy, val_loss, val_accuracy, val_macro_f1, lr.
     history: Mapping[str, tuple[float, ...]] = field(repr=False)
 
     @property
@@ -171,15 +187,33 @@ def train(data: str | os.PathLike, preset: str = "seed-base", *, params: Mapping
 # -------------------------------------------------------------------------------------------------------- search
 @dataclass(frozen=True)
 class SearchResult:
-    """What one :func:`search` did and where its study stands."""
+    """What one `search` call did and where its study stands.
+
+    Attributes:
+        study: The study's name.
+        engine: `optuna` or `keras-tuner`.
+        parent_run_id: The study's MLflow run; its trials are its child runs.
+        ran: Trials this call ran.
+        finished: The whole study's finished (complete + pruned) trials.
+        complete: COMPLETE trials of the study.
+        pruned: PRUNED trials of the study.
+        failed: FAILED trials of the study.
+        best_value: The best objective value (PublicTest), or None.
+        best_trial: The best COMPLETE trial's number.
+        best_run_id: The best COMPLETE trial's MLflow run.
+        registered_version: The version of the registered model that got the `challenger` alias, when this call
+            registered one.
+        challenger_run_id: The run registered as challenger: the best refit, else the best trial.
+        refits: (trial number, refit run id, state, objective value) of each refit this call ran.
+        stopped: Why the search stopped early, or None.
+        notes: Remarks printed by the command (e.g. about the data).
+        outcome: The engine-level outcome, for `format_outcome` and engine comparisons.
+    """
 
     study: str
     engine: str
-    #: The study's MLflow run; its trials are its child runs.
     parent_run_id: str
-    #: Trials this call ran.
     ran: int
-    #: The whole study: finished (complete + pruned) trials, and each state.
     finished: int
     complete: int
     pruned: int
@@ -187,16 +221,11 @@ class SearchResult:
     best_value: float | None
     best_trial: int | None
     best_run_id: str | None
-    #: The version of the registered model that got the ``challenger`` alias, when this call registered one.
     registered_version: str | None
-    #: The run registered as challenger: the best refit, else the best trial.
     challenger_run_id: str | None
-    #: (trial number, refit run id, state, objective value) of each refit this call ran.
     refits: tuple[tuple[int, str, str, float | None], ...]
-    #: Why the search stopped early, or None.
     stopped: str | None
     notes: tuple[str, ...]
-    #: The engine-level outcome, for ``format_outcome`` and engine comparisons.
     outcome: "SearchOutcome" = field(repr=False, compare=False)
 
     @property
@@ -304,22 +333,35 @@ class _Discard:
 # ------------------------------------------------------------------------------------------------------ registry
 @dataclass(frozen=True)
 class Promotion:
-    """The outcome of :func:`promote`: the candidate, the champion it was compared with, and what changed."""
+    """The outcome of `promote`: the candidate, the champion it was compared with, and what changed.
 
-    #: ``promote`` (the alias moved), ``already`` (the run is the alias's version already) or ``dry-run``.
+    Attributes:
+        decision: `promote` (the alias moved), `already` (the run is the alias's version already) or `dry-run`.
+        model_name: The registered model.
+        alias: The alias (`champion`).
+        version: The candidate's registered version (None on a dry run of an unregistered run).
+        created_version: Whether this call registered a new version.
+        run_id: The candidate's run.
+        study: The candidate's study, if any.
+        trial: Its trial number, if any.
+        public_accuracy: The candidate's PublicTest accuracy (what the guard compares).
+        private_accuracy: Its PrivateTest accuracy (reported, never used to choose).
+        champion_version: The alias's version before this call.
+        champion_public_accuracy: That version's PublicTest accuracy.
+        champion_private_accuracy: That version's PrivateTest accuracy.
+        notes: Remarks (e.g. which data set was used).
+    """
+
     decision: str
     model_name: str
     alias: str
-    #: The candidate's registered version (None on a dry run of an unregistered run).
     version: str | None
-    #: Whether this call registered a new version.
     created_version: bool
     run_id: str
     study: str | None
     trial: int | None
     public_accuracy: float
     private_accuracy: float | None
-    #: The alias's version before, and its numbers.
     champion_version: str | None
     champion_public_accuracy: float | None
     champion_private_accuracy: float | None
@@ -349,7 +391,7 @@ def promote(study: str | None = None, run: str | None = None, *, data: str | os.
 
     Args:
         study: Promote the best COMPLETE trial (or refit) of this study.
-        run: Promote this MLflow run instead (e.g. a :class:`TrainResult`'s ``run_id``).
+        run: Promote this MLflow run instead (e.g. a `TrainResult`'s ``run_id``).
         data: The data set for the PrivateTest report (default: the one logged with the run, when it is here).
         model_name: The registered model.
         alias: The alias to move.
@@ -381,7 +423,14 @@ def promote(study: str | None = None, run: str | None = None, *, data: str | os.
 
 @dataclass(frozen=True)
 class Rollback:
-    """The outcome of :func:`rollback`: the alias moved from one version to another."""
+    """The outcome of `rollback`: the alias moved from one version to another.
+
+    Attributes:
+        model_name: The registered model.
+        alias: The alias moved.
+        from_version: The version it pointed at.
+        to_version: The version it points at now.
+    """
 
     model_name: str
     alias: str
@@ -422,21 +471,28 @@ def models(model_name: str | None = None, *, tracking_uri: str | None = None) ->
 # ---------------------------------------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
 class Evaluated:
-    """A model's metrics on one split, and what they came from (``fer-exp evaluate``)."""
+    """A model's metrics on one split, and what they came from (`fer-exp evaluate`).
+
+    Attributes:
+        model_uri: The model evaluated.
+        data_digest: The data set's digest.
+        evaluation: Accuracy, loss, macro-F1, per-class precision/recall/F1 and the confusion matrix.
+        predictions: The split's faces (`.split.x`), labels (`.split.y`) and the model's (N, 7) `.probabilities`.
+    """
 
     model_uri: str
     data_digest: str
-    #: Accuracy, loss, macro-F1, per-class precision/recall/F1 and the confusion matrix.
     evaluation: "Evaluation"
-    #: The split's faces, labels and the model's (N, 7) probabilities.
     predictions: "SplitPredictions" = field(repr=False, compare=False)
 
     @property
     def accuracy(self) -> float:
+        """Accuracy on the split."""
         return self.evaluation.accuracy
 
     @property
     def macro_f1(self) -> float:
+        """Macro-averaged F1 on the split."""
         return self.evaluation.macro_f1
 
 
@@ -466,14 +522,20 @@ def evaluate(model: str, data: str | os.PathLike, split: str = "PrivateTest", *,
 # ------------------------------------------------------------------------------------------------------- serving
 @dataclass(frozen=True)
 class ImagePrediction:
-    """The faces found in one image, each with its box, label and 7 probabilities."""
+    """The faces found in one image, each with its box, label and 7 probabilities.
 
-    #: The file name, or ``<bytes>`` / ``<array>`` for an image given in memory.
+    Attributes:
+        source: The file name, or `<bytes>` / `<array>` for an image given in memory.
+        faces: One `Face` per face found (`.box`, `.label`, `.probabilities` in the order of `fx.EXPRESSIONS`).
+        width: The image's width in pixels.
+        height: Its height.
+        model_version: The registered version that answered (None for a run or a local file).
+    """
+
     source: str
     faces: tuple["Face", ...]
     width: int
     height: int
-    #: The registered version that answered (None for a run or a local file).
     model_version: str | None
 
     @property
@@ -490,7 +552,7 @@ class ImagePrediction:
 def load_model(model: str = DEFAULT_MODEL_URI, *, tracking_uri: str | None = None, runtime: str = "exported",
                detector: str = "haar", detect_size: int | None = None, min_face: int = 32,
                margin: float | None = None) -> "LoadedModel":
-    """Load a model with its face detector, ready for :func:`predict` (what ``fer-exp predict`` loads).
+    """Load a model with its face detector, ready for `predict` (what ``fer-exp predict`` loads).
 
     Args:
         model: ``models:/<name>@<alias>`` (default: the champion), ``models:/<name>/<version>``,
@@ -503,7 +565,7 @@ def load_model(model: str = DEFAULT_MODEL_URI, *, tracking_uri: str | None = Non
         margin: Widen each box by this fraction per side before cropping (default 0.03, FER2013's framing).
 
     Returns:
-        The loaded version: ``.name``, ``.version``, ``.runtime``, and ``.predictor`` for :func:`predict`.
+        The loaded version: ``.name``, ``.version``, ``.runtime``, and ``.predictor`` for `predict`.
 
     Raises:
         ConfigError: An alias with no version behind it yet, or a bad detector setting.
@@ -529,7 +591,7 @@ def predict(images: ImageInput | Iterable[ImageInput], model: "str | LoadedModel
     Args:
         images: One image or several: file paths, encoded bytes (JPEG, PNG, ...) or uint8 arrays
             ((H, W) grayscale or (H, W, 3) RGB).
-        model: A model URI (loaded with :func:`load_model`) or a model :func:`load_model` returned (faster when
+        model: A model URI (loaded with `load_model`) or a model `load_model` returned (faster when
             called many times).
         detect: False: classify each whole image as one face (for 48x48 crops).
         tracking_uri: MLflow store, when ``model`` is a URI.
@@ -537,7 +599,7 @@ def predict(images: ImageInput | Iterable[ImageInput], model: "str | LoadedModel
         max_pixels: Refuse images with more pixels than this (default 40,000,000).
 
     Returns:
-        One :class:`ImagePrediction` per image, in order; an image without a face has ``faces == ()``.
+        One `ImagePrediction` per image, in order; an image without a face has ``faces == ()``.
 
     Raises:
         DataError: A file that cannot be read or is not an image (the message names it).
