@@ -95,6 +95,8 @@ class SearchConfig:
     gpu: int | None = None
     #: ``--budget``: the wall-clock time (``time.time()``) by which the whole command, refit included, must end.
     budget_deadline: float | None = None
+    #: ``--budget``'s length in seconds (a space's ``trial_budget: "6%"`` is a share of it).
+    budget_seconds: float | None = None
     #: ``--refit/--no-refit``: retrain the best trials after the search; None = when the space has ``refit:``.
     refit: bool | None = None
 

@@ -32,21 +32,33 @@ TTAS: tuple[str, ...] = ("none", "flip")
 class ModelParams:
     """Architecture of one CNN of the family (see ``fer_experiments.models.builder.build_model``)."""
 
+    #: Convolution blocks, each ending in a max-pool that halves the maps.
     conv_blocks: int = 3
+    #: Convolutions in each block.
     convs_per_block: int = 2
+    #: Filters of the first block's convolutions.
     filters: int = 32
     #: Filters are multiplied by this after each block (32, 64, 128 for growth 2).
     filter_growth: float = 2.0
+    #: Side of the convolution kernels.
     kernel_size: int = 3
+    #: BatchNorm on every conv and dense layer, before or after its activation, on the dense layers only, or none.
     batchnorm: str = "none"
+    #: Activation of the convolutions and dense layers.
     activation: str = "relu"
     #: Dropout after each conv block's max-pool.
     conv_dropout: float = 0.25
+    #: Dense layers between the head and the softmax.
     dense_layers: int = 1
+    #: Units of each dense layer.
     dense_units: int = 256
+    #: Dropout after each dense layer.
     dense_dropout: float = 0.5
+    #: How the last block's maps become a vector: flatten them, or average each channel (global average pooling).
     head: str = "flatten"
+    #: L2 penalty on the convolution and dense kernels (0: none).
     l2: float = 0.0
+    #: Block kind (see ``BLOCKS``): plain, residual or separable (mini-Xception).
     block: str = "plain"
     #: Filters of a stem of two 3x3 convolutions before the blocks (0: no stem); mini-Xception starts with one.
     stem_filters: int = 0
@@ -91,21 +103,31 @@ class ModelParams:
 class TrainParams:
     """How one model is trained: optimisation, augmentation, class weighting, stopping."""
 
+    #: Epochs to train at most (the PublicTest-best epoch's weights are kept).
     epochs: int = 10
+    #: Training batch size.
     batch_size: int = 64
+    #: Optimizer.
     optimizer: str = "adam"
+    #: Initial learning rate.
     learning_rate: float = 1e-3
     #: "none", "plateau" (ReduceLROnPlateau on PublicTest loss) or "cosine" (cosine decay over the epochs).
     lr_schedule: str = "plateau"
     #: Stop when PublicTest accuracy has not improved for this many epochs (0 disables early stopping).
     early_stopping_patience: int = 0
+    #: "balanced" weighs each class's loss by n / (k * its count in Training) (Disgust is rare), "none" by 1.
     class_weight: str = "none"
+    #: Random horizontal flips during training.
     augment_flip: bool = False
     #: keras.layers.RandomRotation factor: a fraction of a full turn (0.05 = +-18 degrees).
     augment_rotation: float = 0.0
+    #: keras.layers.RandomTranslation factor: a fraction of the image's side.
     augment_translation: float = 0.0
+    #: keras.layers.RandomZoom factor.
     augment_zoom: float = 0.0
+    #: Label smoothing of the cross-entropy loss.
     label_smoothing: float = 0.0
+    #: Seed of the weights' initialisation, the shuffling and the augmentation.
     seed: int = 42
     #: Pad this many pixels by reflection and crop a random 48x48 window back (0: off).
     augment_crop: int = 0

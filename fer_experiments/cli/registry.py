@@ -17,13 +17,6 @@ from fer_experiments.cli.options import (
 )
 
 
-def _sync_service(uri: str, name: str, alias: str) -> None:
-    """Keep ``<name>-service@<alias>`` (MLflow serving's wrapper) on the wrapper of ``<name>@<alias>``."""
-    from fer_experiments.serving.mlflow_service import sync_service_alias
-
-    sync_service_alias(uri, name, alias)
-
-
 @click.command()
 @click.option("--study", default=None, help="Promote the best COMPLETE trial of this study.")
 @click.option("--run", "run_id", default=None, help="Promote this MLflow run instead.")
@@ -46,24 +39,20 @@ def promote(study: str | None, run_id: str | None, data_path: str | None, model_
             dry_run: bool, min_accuracy: float | None, max_latency_ms: float | None, cost_runtime: str,
             tracking_uri: str | None, cache_dir: str | None) -> None:
     """Register the best model and move the champion alias to it, refusing a worse one unless --force."""
-    from fer_experiments.registry.promote import PromoteConfig
-    from fer_experiments.registry.promote import promote as do_promote
+    from fer_experiments import api
 
-    cfg = PromoteConfig(tracking_uri=tracking_uri_or_default(tracking_uri), data_path=data_path, study=study,
-                        run_id=run_id, model_name=model_name, alias=alias, force=force, dry_run=dry_run,
-                        min_accuracy=min_accuracy, cache_dir=cache_dir, max_latency_ms=max_latency_ms,
-                        runtime=cost_runtime)
-    r = do_promote(cfg, on_alias_moved=_sync_service)
-    c = r.candidate
+    r = api.promote(study, run_id, data=data_path, model_name=model_name, alias=alias, force=force, dry_run=dry_run,
+                    min_accuracy=min_accuracy, tracking_uri=tracking_uri_or_default(tracking_uri), cache_dir=cache_dir,
+                    max_latency_ms=max_latency_ms, runtime=cost_runtime)
     # An ensemble or distilled run belongs to a study but to no trial.
-    source = (f"study {c.study}" + (f" trial {c.trial}" if c.trial is not None else "")) if c.study else "run"
+    source = (f"study {r.study}" + (f" trial {r.trial}" if r.trial is not None else "")) if r.study else "run"
     click.echo(f"{'':<20} {'version':>8} {'PublicTest acc':>15} {'PrivateTest acc':>16}  source")
-    click.echo(f"{'candidate':<20} {r.version or '-':>8} {fmt(c.public_accuracy):>15} {fmt(c.private_accuracy):>16}  "
-               f"{source} (run {c.run_id})")
+    click.echo(f"{'candidate':<20} {r.version or '-':>8} {fmt(r.public_accuracy):>15} {fmt(r.private_accuracy):>16}  "
+               f"{source} (run {r.run_id})")
     click.echo(f"{model_name + '@' + alias:<20} {r.champion_version or '-':>8} "
                f"{fmt(r.champion_public_accuracy):>15} {fmt(r.champion_private_accuracy):>16}")
     if r.decision == "already":
-        click.echo(f"run {c.run_id} is already {model_name}@{alias} (version {r.version}); nothing changed")
+        click.echo(f"run {r.run_id} is already {model_name}@{alias} (version {r.version}); nothing changed")
     elif r.decision == "dry-run":
         known = f" (already registered as version {r.version})" if r.version else ""
         click.echo(f"dry run: the candidate{known} would be promoted; nothing changed")
@@ -82,10 +71,10 @@ def promote(study: str | None, run_id: str | None, data_path: str | None, model_
 @tracking_option
 def rollback(model_name: str, alias: str, tracking_uri: str | None) -> None:
     """Point the champion alias back at the version it pointed at before."""
-    from fer_experiments.registry.promote import rollback as do_rollback
+    from fer_experiments import api
 
-    old, new = do_rollback(tracking_uri_or_default(tracking_uri), model_name, alias, on_alias_moved=_sync_service)
-    click.echo(f"{model_name}@{alias}: version {old} -> version {new}")
+    r = api.rollback(model_name, alias, tracking_uri=tracking_uri_or_default(tracking_uri))
+    click.echo(f"{model_name}@{alias}: version {r.from_version} -> version {r.to_version}")
 
 
 @click.command()
@@ -96,15 +85,9 @@ def models(model_name: str | None, as_json: bool, tracking_uri: str | None) -> N
     """Registered models: versions, aliases, source study/trial, PublicTest and PrivateTest numbers."""
     import dataclasses
 
-    from fer_experiments.registry.promote import list_models
-    from fer_experiments.tracking import prepare_store
+    from fer_experiments import api
 
-    from fer_experiments.tracking.store import require_existing_store
-
-    uri = tracking_uri_or_default(tracking_uri)
-    require_existing_store(uri)  # a reading command never creates a store
-    prepare_store(uri)
-    rows = list_models(uri, model_name)
+    rows = api.models(model_name, tracking_uri=tracking_uri_or_default(tracking_uri))
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return

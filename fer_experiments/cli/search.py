@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Callable
 
 import click
 
@@ -23,8 +23,8 @@ from fer_experiments.cli.options import (
 from fer_experiments.config import DEFAULT_STORAGE
 from fer_experiments.errors import ConfigError
 
-#: The trial target of a --budget search without --n-trials: as many as the budget allows.
-BUDGET_TRIALS = 10**6
+if TYPE_CHECKING:
+    from fer_experiments.search.lifecycle import SearchOutcome
 
 _max_failures_option = click.option(
     "--max-consecutive-failures", type=click.IntRange(min=1), default=5, show_default=True,
@@ -65,34 +65,32 @@ def search(data_path: str, space_path: str, study: str, n_trials: int | None, ti
            tracking_uri: str | None, cache_dir: str | None, engine: str, tuner: str, gpu: int | None,
            heartbeat_interval: int, grace_period: int) -> None:
     """Search the CNN family (Optuna or keras-tuner); every trial is an MLflow child run of the study's parent run."""
-    import time
+    import sys
 
-    from fer_experiments.config import DataConfig, SearchConfig
-    from fer_experiments.errors import ConfigError
-    from fer_experiments.search.engines import make_engine
+    from fer_experiments import api
 
-    started = time.time()  # the budget counts from here: imports, data loading and logging are part of it
     budget_seconds = parse_duration(budget, "--budget")
     if budget_seconds is not None and budget_seconds <= 0:
         raise ConfigError(f"--budget {budget!r}: must be a positive duration (e.g. 60m)")
     if n_trials is None and budget_seconds is None:
         raise ConfigError("give --n-trials, --budget or both")
-    pin_gpu(gpu)
-    cfg = SearchConfig(data=DataConfig(path=data_path, limit=limit, cache_dir=cache_dir),
-                       tracking_uri=tracking_uri_or_default(tracking_uri), study=study, storage=storage,
-                       space_path=space_path, n_trials=n_trials if n_trials is not None else BUDGET_TRIALS,
-                       experiment=experiment, timeout_seconds=parse_duration(timeout), enqueue=enqueue,
-                       max_consecutive_failures=max_consecutive_failures, model_name=model_name, gpu=gpu,
-                       heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                       budget_deadline=None if budget_seconds is None else started + budget_seconds, refit=refit)
-    options: dict[str, Any] = {"enqueue": enqueue} | ({"tuner": tuner} if engine == "keras-tuner" else {})
+    timeout_seconds = parse_duration(timeout)
+    uri = tracking_uri_or_default(tracking_uri)
     hint = ["search", "--data", data_path, "--space", space_path, "--study", study]
     hint += ["--n-trials", str(n_trials)] if n_trials is not None else []
     hint += ["--budget", budget] if budget is not None else []
     hint += [] if refit is None else ["--refit" if refit else "--no-refit"]
     if engine != "optuna":
         hint += ["--engine", engine, "--tuner", tuner]
-    run_search_command(cfg, make_engine(engine, **options), _resume_hint(hint, cfg, tracking_uri))
+    hint_text = _resume_hint(hint, storage, tracking_uri, limit, experiment, cache_dir)
+    run_search_command(
+        lambda: api.search(data_path, space_path, study, n_trials=n_trials, timeout=timeout_seconds,
+                           budget=budget_seconds, refit=refit, enqueue=enqueue, limit=limit,
+                           max_consecutive_failures=max_consecutive_failures, model_name=model_name,
+                           experiment=experiment, storage=storage, tracking_uri=uri, cache_dir=cache_dir,
+                           engine=engine, tuner=tuner, gpu=gpu, heartbeat_interval=heartbeat_interval,
+                           grace_period=grace_period, progress=sys.stdout).outcome,
+        study, model_name, uri, hint_text)
 
 
 @click.command()
@@ -113,6 +111,7 @@ def worker(data_path: str, study: str, n_trials: int | None, timeout: str | None
     """Join an existing study: its space, Training subset, epochs and objective come from the study itself."""
     from fer_experiments.config import DataConfig, SearchConfig
     from fer_experiments.search.engines import make_engine
+    from fer_experiments.search.lifecycle import run_search
 
     pin_gpu(gpu)
     cfg = SearchConfig(data=DataConfig(path=data_path, cache_dir=cache_dir),
@@ -120,25 +119,28 @@ def worker(data_path: str, study: str, n_trials: int | None, timeout: str | None
                        space_path=None, n_trials=n_trials, timeout_seconds=parse_duration(timeout),
                        max_consecutive_failures=max_consecutive_failures, model_name=model_name, gpu=gpu,
                        heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    run_search_command(cfg, make_engine("optuna"),
-                       _resume_hint(["worker", "--data", data_path, "--study", study], cfg, tracking_uri))
+    run_search_command(lambda: run_search(cfg, make_engine("optuna")), study, model_name, cfg.tracking_uri,
+                       _resume_hint(["worker", "--data", data_path, "--study", study], storage, tracking_uri, None,
+                                    None, cache_dir))
 
 
-def _resume_hint(args: list[str], cfg: Any, tracking_uri: str | None) -> str:
+def _resume_hint(args: list[str], storage: str, tracking_uri: str | None, limit: int | None,
+                 experiment: str | None, cache_dir: str | None) -> str:
     """The command that resumes this search with the same stores and Training subset."""
-    extra = [("--storage", cfg.storage if cfg.storage != DEFAULT_STORAGE else None), ("--tracking-uri", tracking_uri),
-             ("--limit", cfg.data.limit), ("--experiment", cfg.experiment), ("--cache-dir", cfg.data.cache_dir)]
+    extra = [("--storage", storage if storage != DEFAULT_STORAGE else None), ("--tracking-uri", tracking_uri),
+             ("--limit", limit), ("--experiment", experiment), ("--cache-dir", cache_dir)]
     args += [str(part) for opt, value in extra if value is not None for part in (opt, value)]
     return "fer-exp " + " ".join(shlex.quote(a) for a in args)
 
 
-def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
+def run_search_command(run: Callable[[], "SearchOutcome"], study: str, model_name: str, tracking_uri: str,
+                       resume_hint: str) -> None:
     """Run the search, print its outcome, and on Ctrl-C say how to resume."""
-    from fer_experiments.search.lifecycle import format_outcome, run_search
+    from fer_experiments.search.lifecycle import format_outcome
     from fer_experiments.tracking import ui_command
 
     try:
-        outcome = run_search(cfg, engine)
+        outcome = run()
     except KeyboardInterrupt as exc:
         info = getattr(exc, "search_interruption", None)
         lines = ["", "stopped; " + (
@@ -146,7 +148,7 @@ def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
             "no trial was running (every trial so far had ended)" if info.running_trial is None else
             f"trial {info.running_trial} was running: marked FAIL (its MLflow run KILLED)")]
         if info is not None and info.registered_version:
-            lines.append(f"registered {cfg.model_name} version {info.registered_version} (alias challenger) from "
+            lines.append(f"registered {model_name} version {info.registered_version} (alias challenger) from "
                          f"trial {info.best_trial}, the study's best ({info.best_value:.4f})")
         if info is not None and info.note:
             lines.append(f"note: {info.note}")
@@ -161,13 +163,13 @@ def run_search_command(cfg: Any, engine: Any, resume_hint: str) -> None:
     if outcome.registered_version:
         source = (f"the refit of trial {outcome.challenger_trial}" if outcome.challenger_run_id
                   and outcome.challenger_run_id != outcome.best_run_id else f"trial {outcome.best_trial}")
-        click.echo(f"registered {cfg.model_name} version {outcome.registered_version} (alias challenger) "
+        click.echo(f"registered {model_name} version {outcome.registered_version} (alias challenger) "
                    f"from {source}")
     from fer_experiments.tracking import get_run
 
-    experiment_id = get_run(cfg.tracking_uri, outcome.parent_run_id).experiment_id if outcome.parent_run_id else None
-    click.echo(f"see it with: {ui_command(cfg.tracking_uri, experiment_id)}")
-    click.echo(f"report: fer-exp report --study {shlex.quote(cfg.study)} (also summary/report.html on the study's run)")
+    experiment_id = get_run(tracking_uri, outcome.parent_run_id).experiment_id if outcome.parent_run_id else None
+    click.echo(f"see it with: {ui_command(tracking_uri, experiment_id)}")
+    click.echo(f"report: fer-exp report --study {shlex.quote(study)} (also summary/report.html on the study's run)")
 
 
 @click.command()

@@ -42,42 +42,32 @@ def train(data_path: str, preset: str, epochs: int | None, batch_size: int | Non
           overrides: tuple[str, ...], limit: int | None, seed: int | None, objective: str, experiment: str,
           run_name: str | None, tracking_uri: str | None, cache_dir: str | None) -> None:
     """Train one network as one MLflow run and print its PublicTest report."""
-    from fer_experiments.config import DataConfig, TrackingConfig, TrainConfig
-    from fer_experiments.data import load_training_data
+    from fer_experiments import api
     from fer_experiments.evaluation.metrics import format_report
-    from fer_experiments.models.presets import get_preset
-    from fer_experiments.params import split_params
     from fer_experiments.tracking import ui_command
-    from fer_experiments.tracking.training_run import run_training
 
-    p = get_preset(preset)
-    values = parse_overrides(overrides)
-    values |= {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate),
-                                 ("seed", seed)) if v is not None}
-    model_params, train_params = split_params(values, p.model, p.train)
-    uri = tracking_uri_or_default(tracking_uri)
-    cfg = TrainConfig(data=DataConfig(path=data_path, limit=limit, cache_dir=cache_dir),
-                      tracking=TrackingConfig(tracking_uri=uri, experiment=experiment),
-                      model=model_params, train=train_params, preset=preset,
-                      objective=objective, run_name=run_name)
-    data = load_training_data(cfg.data)
-    for note in data.dataset.notes:
-        click.echo(f"note: {note}")
-    click.echo(f"training {preset} on {len(data.train.y)} Training rows, selecting on {len(data.val.y)} PublicTest "
-               f"rows, {train_params.epochs} epoch(s)")
+    epochs_of_plan: list[int] = []  # the epoch lines say "epoch i/n"
+
+    def on_start(plan: "api.TrainPlan") -> None:
+        for note in plan.notes:
+            click.echo(f"note: {note}")
+        click.echo(f"training {plan.preset} on {plan.train_rows} Training rows, selecting on {plan.val_rows} "
+                   f"PublicTest rows, {plan.epochs} epoch(s)")
+        epochs_of_plan.append(plan.epochs)
 
     def on_epoch(epoch: int, m: dict[str, float]) -> None:
-        click.echo(f"epoch {epoch}/{train_params.epochs}: loss {m['loss']:.4f} acc {m['accuracy']:.4f} | "
+        click.echo(f"epoch {epoch}/{epochs_of_plan[0]}: loss {m['loss']:.4f} acc {m['accuracy']:.4f} | "
                    f"PublicTest loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f} macro-F1 {m['val_macro_f1']:.4f}")
 
-    run_id, result = run_training(cfg, data, on_epoch)
+    result = api.train(data_path, preset, params=parse_overrides(overrides), epochs=epochs, batch_size=batch_size,
+                       learning_rate=learning_rate, seed=seed, limit=limit, objective=objective,
+                       experiment=experiment, run_name=run_name, tracking_uri=tracking_uri_or_default(tracking_uri),
+                       cache_dir=cache_dir, on_start=on_start, on_epoch=on_epoch)
     click.echo(f"\nbest epoch {result.best_epoch} of {result.epochs_run} "
                f"({result.images_per_second:.0f} train images/s)")
     click.echo(format_report(result.evaluation))
-    click.echo(f"run: {run_id}\nmodel: runs:/{run_id}/model")
-    from fer_experiments.tracking import get_run
-
-    click.echo(f"see it with: {ui_command(uri, get_run(uri, run_id).experiment_id)}")
+    click.echo(f"run: {result.run_id}\nmodel: {result.model_uri}")
+    click.echo(f"see it with: {ui_command(result.tracking_uri, result.experiment_id)}")
 
 
 @click.command()
@@ -103,16 +93,16 @@ def evaluate(model_uri: str, data_path: str, split: str, grid: str | None, per_c
     MODEL_URI: runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias> or a local path.
     With --grid, the prediction grids are also logged to the model's MLflow run (runs:/ and registered models).
     """
-    from fer_experiments.data import load_dataset
+    from fer_experiments import api
     from fer_experiments.evaluation.metrics import format_report
-    from fer_experiments.registry.evaluate import predict_split
 
-    ds = load_dataset(data_path, cache_dir=cache_dir)
-    found = predict_split(model_uri, ds, split, tracking_uri)
-    ev = found.evaluation
-    grids = _write_grids(found, model_uri, grid, per_class, mistakes, seed, tracking_uri) if grid else {}
+    result = api.evaluate(model_uri, data_path, split, tracking_uri=tracking_uri, cache_dir=cache_dir)
+    ev = result.evaluation
+    grids = (_write_grids(result.predictions, model_uri, grid, per_class, mistakes, seed, tracking_uri) if grid
+             else {})
     if as_json:
-        click.echo(json.dumps({"model": model_uri, "data_digest": ds.digest} | ev.to_dict() | grids, indent=2))
+        click.echo(json.dumps({"model": model_uri, "data_digest": result.data_digest} | ev.to_dict() | grids,
+                              indent=2))
     else:
         click.echo(f"model: {model_uri}")
         click.echo(format_report(ev))

@@ -126,7 +126,8 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
         run.refit_plan = plan or dict(DEFAULT_REFIT)
     if cfg.budget_deadline is not None:
         run.budget_seconds = max(0.0, cfg.budget_deadline - time.time())
-    run.trial_seconds = run.space.trial_seconds(run.budget_seconds or None)
+    # A share of the whole --budget as given (set-up has already used some of it), the same for every trial.
+    run.trial_seconds = run.space.trial_seconds(cfg.budget_seconds or run.budget_seconds or None)
     if cfg.budget_deadline is not None:
         if run.refit_plan is not None:
             run.refit_need = estimate_refit_seconds(run)

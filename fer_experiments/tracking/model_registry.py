@@ -184,8 +184,8 @@ def registry_lock(uri: str, name: str, wait_seconds: float = 1800.0) -> Iterator
 
     SQLite store: an flock on ``<db>.registry.lock`` beside the database (every process using the file is on this
     machine). PostgreSQL store: a session advisory lock (released by the server if the process dies). Tracking
-    server (http): a lease in a registered-model tag, written, then read back after a pause; see the README for
-    what that guarantees.
+    server (http): a lease in a registered-model tag, written, then read back after a pause; see
+    docs/how-to/promote.md for what that guarantees.
     """
     from fer_experiments.io import file_lock
     from fer_experiments.locks import REGISTRY_KEY, advisory_lock, is_postgres, lock_file_beside, sqlite_file

@@ -1,6 +1,6 @@
 """The Docker files pass the validators this machine has: `docker-compose config`, `hadolint`, `bash -n`.
 
-Building the images and running the stack is docker/smoke.sh (run by .ci/run after the tests; README "Docker").
+Building the images and running the stack is docker/smoke.sh (run by .ci/run after the tests; docs/how-to/workers-docker.md).
 """
 
 from __future__ import annotations

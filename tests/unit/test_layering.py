@@ -121,3 +121,20 @@ _TAG_LITERAL = re.compile(r"""["'](fer\.[a-z_]+|trial_state|objective_value|tria
 def test_tag_names_are_spelled_in_one_module() -> None:
     files = sorted(str(path.relative_to(PKG)) for path in MODULES.values() if _TAG_LITERAL.search(path.read_text()))
     assert files == ["tracking/tags.py"], files
+
+
+def test_only_the_cli_imports_the_public_api() -> None:
+    # fer_experiments.api sits on top of the flow beside cli/: the CLI is built on it, nothing below may use it
+    # (the package's __init__ re-exports it lazily, on first use).
+    users = sorted(name for name, path in MODULES.items()
+                   if any(m == "fer_experiments.api" or m.startswith("fer_experiments.api.") for m in _imports(path))
+                   or ("fer_experiments" in _imports(path) and "api" in _from_package_names(path)))
+    assert all(_package(name) in ("cli", "") for name in users), users
+    assert not {_package(t) for t in _internal(_imports(PKG / "api.py"))} & {"cli"}
+
+
+def _from_package_names(path: Path) -> set[str]:
+    """Names imported with ``from fer_experiments import NAME``."""
+    tree = ast.parse(path.read_text())
+    return {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "fer_experiments"
+            for a in node.names}
