@@ -51,6 +51,7 @@ def test_yunet_finds_every_face_haar_finds_on_real_photos_and_nothing_in_face_fr
     assert sum(len(yunet.detect(p.gray)) for p in R.face_free_photos()) <= 1
 
 
+@pytest.mark.realdata
 def test_yunet_finds_the_pasted_fer2013_faces_haar_finds(yunet, real_dataset) -> None:
     """PrivateTest faces at 64-160 px on real face-free photos, the kind of photos the other serving tests use."""
     import cv2
