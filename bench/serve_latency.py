@@ -2,7 +2,7 @@
 
 Prints, in one run:
   * where a 640x480 photo's time goes before classification (CPU ms per stage, single thread: Pillow's header
-    check, JPEG decode, grayscale conversion, downscale, Haar detection), and detection settings against recall on
+    check, JPEG decode, grayscale conversion, downscale, face detection), and detection settings against recall on
     PrivateTest faces pasted into photos at 64, 100 and 140 px and into the frames of an mp4v video at 140 px,
     and false detections in face-free clutter made of face patches,
   * for a tiny net, seed-deep-bn, a flip-TTA residual net and a 3-model ensemble (untrained weights: speed does not
@@ -10,8 +10,9 @@ Prints, in one run:
     graph quantized to INT8, calibrated on 256 Training faces of --data):
     faces/s one face at a time and at batch 64, and ``/predict`` p50/p95 from a real ``fer-exp serve`` subprocess
     (default micro-batching) for a photo with one face, sequential and with 8 concurrent clients,
-  * the targets for the seed-deep-bn-sized champion (exported and int8): >= 300 faces/s one at a time, /predict
-    p50 <= 15 ms sequential and p95 <= 100 ms with 8 clients.
+  * the targets for the seed-deep-bn-sized champion (exported and int8; issue 22, with the YuNet detector):
+    >= 300 faces/s one at a time, /predict p50 <= 10 ms sequential, p95 <= 60 ms and >= 150 requests/s with 8
+    clients.
 It needs only the project's own install (HTTP through the standard library). Timings on a shared CPU are noisy:
 the load average is printed at start and end; compare rows of one run rather than runs.
 
@@ -44,8 +45,10 @@ from _common import TMP, default_cache_dir, default_data_path, machine_line, qui
 os.environ["FER_EXP_CACHE"] = str(TMP / "cache")
 
 TARGET_FACES_PER_S = 300.0
-TARGET_P50_MS = 15.0
-TARGET_P95_8_MS = 100.0
+# Issue 22's targets for the float exported graph with the YuNet detector.
+TARGET_P50_MS = 10.0
+TARGET_P95_8_MS = 60.0
+TARGET_RPS_8 = 150.0
 MODELS = ("tiny", "seed-deep-bn", "tta-residual", "ensemble3")
 RUNTIMES = ("keras", "exported", "int8")
 
@@ -299,7 +302,7 @@ def detection(data: bytes, photos: list[tuple[np.ndarray, Slots]], frames: list[
     import cv2
     from PIL import Image
 
-    from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DetectorConfig, FaceDetector
+    from fer_experiments.serving.detector import DetectorConfig, FaceDetector
     from fer_experiments.serving.images import decode_image, to_gray
 
     threads = cv2.getNumThreads()
@@ -308,7 +311,8 @@ def detection(data: bytes, photos: list[tuple[np.ndarray, Slots]], frames: list[
         colour = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         gray = decode_image(data).gray
         det = FaceDetector()
-        small = (DEFAULT_DETECT_SIZE, round(DEFAULT_DETECT_SIZE * gray.shape[0] / gray.shape[1]))
+        size = det.config.size
+        small = (size, round(size * gray.shape[0] / gray.shape[1]))
         print("\nwhere a 640x480 JPEG's time goes before classification (CPU ms, one thread):")
         stages = [("Pillow header checks", lambda: Image.open(io.BytesIO(data)).size),
                   ("JPEG decode (as training: colour)", lambda: cv2.imdecode(np.frombuffer(data, np.uint8),
@@ -316,7 +320,7 @@ def detection(data: bytes, photos: list[tuple[np.ndarray, Slots]], frames: list[
                   ("grayscale conversion", lambda: to_gray(colour)),
                   (f"downscale to {small[0]} px (INTER_AREA)", lambda: cv2.resize(gray, small,
                                                                                   interpolation=cv2.INTER_AREA)),
-                  ("Haar detect (serve's setting)", lambda: det.detect(gray)),
+                  (f"{det.name} detect (serve's default)", lambda: det.detect(gray)),
                   ("whole decode_image + detect", lambda: det.detect(decode_image(data).gray)),
                   ("a 48x48 crop with ?detect=false", None)]
         crop = cv2.imencode(".png", cv2.resize(gray[170:310, 250:390], (48, 48)))[1].tobytes()
@@ -328,14 +332,12 @@ def detection(data: bytes, photos: list[tuple[np.ndarray, Slots]], frames: list[
               f"{len(photos)} photos x 3 faces (64/100/140 px) and {len(frames)} mp4v video frames x 2 moving 140 px "
               f"faces (found: a box with IoU >= {MATCH_IOU} with the face); false detections (boxes matching no "
               f"face) in those and in {len(clutter)} face-free clutter images:")
-        settings = {"serve default: 280 px, 1.10 / 3": DetectorConfig(),
-                    "280 px, 1.10 / 2": DetectorConfig(min_neighbors=2),
-                    "280 px, 1.15 / 2": DetectorConfig(scale_factor=1.15, min_neighbors=2),
-                    "300 px, 1.15 / 2": DetectorConfig(detect_size=300, scale_factor=1.15, min_neighbors=2),
-                    "360 px, 1.10 / 4 (the earlier default)": DetectorConfig(detect_size=360, min_neighbors=4),
-                    "full size, 1.1 / 5 (OpenCV's example)": DetectorConfig(detect_size=0, min_neighbors=5),
-                    "alt2, 240 px, 1.10 / 3": DetectorConfig(spec="haar-alt", detect_size=240),
-                    "alt2, 360 px, 1.10 / 3": DetectorConfig(spec="haar-alt", detect_size=360)}
+        settings = {"serve default: yunet, 320 px": DetectorConfig(),
+                    "yunet, 240 px": DetectorConfig(detect_size=240),
+                    "haar 280 px, 1.10 / 3 (--detector haar)": DetectorConfig(spec="haar"),
+                    "haar 280 px, 1.15 / 2": DetectorConfig(spec="haar", scale_factor=1.15, min_neighbors=2),
+                    "haar 360 px, 1.10 / 4": DetectorConfig(spec="haar", detect_size=360, min_neighbors=4),
+                    "haar-alt, 240 px, 1.10 / 3": DetectorConfig(spec="haar-alt", detect_size=240)}
         for name, cfg in settings.items():
             d = FaceDetector(cfg)
             found, false, ms = _found(d, photos)
@@ -493,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         checks = [("one face at a time", champion["b1"], ">=", TARGET_FACES_PER_S, "faces/s")]
         if "p50" in champion:
             checks += [("/predict p50", champion["p50"], "<=", TARGET_P50_MS, "ms"),
-                       ("/predict p95, 8 clients", champion["c95"], "<=", TARGET_P95_8_MS, "ms")]
+                       ("/predict p95, 8 clients", champion["c95"], "<=", TARGET_P95_8_MS, "ms"),
+                       ("/predict, 8 clients", champion["rps"], ">=", TARGET_RPS_8, "req/s")]
         print(f"\ntargets (seed-deep-bn, {champion['runtime']}):")
         for what, value, op, target, unit in checks:
             met = value >= target if op == ">=" else value <= target

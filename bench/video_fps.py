@@ -7,7 +7,7 @@ prints frames/s sustained end to end (the figure the command prints). Weights ar
 on them. Models: a small cpu-quick-like CNN (16-32-64 filters, 3 blocks, BatchNorm, global average pooling,
 dense 64; the same as bench/serve_latency.py) and the seed-deep-bn preset.
 
-    python bench/video_fps.py [--frames 150] [--every 1]
+    python bench/video_fps.py [--frames 150] [--every 1] [--detectors yunet,haar] [--runtime exported]
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from __future__ import annotations
 import _common  # noqa: F401  (environment first)
 
 import argparse
+import os
 import time
 
 import numpy as np
 
 from _common import TMP, default_cache_dir, default_data_path, machine_line, quiet_libraries
+
+os.environ["FER_EXP_CACHE"] = str(TMP / "cache")  # the exported graphs stay in this run's scratch folder
 
 
 def make_video(path: str, frames: int) -> None:
@@ -44,14 +47,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--every", type=int, default=1)
+    ap.add_argument("--detectors", default="yunet,haar", help="comma-separated --detector values to compare")
+    ap.add_argument("--runtime", default="exported", choices=("exported", "keras"),
+                    help="what classifies (as fer-exp predict --runtime)")
     args = ap.parse_args()
     quiet_libraries()
     print(machine_line())
     from fer_experiments.models.builder import build_model
     from fer_experiments.models.presets import get_preset
     from fer_experiments.params import ModelParams
-    from fer_experiments.serving.detector import FaceDetector
-    from fer_experiments.serving.predictor import Classifier, Predictor
+    from fer_experiments.serving.detector import DetectorConfig, FaceDetector
+    from fer_experiments.serving.predictor import Predictor, load_classifier
     from fer_experiments.serving.video import VideoConfig, analyse_video
 
     video = str(TMP / "bench.mp4")
@@ -62,14 +68,20 @@ def main() -> None:
             dense_units=64, head="global_avg")),
         "seed-deep-bn": build_model(get_preset("seed-deep-bn").model),
     }
-    detector = FaceDetector()
     for name, model in models.items():
-        predictor = Predictor(Classifier(model), detector)
-        t0 = time.perf_counter()
-        s = analyse_video(video, predictor, str(TMP / "out.mp4"), str(TMP / "out.csv"), VideoConfig(every=args.every))
-        wall = time.perf_counter() - t0
-        print(f"{name:<48} {model.count_params():>10,} params  {s.frames} frames 640x480, {s.analysed} analysed, "
-              f"{s.face_rows} faces: {s.frames_per_second:6.1f} frames/s ({wall:.1f} s)")
+        path = TMP / "model.keras"
+        model.save(path)
+        classifier = load_classifier(str(path), None, args.runtime)
+        for spec in args.detectors.split(","):
+            detector = FaceDetector(DetectorConfig(spec=spec))
+            predictor = Predictor(classifier, detector)
+            t0 = time.perf_counter()
+            s = analyse_video(video, predictor, str(TMP / "out.mp4"), str(TMP / "out.csv"),
+                              VideoConfig(every=args.every))
+            wall = time.perf_counter() - t0
+            print(f"{name:<46} {model.count_params():>10,} params  {classifier.runtime:<8} {detector.name:<6} "
+                  f"{s.frames} frames 640x480, {s.analysed} analysed, {s.face_rows} faces: "
+                  f"{s.frames_per_second:6.1f} frames/s ({wall:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":

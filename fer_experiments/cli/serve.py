@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 from fer_experiments.cli.options import tracking_option
 from fer_experiments.config import DEFAULT_MODEL_URI
 from fer_experiments.models.export import RUNTIME_EXPORTED, RUNTIMES
-from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DEFAULT_DETECTOR
+from fer_experiments.serving.detector import DEFAULT_DETECTOR, DETECT_SIZES
 
 
 def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -24,11 +24,13 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "file / MLflow model folder."),
         tracking_option,
         click.option("--detector", default=DEFAULT_DETECTOR, show_default=True,
-                     help="Face detector: haar (OpenCV frontalface_default), haar-alt (frontalface_alt2) or the path "
-                          "of a Haar cascade XML."),
-        click.option("--detect-size", type=click.IntRange(min=0), default=DEFAULT_DETECT_SIZE, show_default=True,
-                     help="Detect on a copy downscaled so its longer side is at most this many pixels (0: full size; "
-                          "raise it to find faces smaller than ~1/12 of the image's longer side)."),
+                     help="Face detector: yunet (libfacedetection's CNN; falls back to haar with a warning line "
+                          "where it cannot run), haar (OpenCV frontalface_default), haar-alt (frontalface_alt2) or "
+                          "the path of a Haar cascade XML."),
+        click.option("--detect-size", type=click.IntRange(min=0), default=None,
+                     help="Detect on a copy downscaled so its longer side is at most this many pixels (0: full size) "
+                          f"[default: {DETECT_SIZES['yunet']} for yunet, {DETECT_SIZES['haar']} for haar; Haar finds "
+                          "faces down to ~1/12 of that size, yunet ~1/25]."),
         click.option("--min-face", type=click.IntRange(min=1), default=32, show_default=True,
                      help="Smallest face to look for, in pixels of the original image."),
         click.option("--margin", type=click.FloatRange(0, 1), default=None,
@@ -46,7 +48,7 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _detector(detector: str, detect_size: int, min_face: int) -> Any:
+def _detector(detector: str, detect_size: int | None, min_face: int) -> Any:
     from fer_experiments.serving.detector import DetectorConfig, FaceDetector
 
     return FaceDetector(DetectorConfig(spec=detector, detect_size=detect_size, min_face=min_face))
@@ -79,7 +81,7 @@ def _margin(margin: float | None) -> float:
               help="Video: where to write one row per face and analysed frame [default: beside --out, else "
                    "<video name>-faces.csv].")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Video: stop after this many frames.")
-def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, detector: str, detect_size: int,
+def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, detector: str, detect_size: int | None,
             min_face: int, margin: float | None, runtime: str, out_path: str | None, as_json: bool,
             no_detect: bool, max_pixels: int | None, camera: int | None, every: int, window: int,
             csv_path: str | None, max_frames: int | None) -> None:
@@ -116,7 +118,7 @@ def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, d
 
 
 def _predict_images(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, detector: str,
-                    detect_size: int, min_face: int, margin: float | None, runtime: str, out_dir: str | None,
+                    detect_size: int | None, min_face: int, margin: float | None, runtime: str, out_dir: str | None,
                     as_json: bool, no_detect: bool, max_pixels: int | None) -> None:
     from fer_experiments.errors import DataError
     from fer_experiments.serving.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
@@ -154,7 +156,7 @@ def _predict_images(images: tuple[str, ...], model_uri: str, tracking_uri: str |
         raise DataError(f"{len(bad)} of {len(images)} files could not be classified: {', '.join(bad)}")
 
 
-def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, detector: str, detect_size: int,
+def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, detector: str, detect_size: int | None,
                    min_face: int, margin: float | None, runtime: str, out_path: str | None, csv_path: str | None,
                    as_json: bool, every: int, window: int, max_frames: int | None) -> None:
     """``predict`` on a video file or a webcam: annotated video + CSV, a summary and the frames per second."""
@@ -267,7 +269,7 @@ def _write_annotated(image: Any, faces: list[dict[str, Any]], name: str, out_dir
               help="Uploads received at once; more get 503 with Retry-After.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True, help="uvicorn's log level (info adds one line per request).")
-def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: int, min_face: int,
+def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: int | None, min_face: int,
           margin: float | None, runtime: str, host: str, port: int, poll_seconds: float, max_bytes: int,
           max_pixels: int, batch_window_ms: float, max_batch: int, body_timeout: float, max_uploads: int,
           log_level: str) -> None:

@@ -128,7 +128,8 @@ class HealthBody(BaseModel):
     runtime: RuntimeBody | None
     batching: BatchingBody | None = Field(description="micro-batching settings and counts (None when off)")
     requested: str
-    detector: str
+    detector: str = Field(description="the face detector in use: yunet (the CNN), haar, haar-alt or a cascade path")
+    detector_fallback: str | None = Field(None, description="why yunet could not run and Haar is used instead")
     reason: str | None
     last_error: str | None
     last_check: float | None
@@ -219,6 +220,10 @@ class Metrics:
                   "# HELP fer_model_info The model version answering (value 1).", "# TYPE fer_model_info gauge"]
         if current is not None:
             lines.append(f'fer_model_info{{name="{_label(current.name)}",version="{_label(current.version or "")}"}} 1')
+        lines += ["# HELP fer_detector_info The face detector in use (value 1); fallback=1 when yunet could not run "
+                  "and Haar is used instead.", "# TYPE fer_detector_info gauge",
+                  f'fer_detector_info{{detector="{_label(holder.detector.name)}",'
+                  f'fallback="{int(holder.detector.fallback_reason is not None)}"}} 1']
         lines += ["# HELP fer_model_runtime_info What classifies: the exported graph, its INT8 graph or Keras (value 1).",
                   "# TYPE fer_model_runtime_info gauge"]
         if current is not None:
@@ -446,7 +451,8 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), *, body_timeout: 
                                                        "max_batch": batcher.max_batch, "batches": batcher.batches,
                                                        "faces": batcher.batched_faces},
             "requested": holder.ref.uri,
-            "detector": holder.detector.name, "reason": None if current is not None else holder.not_ready_reason,
+            "detector": holder.detector.name, "detector_fallback": holder.detector.fallback_reason,
+            "reason": None if current is not None else holder.not_ready_reason,
             "last_error": holder.last_error, "last_check": holder.last_check, "poll_seconds": holder.poll_seconds,
             "reloads": holder.reloads}
         return JSONResponse(body, status_code=200 if current is not None else 503)

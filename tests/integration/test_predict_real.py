@@ -232,8 +232,8 @@ def test_model_errors_are_one_line(env: dict, tmp_path: Path) -> None:
                    f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "no version of fer-cnn has the alias 'champion'" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("predict", str(env["paths"]["a"]), "--model", env["model_path"], "--detector", "yunet",
+    proc = run_cli("predict", str(env["paths"]["a"]), "--model", env["model_path"], "--detector", "nosuch",
                    cwd=tmp_path)
-    assert proc.returncode == 2 and "--detector 'yunet'" in proc.stderr
+    assert proc.returncode == 2 and "--detector 'nosuch'" in proc.stderr
     proc = run_cli("predict", str(env["paths"]["a"]), "--model", str(tmp_path / "nope.keras"), cwd=tmp_path)
     assert proc.returncode == 2 and "no such file" in proc.stderr

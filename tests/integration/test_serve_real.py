@@ -125,7 +125,7 @@ def test_health_docs_and_openapi(env: dict) -> None:
     assert r.status_code == 200
     body = r.json()
     assert body["ready"] is True and body["model"] == {"name": "fer-cnn", "version": "1", "uri": "models:/fer-cnn/1"}
-    assert body["detector"] == "haar" and body["requested"] == "models:/fer-cnn@champion"
+    assert body["detector"] == "yunet" and body["requested"] == "models:/fer-cnn@champion"
     docs = httpx.get(env["url"] + "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     spec = httpx.get(env["url"] + "/openapi.json").json()

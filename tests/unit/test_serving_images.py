@@ -287,4 +287,5 @@ def test_pyfunc_wrapper_keeps_the_detection_settings_it_was_logged_with() -> Non
         "haar", 360, LEGACY_SCALE_FACTOR, LEGACY_MIN_NEIGHBORS)
     # A wrapper logged now stores them (serving/mlflow_service.py): they are used as stored, whatever today's are.
     new = ServiceModel.from_keras(model, detector="haar", detect_size=280, scale_factor=1.1, min_neighbors=3, **common)
-    assert new.loaded.predictor.detector.config == DetectorConfig(detect_size=280, scale_factor=1.1, min_neighbors=3)
+    assert new.loaded.predictor.detector.config == DetectorConfig(spec="haar", detect_size=280, scale_factor=1.1,
+                                                                  min_neighbors=3)
