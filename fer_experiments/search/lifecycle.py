@@ -67,6 +67,10 @@ def run_search(cfg: SearchConfig, engine: Engine, *, space: "SearchSpace | None"
 
         # Before the engine's session: a space with an error must leave nothing behind (no lock file, no store).
         space = load_space(resolve_space_path(cfg.space_path))
+    if space is not None and isinstance(space.trial_budget, str) and cfg.budget_deadline is None:
+        # Without it every trial would run to its max_epochs (a budgeted space sets those high).
+        raise ConfigError(f"{space.source}: trial_budget {space.trial_budget!r} is a share of --budget: give --budget "
+                          "(e.g. --budget 60m), or a space whose trial_budget is in seconds")
     _check_stores_writable(cfg)
     with engine.session(cfg):
         return _run(cfg, engine, space, epoch_budget, register, progress_stream)

@@ -106,3 +106,11 @@ def test_keras_tuner_runs_the_start_points_first(tiny_real_csv: Path, tmp_path: 
     assert [t.tags.get(tags.START_FROM) for t in trials] == ["mini-xception", "narrow-plain", None]
     assert (trials[0].params["block"], trials[0].params["filters"]) == ("separable", "16")
     assert (trials[1].params["block"], trials[1].params["filters"]) == ("plain", "4")
+
+
+def test_a_share_of_the_budget_needs_a_budget(tiny_real_csv: Path, tmp_path: Path) -> None:
+    proc = run_cli("search", "--data", str(tiny_real_csv), "--space", "cpu-hour", "--study", "nb", "--n-trials", "1",
+                   cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "cpu-hour.yaml: trial_budget '6%' is a share of --budget: give --budget" in proc.stderr
+    assert not (tmp_path / "mlruns").exists() or not any((tmp_path / "mlruns").iterdir())
