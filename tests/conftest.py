@@ -10,6 +10,7 @@ made from FER2013 faces, the real file's counts, one end-to-end train/search/pro
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -194,3 +195,75 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
                 | (env or {}))
     return subprocess.run([sys.executable, "-m", "fer_experiments.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def invoke_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None,
+               ) -> subprocess.CompletedProcess[str]:
+    """Run ``fer-exp ARGS`` in this process (click's ``CliRunner`` streams) and answer as ``run_cli`` does.
+
+    The same entry point (``fer_experiments.cli.main``: error taxonomy -> exit code, one-line messages), the same
+    environment rules (tracking variables dropped, ``env`` added), ``cwd`` and ``sys.argv`` as a user's command would
+    see them; a ``CompletedProcess`` with the exit code and the captured stdout/stderr. It saves the ~5 s a new
+    Python process spends importing TensorFlow. Use ``run_cli`` where the process itself is under test (signals,
+    crashes, workers, native output, start-up quietness): only what goes through ``sys.stdout``/``sys.stderr`` is
+    captured here, and ``timeout`` is not enforced.
+
+    What the command changes in this process is put back afterwards: the environment (``mlflow.set_tracking_uri``
+    exports ``MLFLOW_TRACKING_URI``), MLflow's global tracking/registry URIs and active runs, the stores
+    ``prepare_store`` remembers (a relative URI means another store in another folder), the working folder,
+    ``sys.argv``, the SIGTERM and SIGINT handlers and the root/mlflow logger levels.
+    """
+    import logging
+
+    import click.testing
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from fer_experiments.cli import main
+    from fer_experiments.tracking import store
+
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    saved_argv = sys.argv
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    saved_uris = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    saved_prepared = set(store._prepared)
+    saved_levels = {name: logging.getLogger(name).level for name in ("", "mlflow", "alembic")}
+    active_before = mlflow.active_run()
+    code = 0
+    try:
+        for var in _TRACKING_VARS:
+            os.environ.pop(var, None)
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.argv = ["fer-exp", *args]
+        store._prepared.clear()  # as in a new process: each command prepares its store (and points mlflow at it)
+        runner = click.testing.CliRunner()
+        with runner.isolation() as (out, err, _mixed):
+            click.formatting.FORCED_WIDTH = None  # help wraps as in a process with no terminal (isolation forces 80)
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            stdout, stderr = out.getvalue().decode(), err.getvalue().decode("utf-8", "backslashreplace")
+    finally:
+        # A run the command left open (the process's exit would have ended it): end it as the atexit hook does.
+        while mlflow.active_run() is not None and mlflow.active_run() is not active_before:
+            mlflow.end_run()
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved_uris
+        store._prepared.clear()
+        store._prepared.update(saved_prepared)
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+    return subprocess.CompletedProcess(["fer-exp", *args], code, stdout, stderr)
