@@ -26,7 +26,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("KERAS_HOME", str(_SESSION_TMP / "keras"))
 os.environ.setdefault("MPLCONFIGDIR", str(_SESSION_TMP / "mpl"))
-os.environ["FER_EXP_CACHE"] = str(_SESSION_TMP / "cache")
+# The decoded-array cache (written atomically) is shared by pytest-xdist's workers of one run: the real file is decoded
+# once per run, not once per worker.
+_XDIST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ["FER_EXP_CACHE"] = str(Path(tempfile.gettempdir()) / f"fer-exp-tests-cache-{_XDIST_RUN}" if _XDIST_RUN
+                                  else _SESSION_TMP / "cache")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 REAL_CSV = Path(os.environ.get("FER2013_CSV", REPO.parent / "shared" / "data" / "fer2013.csv.gz"))
