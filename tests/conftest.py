@@ -201,6 +201,39 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _rebind_log_streams(streams: dict[int, object]) -> list[tuple[object, object]]:
+    """Point every logging ``StreamHandler`` whose stream is a key (by id) of ``streams`` at its value; the
+    (handler, previous stream) pairs changed."""
+    import logging
+
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    changed = []
+    for handler in {h for logger in loggers for h in logger.handlers}:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if id(handler.stream) in streams:
+                changed.append((handler, handler.setStream(streams[id(handler.stream)])))
+    return changed
+
+
+def _forget_relative_stores() -> None:
+    """Drop MLflow's cached stores and database engines (kept per URI string for the process's life) of relative
+    SQLite URIs such as the default ``sqlite:///mlruns/mlflow.db``: in another folder the same string names another
+    file, which a new process would open."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    ModelRegistryStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    for store_class in (TrackingStore, RegistryStore):
+        with store_class._engine_map_lock:
+            for uri in [u for u in store_class._engine_map if u.startswith("sqlite:") and not
+                        u.startswith("sqlite:////")]:
+                store_class._engine_map.pop(uri).dispose()
+
+
 def invoke_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None,
                ) -> subprocess.CompletedProcess[str]:
     """Run ``fer-exp ARGS`` in this process (click's ``CliRunner`` streams) and answer as ``run_cli`` does.
@@ -214,8 +247,10 @@ def invoke_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: d
 
     What the command changes in this process is put back afterwards: the environment (``mlflow.set_tracking_uri``
     exports ``MLFLOW_TRACKING_URI``), MLflow's global tracking/registry URIs and active runs, the stores
-    ``prepare_store`` remembers (a relative URI means another store in another folder), the working folder,
-    ``sys.argv``, the SIGTERM and SIGINT handlers and the root/mlflow logger levels.
+    ``prepare_store`` remembers and the stores and engines MLflow caches for relative SQLite URIs (the default
+    ``sqlite:///mlruns/mlflow.db`` means another file in another folder), the working folder,
+    ``sys.argv``, the SIGTERM and SIGINT handlers, the root/mlflow logger levels; library log handlers that write
+    to the process's stdout/stderr write to the command's while it runs (as they would in its own process).
     """
     import logging
 
@@ -244,9 +279,15 @@ def invoke_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: d
             os.chdir(cwd)
         sys.argv = ["fer-exp", *args]
         store._prepared.clear()  # as in a new process: each command prepares its store (and points mlflow at it)
+        _forget_relative_stores()
         runner = click.testing.CliRunner()
+        outer = {"stdout": sys.stdout, "stderr": sys.stderr}
         with runner.isolation() as (out, err, _mixed):
             click.formatting.FORCED_WIDTH = None  # help wraps as in a process with no terminal (isolation forces 80)
+            inner = {"stdout": sys.stdout, "stderr": sys.stderr}
+            # Library loggers (Optuna's, MLflow's) write to the process's streams: to this command's while it runs.
+            rebound = _rebind_log_streams({id(outer[k]): inner[k] for k in inner}
+                                          | {id(getattr(sys, f"__{k}__")): inner[k] for k in inner})
             try:
                 main(list(args))
             except SystemExit as exc:
@@ -254,11 +295,16 @@ def invoke_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: d
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
+                # ...and back afterwards; handlers made during the command go to the real streams.
+                for handler, stream in rebound:
+                    handler.setStream(stream)
+                _rebind_log_streams({id(inner[k]): getattr(sys, f"__{k}__") for k in inner})
             stdout, stderr = out.getvalue().decode(), err.getvalue().decode("utf-8", "backslashreplace")
     finally:
         # A run the command left open (the process's exit would have ended it): end it as the atexit hook does.
         while mlflow.active_run() is not None and mlflow.active_run() is not active_before:
             mlflow.end_run()
+        _forget_relative_stores()
         os.chdir(saved_cwd)
         sys.argv = saved_argv
         for sig, handler in saved_signals.items():

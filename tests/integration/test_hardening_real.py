@@ -159,9 +159,8 @@ def test_unfit_model_fails_its_trial_with_the_reason_and_leaves_nothing_running(
                                        .replace("conv_blocks: 1", "conv_blocks: 5").replace("convs_per_block: 1", "convs_per_block: 3")
                                        .replace("{type: categorical, choices: [4, 8]}", "1024")
                                        .replace("batch_size: 64", "batch_size: 4096\n  filter_growth: 1.0"))
-    # A real process: Optuna's own log line goes to its stderr.
-    proc = run_cli("search", "--data", env["csv"], "--space", "big.yaml", "--study", "big", "--n-trials", "1",
-                   "--max-consecutive-failures", "2", cwd=tmp_path, env={"FER_EXP_MEMORY_LIMIT": "4G"})
+    proc = invoke_cli("search", "--data", env["csv"], "--space", "big.yaml", "--study", "big", "--n-trials", "1",
+                      "--max-consecutive-failures", "2", cwd=tmp_path, env={"FER_EXP_MEMORY_LIMIT": "4G"})
     assert proc.returncode == 5, proc.stdout + proc.stderr
     assert "does not fit in memory" in proc.stdout + proc.stderr
     # Optuna's "Trial 0 failed with parameters" line stays, without a traceback of this package's frames.

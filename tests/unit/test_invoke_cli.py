@@ -50,3 +50,40 @@ def test_process_state_is_put_back(prepared_stores: dict[str, str], tmp_path: Pa
     (tmp_path / "elsewhere").mkdir()
     proc = invoke_cli("models", cwd=tmp_path / "elsewhere")
     assert proc.returncode == 2 and "no MLflow tracking store" in proc.stderr
+
+
+def test_log_handlers_write_to_the_commands_streams_then_back() -> None:
+    """A library's log handler on the process's stderr (Optuna's, MLflow's) writes into the command's stderr while it
+    runs, as in a process of its own, and is put back afterwards."""
+    import logging
+
+    handler = logging.StreamHandler(sys.__stderr__)
+    logger = logging.getLogger("fer-exp-tests-invoke")
+    logger.addHandler(handler)
+    try:
+        proc = invoke_cli("--version")
+        assert proc.returncode == 0 and "version" in proc.stdout
+        assert handler.stream is sys.__stderr__
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_the_default_store_of_each_folder_is_its_own(synthetic_csv: Path, tmp_path: Path) -> None:
+    """The default ``sqlite:///mlruns/mlflow.db`` is relative: two commands in two folders write two stores (MLflow
+    caches stores and engines per URI string for the life of a process)."""
+    import mlflow
+
+    runs = {}
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        proc = invoke_cli("train", "--data", str(synthetic_csv), "--preset", "seed-base", "--set", "conv_blocks=1",
+                          "--set", "filters=4", "--set", "dense_layers=0", "--epochs", "1", "--limit", "70",
+                          "--experiment", name, cwd=tmp_path / name)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        runs[name] = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("run: "))
+    for name, run_id in runs.items():
+        uri = f"sqlite:///{tmp_path / name}/mlruns/mlflow.db"
+        client = mlflow.MlflowClient(uri, registry_uri=uri)
+        found = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert [r.info.run_id for r in found] == [run_id], name
+        assert client.get_run(run_id).info.artifact_uri.startswith(f"file://{tmp_path / name}/mlruns")
