@@ -40,8 +40,8 @@ def env(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 3-trial study `e` (every trial COMPLETE) in a fresh folder."""
     work = tmp_path_factory.mktemp("ensemble")
     (work / "space.yaml").write_text(SPACE)
-    proc = invoke_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "e", "--n-trials", "3",
-                      cwd=work)
+    proc = invoke_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "e",
+                      "--n-trials", "3", cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"work": work, "csv": str(tiny_real_csv), "uri": f"sqlite:///{work}/mlruns/mlflow.db"}
 

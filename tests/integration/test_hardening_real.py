@@ -51,8 +51,8 @@ def env(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 4-trial study `h` (every trial COMPLETE) and its trial runs, worst first."""
     work = tmp_path_factory.mktemp("hard")
     (work / "space.yaml").write_text(SPACE)
-    proc = invoke_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "h", "--n-trials", "4",
-                      cwd=work)
+    proc = invoke_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "h",
+                      "--n-trials", "4", cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client = _client(work)
     exp = client.get_experiment_by_name("h")

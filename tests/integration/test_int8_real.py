@@ -37,7 +37,8 @@ def trained(tiny_real_csv: Path, real_dataset, tmp_path_factory: pytest.TempPath
 
 def _predict(trained: dict, runtime: str, env: dict[str, str] | None = None):
     return invoke_cli("predict", *map(str, trained["faces"]), "--model", f"runs:/{trained['run_id']}/model",
-                      "--no-detect", "--json", "--runtime", runtime, cwd=trained["root"], env={"FER2013_CSV": ""} | (env or {}))
+                      "--no-detect", "--json", "--runtime", runtime, cwd=trained["root"],
+                      env={"FER2013_CSV": ""} | (env or {}))
 
 
 def test_int8_is_made_on_first_use_logged_to_the_run_and_close_to_the_float_graph(trained: dict) -> None:

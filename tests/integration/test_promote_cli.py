@@ -35,8 +35,8 @@ def env(synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory, migrated_
     # The MLflow store exists already (copied): this test is not about creating one.
     copy_migrated_store(migrated_mlflow_db, work / "mlruns")
     (work / "space.yaml").write_text(SPACE)
-    proc = invoke_cli("search", "--data", str(synthetic_csv), "--space", "space.yaml", "--study", "p", "--n-trials", "3",
-                      cwd=work)
+    proc = invoke_cli("search", "--data", str(synthetic_csv), "--space", "space.yaml", "--study", "p",
+                      "--n-trials", "3", cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"work": work, "csv": str(synthetic_csv), "uri": f"sqlite:///{work}/mlruns/mlflow.db",
             "storage": f"sqlite:///{work}/mlruns/optuna.db"}
@@ -192,8 +192,8 @@ def test_reader_sees_old_or_new_while_alias_moves(env: dict) -> None:
     t = threading.Thread(target=reader)
     t.start()
     try:
-        proc = invoke_cli("promote", "--run", runs[-1].info.run_id, "--data", env["csv"], "--model-name", "fer-cnn-race",
-                          cwd=env["work"])
+        proc = invoke_cli("promote", "--run", runs[-1].info.run_id, "--data", env["csv"],
+                          "--model-name", "fer-cnn-race", cwd=env["work"])
     finally:
         stop.set()
         t.join()

@@ -137,6 +137,7 @@ def test_trial_table_sorts_in_the_browser(study: dict) -> None:
 
 
 def test_report_unknown_study_exits_2(study: dict) -> None:
-    proc = invoke_cli("report", "--study", "nope", "--out", str(study["root"] / "x.html"), "--tracking-uri", study["uri"])
+    proc = invoke_cli("report", "--study", "nope", "--out", str(study["root"] / "x.html"),
+                      "--tracking-uri", study["uri"])
     assert proc.returncode == 2 and "unknown study 'nope'" in proc.stderr and "r" in proc.stderr
     assert not (study["root"] / "x.html").exists()
