@@ -183,7 +183,8 @@ def test_evaluate_grid_writes_both_grids_and_logs_them_to_the_run(env: dict, tin
         model_uri = run.log_keras_model(env["model"])
     grid = env["folder"] / "grids" / "grid.png"
     proc = invoke_cli("evaluate", model_uri, "--data", str(tiny_real_csv), "--split", "PrivateTest",
-                      "--grid", str(grid), "--per-class", "2", "--mistakes", "10", "--tracking-uri", uri, "--json", cwd=env["folder"])
+                      "--grid", str(grid), "--per-class", "2", "--mistakes", "10", "--tracking-uri", uri, "--json",
+                      cwd=env["folder"])
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["grid"] == str(grid) and info["mistakes_grid"] == str(grid.with_name("grid-mistakes.png"))
