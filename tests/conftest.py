@@ -60,10 +60,18 @@ _TRACKING_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 @pytest.fixture(autouse=True)
 def _isolated_tracking_uri():
     """mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI, which every later subprocess would inherit and
-    log into: clear it after each test so that each test's commands use the store they name or their own default."""
+    log into: clear it after each test so that each test's commands use the store they name or their own default.
+    MLflow's global URIs go too: a registry URI a test (or a library call in it) set would otherwise send a later
+    test's ``models:/`` lookups to that store (test files run in any order and mix under pytest-xdist)."""
     yield
     for var in _TRACKING_VARS:
         os.environ.pop(var, None)
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
 
 
 @pytest.fixture(scope="session")

@@ -87,3 +87,22 @@ def test_the_default_store_of_each_folder_is_its_own(synthetic_csv: Path, tmp_pa
         found = client.search_runs([e.experiment_id for e in client.search_experiments()])
         assert [r.info.run_id for r in found] == [run_id], name
         assert client.get_run(run_id).info.artifact_uri.startswith(f"file://{tmp_path / name}/mlruns")
+
+
+def test_a_registry_uri_set_by_a_test_does_not_outlive_it(prepared_stores: dict[str, str]) -> None:
+    """First half: set MLflow's global URIs as a test may (test_promote_cli does). The autouse fixture clears them
+    after the test, so the next test's ``models:/`` lookups follow the tracking URI it sets (test_ensemble_real)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(prepared_stores["tracking_uri"])
+    mlflow.set_registry_uri(prepared_stores["tracking_uri"])
+    assert mlflow.get_registry_uri() == prepared_stores["tracking_uri"]
+
+
+def test_a_registry_uri_set_by_a_test_does_not_outlive_it_2(tmp_path: Path) -> None:
+    """Second half (runs after the first in this file)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.get_registry_uri() == uri
