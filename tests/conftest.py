@@ -10,6 +10,7 @@ made from FER2013 faces, the real file's counts, one end-to-end train/search/pro
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("KERAS_HOME", str(_SESSION_TMP / "keras"))
 os.environ.setdefault("MPLCONFIGDIR", str(_SESSION_TMP / "mpl"))
-os.environ["FER_EXP_CACHE"] = str(_SESSION_TMP / "cache")
+# The decoded-array cache (written atomically) is shared by pytest-xdist's workers of one run: the real file is decoded
+# once per run, not once per worker.
+_XDIST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ["FER_EXP_CACHE"] = str(Path(tempfile.gettempdir()) / f"fer-exp-tests-cache-{_XDIST_RUN}" if _XDIST_RUN
+                                  else _SESSION_TMP / "cache")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 REAL_CSV = Path(os.environ.get("FER2013_CSV", REPO.parent / "shared" / "data" / "fer2013.csv.gz"))
@@ -55,10 +60,18 @@ _TRACKING_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 @pytest.fixture(autouse=True)
 def _isolated_tracking_uri():
     """mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI, which every later subprocess would inherit and
-    log into: clear it after each test so that each test's commands use the store they name or their own default."""
+    log into: clear it after each test so that each test's commands use the store they name or their own default.
+    MLflow's global URIs go too: a registry URI a test (or a library call in it) set would otherwise send a later
+    test's ``models:/`` lookups to that store (test files run in any order and mix under pytest-xdist)."""
     yield
     for var in _TRACKING_VARS:
         os.environ.pop(var, None)
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
 
 
 @pytest.fixture(scope="session")
@@ -194,3 +207,121 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
                 | (env or {}))
     return subprocess.run([sys.executable, "-m", "fer_experiments.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _rebind_log_streams(streams: dict[int, object]) -> list[tuple[object, object]]:
+    """Point every logging ``StreamHandler`` whose stream is a key (by id) of ``streams`` at its value; the
+    (handler, previous stream) pairs changed."""
+    import logging
+
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    changed = []
+    for handler in {h for logger in loggers for h in logger.handlers}:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if id(handler.stream) in streams:
+                changed.append((handler, handler.setStream(streams[id(handler.stream)])))
+    return changed
+
+
+def _forget_relative_stores() -> None:
+    """Drop MLflow's cached stores and database engines (kept per URI string for the process's life) of relative
+    SQLite URIs such as the default ``sqlite:///mlruns/mlflow.db``: in another folder the same string names another
+    file, which a new process would open."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    ModelRegistryStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    for store_class in (TrackingStore, RegistryStore):
+        with store_class._engine_map_lock:
+            for uri in [u for u in store_class._engine_map if u.startswith("sqlite:") and not
+                        u.startswith("sqlite:////")]:
+                store_class._engine_map.pop(uri).dispose()
+
+
+def invoke_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None,
+               ) -> subprocess.CompletedProcess[str]:
+    """Run ``fer-exp ARGS`` in this process (click's ``CliRunner`` streams) and answer as ``run_cli`` does.
+
+    The same entry point (``fer_experiments.cli.main``: error taxonomy -> exit code, one-line messages), the same
+    environment rules (tracking variables dropped, ``env`` added), ``cwd`` and ``sys.argv`` as a user's command would
+    see them; a ``CompletedProcess`` with the exit code and the captured stdout/stderr. It saves the ~5 s a new
+    Python process spends importing TensorFlow. Use ``run_cli`` where the process itself is under test (signals,
+    crashes, workers, native output, start-up quietness): only what goes through ``sys.stdout``/``sys.stderr`` is
+    captured here, and ``timeout`` is not enforced.
+
+    What the command changes in this process is put back afterwards: the environment (``mlflow.set_tracking_uri``
+    exports ``MLFLOW_TRACKING_URI``), MLflow's global tracking/registry URIs and active runs, the stores
+    ``prepare_store`` remembers and the stores and engines MLflow caches for relative SQLite URIs (the default
+    ``sqlite:///mlruns/mlflow.db`` means another file in another folder), the working folder,
+    ``sys.argv``, the SIGTERM and SIGINT handlers, the root/mlflow logger levels; library log handlers that write
+    to the process's stdout/stderr write to the command's while it runs (as they would in its own process).
+    """
+    import logging
+
+    import click.testing
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from fer_experiments.cli import main
+    from fer_experiments.tracking import store
+
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    saved_argv = sys.argv
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    saved_uris = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    saved_prepared = set(store._prepared)
+    saved_levels = {name: logging.getLogger(name).level for name in ("", "mlflow", "alembic")}
+    active_before = mlflow.active_run()
+    code = 0
+    try:
+        for var in _TRACKING_VARS:
+            os.environ.pop(var, None)
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.argv = ["fer-exp", *args]
+        store._prepared.clear()  # as in a new process: each command prepares its store (and points mlflow at it)
+        _forget_relative_stores()
+        runner = click.testing.CliRunner()
+        outer = {"stdout": sys.stdout, "stderr": sys.stderr}
+        with runner.isolation() as (out, err, _mixed):
+            click.formatting.FORCED_WIDTH = None  # help wraps as in a process with no terminal (isolation forces 80)
+            inner = {"stdout": sys.stdout, "stderr": sys.stderr}
+            # Library loggers (Optuna's, MLflow's) write to the process's streams: to this command's while it runs.
+            rebound = _rebind_log_streams({id(outer[k]): inner[k] for k in inner}
+                                          | {id(getattr(sys, f"__{k}__")): inner[k] for k in inner})
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                # ...and back afterwards; handlers made during the command go to the real streams.
+                for handler, stream in rebound:
+                    handler.setStream(stream)
+                _rebind_log_streams({id(inner[k]): getattr(sys, f"__{k}__") for k in inner})
+            stdout, stderr = out.getvalue().decode(), err.getvalue().decode("utf-8", "backslashreplace")
+    finally:
+        # A run the command left open (the process's exit would have ended it): end it as the atexit hook does.
+        while mlflow.active_run() is not None and mlflow.active_run() is not active_before:
+            mlflow.end_run()
+        _forget_relative_stores()
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved_uris
+        store._prepared.clear()
+        store._prepared.update(saved_prepared)
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+    return subprocess.CompletedProcess(["fer-exp", *args], code, stdout, stderr)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -40,8 +40,8 @@ def env(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 3-trial study `e` (every trial COMPLETE) in a fresh folder."""
     work = tmp_path_factory.mktemp("ensemble")
     (work / "space.yaml").write_text(SPACE)
-    proc = run_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "e", "--n-trials", "3",
-                   cwd=work)
+    proc = invoke_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "e",
+                      "--n-trials", "3", cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"work": work, "csv": str(tiny_real_csv), "uri": f"sqlite:///{work}/mlruns/mlflow.db"}
 
@@ -59,7 +59,7 @@ def _trial_runs(env: dict) -> list:
 
 
 def _ensemble(env: dict, *args: str) -> dict:
-    proc = run_cli("ensemble", "--study", "e", "--top", "3", "--data", env["csv"], *args, cwd=env["work"])
+    proc = invoke_cli("ensemble", "--study", "e", "--top", "3", "--data", env["csv"], *args, cwd=env["work"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_id = re.search(r"^run: (\w+)$", proc.stdout, re.M).group(1)
     version = re.search(r"registered fer-cnn version (\d+)", proc.stdout).group(1)
@@ -105,8 +105,8 @@ def test_mean_ensemble_private_accuracy_equals_averaged_members(env: dict, mean:
     assert "params" in mean["stdout"] and "faces/s" in mean["stdout"] and "best member" in mean["stdout"]
 
     ds = load_dataset(env["csv"])
-    proc = run_cli("evaluate", f"models:/fer-cnn/{mean['version']}", "--data", env["csv"], "--split", "PrivateTest",
-                   "--json", "--tracking-uri", env["uri"], cwd=env["work"])
+    proc = invoke_cli("evaluate", f"models:/fer-cnn/{mean['version']}", "--data", env["csv"], "--split", "PrivateTest",
+                      "--json", "--tracking-uri", env["uri"], cwd=env["work"])
     assert proc.returncode == 0, proc.stderr
     reported = json.loads(proc.stdout)["accuracy"]
     priv = ds.split("PrivateTest")
@@ -144,8 +144,8 @@ def test_predict_and_serve_with_the_ensemble(env: dict, mean: dict, tmp_path: Pa
     mlflow.set_tracking_uri(env["uri"])
     expected = mlflow.keras.load_model(f"models:/fer-cnn/{mean['version']}").predict(
         face[None, ..., None].astype("float32"), verbose=0)[0]
-    proc = run_cli("predict", str(crop), "--no-detect", "--json", "--model", f"models:/fer-cnn/{mean['version']}",
-                   "--tracking-uri", env["uri"], cwd=env["work"])
+    proc = invoke_cli("predict", str(crop), "--no-detect", "--json", "--model", f"models:/fer-cnn/{mean['version']}",
+                      "--tracking-uri", env["uri"], cwd=env["work"])
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)[0]["faces"][0]["probabilities"]
     np.testing.assert_allclose(list(got.values()), expected, atol=2e-5)
@@ -162,17 +162,17 @@ def test_predict_and_serve_with_the_ensemble(env: dict, mean: dict, tmp_path: Pa
 
 def test_promote_guards_and_promotes_an_ensemble(env: dict, greedy: dict) -> None:
     client = _client(env)
-    best = run_cli("promote", "--study", "e", "--data", env["csv"], "--model-name", "fer-cnn", cwd=env["work"])
+    best = invoke_cli("promote", "--study", "e", "--data", env["csv"], "--model-name", "fer-cnn", cwd=env["work"])
     assert best.returncode == 0, best.stderr
     champion = client.get_model_version_by_alias("fer-cnn", "champion")
     champ_acc = client.get_run(champion.run_id).data.metrics["best_val_accuracy"]
     ens_acc = greedy["run"].data.metrics["best_val_accuracy"]
-    proc = run_cli("promote", "--run", greedy["run_id"], "--data", env["csv"], cwd=env["work"])
+    proc = invoke_cli("promote", "--run", greedy["run_id"], "--data", env["csv"], cwd=env["work"])
     if ens_acc > champ_acc:
         assert proc.returncode == 0, proc.stderr
     else:  # the guard refuses an ensemble that is not better on PublicTest, like any model; --force overrides
         assert proc.returncode == 6 and "not better" in proc.stderr
-        proc = run_cli("promote", "--run", greedy["run_id"], "--data", env["csv"], "--force", cwd=env["work"])
+        proc = invoke_cli("promote", "--run", greedy["run_id"], "--data", env["csv"], "--force", cwd=env["work"])
         assert proc.returncode == 0, proc.stderr
     assert f"reused fer-cnn version {greedy['version']}" in proc.stdout
     now = client.get_model_version_by_alias("fer-cnn", "champion")
@@ -184,8 +184,8 @@ def test_promote_guards_and_promotes_an_ensemble(env: dict, greedy: dict) -> Non
 def test_distill_registers_a_student(env: dict, mean: dict) -> None:
     import mlflow.keras
 
-    proc = run_cli("distill", "--run", mean["run_id"], "--data", env["csv"], "--epochs", "1", "--temperature", "3",
-                   "--alpha", "0.5", cwd=env["work"])
+    proc = invoke_cli("distill", "--run", mean["run_id"], "--data", env["csv"], "--epochs", "1", "--temperature", "3",
+                      "--alpha", "0.5", cwd=env["work"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_id = re.search(r"^run: (\w+)$", proc.stdout, re.M).group(1)
     version = re.search(r"registered fer-cnn version (\d+)", proc.stdout).group(1)
@@ -206,7 +206,7 @@ def test_distill_registers_a_student(env: dict, mean: dict) -> None:
 
 
 def test_errors(env: dict) -> None:
-    proc = run_cli("ensemble", "--study", "nope", "--data", env["csv"], cwd=env["work"])
+    proc = invoke_cli("ensemble", "--study", "nope", "--data", env["csv"], cwd=env["work"])
     assert proc.returncode == 2 and "unknown study 'nope'" in proc.stderr
-    proc = run_cli("distill", "--run", "0123456789abcdef0123456789abcdef", "--data", env["csv"], cwd=env["work"])
+    proc = invoke_cli("distill", "--run", "0123456789abcdef0123456789abcdef", "--data", env["csv"], cwd=env["work"])
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli, run_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -51,8 +51,8 @@ def env(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 4-trial study `h` (every trial COMPLETE) and its trial runs, worst first."""
     work = tmp_path_factory.mktemp("hard")
     (work / "space.yaml").write_text(SPACE)
-    proc = run_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "h", "--n-trials", "4",
-                   cwd=work)
+    proc = invoke_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "h",
+                      "--n-trials", "4", cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client = _client(work)
     exp = client.get_experiment_by_name("h")
@@ -98,8 +98,8 @@ def test_concurrent_promotes_end_as_a_serial_order(env: dict) -> None:
     assert len(client.search_model_versions("name = 'c2'")) == 1
     assert len(client.search_model_versions("name = 'c2-service'")) == 1
     # With --force, from a champion: the last one wins and previous-champion is the one it replaced.
-    assert run_cli("promote", "--run", better, "--data", env["csv"], "--model-name", "c3",
-                   cwd=env["work"]).returncode == 0
+    assert invoke_cli("promote", "--run", better, "--data", env["csv"], "--model-name", "c3",
+                      cwd=env["work"]).returncode == 0
     other = env["ranked"][1] if len(env["ranked"]) > 2 else better
     done = _promote_at_once(env, (worse, ["--force"]), (other, ["--force"]), model="c3")
     assert [p.returncode for p in done] == [0, 0], [p.stderr for p in done]
@@ -159,8 +159,8 @@ def test_unfit_model_fails_its_trial_with_the_reason_and_leaves_nothing_running(
                                        .replace("conv_blocks: 1", "conv_blocks: 5").replace("convs_per_block: 1", "convs_per_block: 3")
                                        .replace("{type: categorical, choices: [4, 8]}", "1024")
                                        .replace("batch_size: 64", "batch_size: 4096\n  filter_growth: 1.0"))
-    proc = run_cli("search", "--data", env["csv"], "--space", "big.yaml", "--study", "big", "--n-trials", "1",
-                   "--max-consecutive-failures", "2", cwd=tmp_path, env={"FER_EXP_MEMORY_LIMIT": "4G"})
+    proc = invoke_cli("search", "--data", env["csv"], "--space", "big.yaml", "--study", "big", "--n-trials", "1",
+                      "--max-consecutive-failures", "2", cwd=tmp_path, env={"FER_EXP_MEMORY_LIMIT": "4G"})
     assert proc.returncode == 5, proc.stdout + proc.stderr
     assert "does not fit in memory" in proc.stdout + proc.stderr
     # Optuna's "Trial 0 failed with parameters" line stays, without a traceback of this package's frames.
@@ -210,29 +210,29 @@ def test_version_whose_artifacts_are_gone(env: dict, tmp_path: Path) -> None:
 
     worse, better = env["ranked"][0], env["ranked"][-1]
     uri = f"sqlite:///{env['work']}/mlruns/mlflow.db"
-    assert run_cli("promote", "--run", worse, "--data", env["csv"], "--model-name", "gone",
-                   cwd=env["work"]).returncode == 0
-    assert run_cli("promote", "--run", better, "--data", env["csv"], "--model-name", "gone",
-                   cwd=env["work"]).returncode == 0
+    assert invoke_cli("promote", "--run", worse, "--data", env["csv"], "--model-name", "gone",
+                      cwd=env["work"]).returncode == 0
+    assert invoke_cli("promote", "--run", better, "--data", env["csv"], "--model-name", "gone",
+                      cwd=env["work"]).returncode == 0
     client = _client(env["work"])
     v1 = client.get_model_version_by_alias("gone", "previous-champion")
     location = Path(client.get_model_version_download_uri("gone", v1.version).removeprefix("file://"))
     hidden = tmp_path / "hidden"
     shutil.move(str(location), hidden)  # the artifacts of version 1 (run `worse`) vanish
     try:
-        listed = run_cli("models", "--model-name", "gone", cwd=env["work"])
+        listed = invoke_cli("models", "--model-name", "gone", cwd=env["work"])
         assert listed.returncode == 0 and "ARTIFACTS MISSING" in listed.stdout, listed.stdout + listed.stderr
         assert f"gone version {v1.version}" in listed.stdout and str(location) in listed.stdout
-        back = run_cli("rollback", "--model-name", "gone", cwd=env["work"])
+        back = invoke_cli("rollback", "--model-name", "gone", cwd=env["work"])
         assert back.returncode == 6 and f"version {v1.version}" in back.stderr and str(location) in back.stderr
         assert client.get_model_version_by_alias("gone", "champion").run_id == better  # unchanged
-        again = run_cli("promote", "--run", worse, "--data", env["csv"], "--model-name", "gone2", "--force",
-                        cwd=env["work"])
+        again = invoke_cli("promote", "--run", worse, "--data", env["csv"], "--model-name", "gone2", "--force",
+                           cwd=env["work"])
         assert again.returncode == 6 and "cannot be loaded" in again.stderr, again.stderr
         image = tmp_path / "face.png"
         cv2.imwrite(str(image), np.full((48, 48), 128, np.uint8))
-        pred = run_cli("predict", "--model", "models:/gone@previous-champion", "--tracking-uri", uri, "--no-detect",
-                       str(image), cwd=env["work"])
+        pred = invoke_cli("predict", "--model", "models:/gone@previous-champion", "--tracking-uri", uri, "--no-detect",
+                          str(image), cwd=env["work"])
         assert pred.returncode != 0
         assert "gone@previous-champion" in pred.stderr and f"version {v1.version}" in pred.stderr
         assert str(location) in pred.stderr and "Traceback" not in pred.stderr

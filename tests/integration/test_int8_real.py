@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -23,9 +23,9 @@ def trained(tiny_real_csv: Path, real_dataset, tmp_path_factory: pytest.TempPath
     root = tmp_path_factory.mktemp("int8")
     csv = root / "fer-tiny.csv"
     shutil.copy(tiny_real_csv, csv)
-    proc = run_cli("train", "--data", str(csv), "--preset", "seed-base", "--set", "conv_blocks=2", "--set",
-                   "convs_per_block=1", "--set", "filters=8", "--set", "dense_layers=0", "--epochs", "1", cwd=root,
-                   env={"FER2013_CSV": ""})
+    proc = invoke_cli("train", "--data", str(csv), "--preset", "seed-base", "--set", "conv_blocks=2", "--set",
+                      "convs_per_block=1", "--set", "filters=8", "--set", "dense_layers=0", "--epochs", "1", cwd=root,
+                      env={"FER2013_CSV": ""})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_id = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("run: "))
     faces = []
@@ -36,8 +36,9 @@ def trained(tiny_real_csv: Path, real_dataset, tmp_path_factory: pytest.TempPath
 
 
 def _predict(trained: dict, runtime: str, env: dict[str, str] | None = None):
-    return run_cli("predict", *map(str, trained["faces"]), "--model", f"runs:/{trained['run_id']}/model",
-                   "--no-detect", "--json", "--runtime", runtime, cwd=trained["root"], env={"FER2013_CSV": ""} | (env or {}))
+    return invoke_cli("predict", *map(str, trained["faces"]), "--model", f"runs:/{trained['run_id']}/model",
+                      "--no-detect", "--json", "--runtime", runtime, cwd=trained["root"],
+                      env={"FER2013_CSV": ""} | (env or {}))
 
 
 def test_int8_is_made_on_first_use_logged_to_the_run_and_close_to_the_float_graph(trained: dict) -> None:
@@ -62,9 +63,9 @@ def test_int8_without_calibration_faces_says_what_to_do(trained: dict) -> None:
     import mlflow
 
     # Another run whose data set is gone: it has no INT8 graph and nothing to calibrate one on.
-    proc = run_cli("train", "--data", str(trained["csv"]), "--preset", "seed-base", "--set", "conv_blocks=1",
-                   "--set", "convs_per_block=1", "--set", "filters=4", "--set", "dense_layers=0", "--epochs", "1",
-                   "--limit", "100", cwd=trained["root"], env={"FER2013_CSV": ""})
+    proc = invoke_cli("train", "--data", str(trained["csv"]), "--preset", "seed-base", "--set", "conv_blocks=1",
+                      "--set", "convs_per_block=1", "--set", "filters=4", "--set", "dense_layers=0", "--epochs", "1",
+                      "--limit", "100", cwd=trained["root"], env={"FER2013_CSV": ""})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_id = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("run: "))
     moved = trained["root"] / "elsewhere.csv"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_migrated_store, run_cli
+from tests.conftest import copy_migrated_store, invoke_cli
 
 pytestmark = [pytest.mark.slow]
 
@@ -45,8 +45,8 @@ def kt(synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory, migrated_m
     # The MLflow store exists already (copied): this test is not about creating one.
     copy_migrated_store(migrated_mlflow_db, work / "mlruns")
     (work / "space.yaml").write_text(SPACE)
-    proc = run_cli("search", "--engine", "keras-tuner", "--tuner", "random", "--data", str(synthetic_csv),
-                   "--space", "space.yaml", "--study", "kt-demo", "--n-trials", "3", cwd=work)
+    proc = invoke_cli("search", "--engine", "keras-tuner", "--tuner", "random", "--data", str(synthetic_csv),
+                      "--space", "space.yaml", "--study", "kt-demo", "--n-trials", "3", cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"work": work, "csv": str(synthetic_csv), "uri": f"sqlite:///{work}/mlruns/mlflow.db", "out": proc.stdout}
 
@@ -78,7 +78,7 @@ def test_keras_tuner_writes_the_optuna_layout(kt: dict) -> None:
 
 
 def test_promote_works_on_a_keras_tuner_study(kt: dict) -> None:
-    proc = run_cli("promote", "--study", "kt-demo", "--data", kt["csv"], cwd=kt["work"])
+    proc = invoke_cli("promote", "--study", "kt-demo", "--data", kt["csv"], cwd=kt["work"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client = _client(kt["uri"])
     champion = client.get_model_version_by_alias("fer-cnn", "champion")
@@ -91,9 +91,9 @@ def test_all_failing_keras_tuner_search_exits_nonzero(synthetic_csv: Path, tmp_p
     # The MLflow store exists already (copied): this test is not about creating one.
     copy_migrated_store(migrated_mlflow_db, tmp_path / "mlruns")
     (tmp_path / "bad.yaml").write_text(FAILING)
-    proc = run_cli("search", "--engine", "keras-tuner", "--tuner", "random", "--data", str(synthetic_csv),
-                   "--space", "bad.yaml", "--study", "kt-bad", "--n-trials", "3", "--max-consecutive-failures", "3",
-                   cwd=tmp_path)
+    proc = invoke_cli("search", "--engine", "keras-tuner", "--tuner", "random", "--data", str(synthetic_csv),
+                      "--space", "bad.yaml", "--study", "kt-bad", "--n-trials", "3", "--max-consecutive-failures", "3",
+                      cwd=tmp_path)
     assert proc.returncode == 5, proc.stdout + proc.stderr
     assert "loss became nan" in proc.stderr and "Traceback" not in proc.stderr
     client = _client(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -110,8 +110,8 @@ def test_compare_engines_writes_table_and_plot(synthetic_csv: Path, tmp_path: Pa
     # The MLflow store exists already (copied): this test is not about creating one.
     copy_migrated_store(migrated_mlflow_db, tmp_path / "mlruns")
     (tmp_path / "space.yaml").write_text(SPACE)
-    proc = run_cli("compare-engines", "--data", str(synthetic_csv), "--space", "space.yaml", "--budget-epochs", "3",
-                   "--seeds", "1", cwd=tmp_path)
+    proc = invoke_cli("compare-engines", "--data", str(synthetic_csv), "--space", "space.yaml", "--budget-epochs", "3",
+                      "--seeds", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "optuna" in proc.stdout and "keras-tuner" in proc.stdout and "mean best over 1 seed(s)" in proc.stdout
     client = _client(f"sqlite:///{tmp_path}/mlruns/mlflow.db")

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -156,8 +156,8 @@ def _assert_face_shape(face: dict) -> None:
 def test_predict_json_finds_pasted_faces_and_labels_match_the_crops(env: dict) -> None:
     p = env["paths"]
     out = env["folder"] / "annotated"
-    proc = run_cli("predict", str(p["a"]), str(p["b"]), str(p["none"]), "--model", env["model_path"], "--json",
-                   "--out", str(out), cwd=env["folder"])
+    proc = invoke_cli("predict", str(p["a"]), str(p["b"]), str(p["none"]), "--model", env["model_path"], "--json",
+                      "--out", str(out), cwd=env["folder"])
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["file"] for r in results] == [str(p["a"]), str(p["b"]), str(p["none"])]
@@ -191,8 +191,8 @@ def test_predict_json_finds_pasted_faces_and_labels_match_the_crops(env: dict) -
 
 def test_no_detect_classifies_a_48px_crop_exactly_as_training_data(env: dict) -> None:
     """A 48x48 PNG of a PrivateTest face gives the probabilities the model gives the dataset's array."""
-    proc = run_cli("predict", str(env["paths"]["crop"]), "--no-detect", "--model", env["model_path"], "--json",
-                   cwd=env["folder"])
+    proc = invoke_cli("predict", str(env["paths"]["crop"]), "--no-detect", "--model", env["model_path"], "--json",
+                      cwd=env["folder"])
     assert proc.returncode == 0, proc.stderr
     (result,) = json.loads(proc.stdout)
     (face,) = result["faces"]
@@ -210,7 +210,7 @@ def test_text_output_bad_files_and_other_detector(env: dict, tmp_path: Path) -> 
     (tmp_path / "bomb.png").write_bytes(_png_header_only(50_000, 50_000))
     files = [str(p["a"]), str(tmp_path / "notes.txt"), str(p["none"]), str(tmp_path / "missing.jpg"),
              str(tmp_path / "bomb.png")]
-    proc = run_cli("predict", *files, "--model", env["model_path"], "--detector", "haar-alt", cwd=env["folder"])
+    proc = invoke_cli("predict", *files, "--model", env["model_path"], "--detector", "haar-alt", cwd=env["folder"])
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -228,12 +228,12 @@ def test_text_output_bad_files_and_other_detector(env: dict, tmp_path: Path) -> 
 
 
 def test_model_errors_are_one_line(env: dict, tmp_path: Path) -> None:
-    proc = run_cli("predict", str(env["paths"]["a"]), "--model", "models:/fer-cnn@champion", "--tracking-uri",
-                   f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
+    proc = invoke_cli("predict", str(env["paths"]["a"]), "--model", "models:/fer-cnn@champion", "--tracking-uri",
+                      f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "no version of fer-cnn has the alias 'champion'" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("predict", str(env["paths"]["a"]), "--model", env["model_path"], "--detector", "nosuch",
-                   cwd=tmp_path)
+    proc = invoke_cli("predict", str(env["paths"]["a"]), "--model", env["model_path"], "--detector", "nosuch",
+                      cwd=tmp_path)
     assert proc.returncode == 2 and "--detector 'nosuch'" in proc.stderr
-    proc = run_cli("predict", str(env["paths"]["a"]), "--model", str(tmp_path / "nope.keras"), cwd=tmp_path)
+    proc = invoke_cli("predict", str(env["paths"]["a"]), "--model", str(tmp_path / "nope.keras"), cwd=tmp_path)
     assert proc.returncode == 2 and "no such file" in proc.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import copy_migrated_store, run_cli
+from tests.conftest import copy_migrated_store, invoke_cli
 
 pytestmark = [pytest.mark.slow]
 
@@ -35,8 +35,8 @@ def env(synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory, migrated_
     # The MLflow store exists already (copied): this test is not about creating one.
     copy_migrated_store(migrated_mlflow_db, work / "mlruns")
     (work / "space.yaml").write_text(SPACE)
-    proc = run_cli("search", "--data", str(synthetic_csv), "--space", "space.yaml", "--study", "p", "--n-trials", "3",
-                   cwd=work)
+    proc = invoke_cli("search", "--data", str(synthetic_csv), "--space", "space.yaml", "--study", "p",
+                      "--n-trials", "3", cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"work": work, "csv": str(synthetic_csv), "uri": f"sqlite:///{work}/mlruns/mlflow.db",
             "storage": f"sqlite:///{work}/mlruns/optuna.db"}
@@ -59,7 +59,7 @@ def test_promote_best_of_study_and_load_champion(env: dict, synthetic_dataset) -
     import mlflow.keras
     import optuna
 
-    proc = run_cli("promote", "--study", "p", "--data", env["csv"], cwd=env["work"])
+    proc = invoke_cli("promote", "--study", "p", "--data", env["csv"], cwd=env["work"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "fer-cnn@champion -> version" in proc.stdout
     study = optuna.load_study(study_name="p", storage=env["storage"])
@@ -79,12 +79,12 @@ def test_promote_best_of_study_and_load_champion(env: dict, synthetic_dataset) -
     champion = mlflow.keras.load_model("models:/fer-cnn@champion").predict(x, verbose=0)
     direct = mlflow.keras.load_model(f"runs:/{best_run}/model").predict(x, verbose=0)
     np.testing.assert_allclose(champion, direct, rtol=1e-6)
-    listed = run_cli("models", cwd=env["work"])
+    listed = invoke_cli("models", cwd=env["work"])
     assert listed.returncode == 0
     line = next(l for l in listed.stdout.splitlines() if "champion" in l)
     assert f"{run.data.metrics['test_accuracy']:.4f}" in line and " p " in line
     # Promoting the same study again changes nothing and makes no second version.
-    again = run_cli("promote", "--study", "p", "--data", env["csv"], cwd=env["work"])
+    again = invoke_cli("promote", "--study", "p", "--data", env["csv"], cwd=env["work"])
     assert again.returncode == 0 and "already" in again.stdout
     assert len(client.search_model_versions(f"run_id = '{best_run}'")) == 1
 
@@ -94,18 +94,18 @@ def test_worse_candidate_refused_then_forced_then_rolled_back(env: dict) -> None
     champion_before = client.get_model_version_by_alias("fer-cnn", "champion")
     worst = _trial_runs(env)[0]
     assert worst.info.run_id != champion_before.run_id
-    dry = run_cli("promote", "--run", worst.info.run_id, "--data", env["csv"], "--dry-run", cwd=env["work"])
+    dry = invoke_cli("promote", "--run", worst.info.run_id, "--data", env["csv"], "--dry-run", cwd=env["work"])
     assert dry.returncode == 6 and "not better" in dry.stderr
-    refused = run_cli("promote", "--run", worst.info.run_id, "--data", env["csv"], cwd=env["work"])
+    refused = invoke_cli("promote", "--run", worst.info.run_id, "--data", env["csv"], cwd=env["work"])
     assert refused.returncode == 6
     assert f"{worst.data.metrics['best_val_accuracy']:.4f}" in refused.stderr and "--force" in refused.stderr
     assert client.get_model_version_by_alias("fer-cnn", "champion").version == champion_before.version
-    forced = run_cli("promote", "--run", worst.info.run_id, "--data", env["csv"], "--force", cwd=env["work"])
+    forced = invoke_cli("promote", "--run", worst.info.run_id, "--data", env["csv"], "--force", cwd=env["work"])
     assert forced.returncode == 0, forced.stderr
     now = client.get_model_version_by_alias("fer-cnn", "champion")
     assert now.run_id == worst.info.run_id
     assert client.get_model_version_by_alias("fer-cnn", "previous-champion").version == champion_before.version
-    back = run_cli("rollback", cwd=env["work"])
+    back = invoke_cli("rollback", cwd=env["work"])
     assert back.returncode == 0 and f"version {now.version} -> version {champion_before.version}" in back.stdout
     assert client.get_model_version_by_alias("fer-cnn", "champion").version == champion_before.version
 
@@ -118,8 +118,8 @@ def test_crash_after_register_is_completed_by_rerun(env: dict) -> None:
     # The first half of a promotion that crashed before moving the alias: the version exists, the alias did not move.
     version, created = register_run_model(env["uri"], "fer-cnn-crash", middle.info.run_id)
     assert created
-    proc = run_cli("promote", "--run", middle.info.run_id, "--data", env["csv"], "--model-name", "fer-cnn-crash",
-                   cwd=env["work"])
+    proc = invoke_cli("promote", "--run", middle.info.run_id, "--data", env["csv"], "--model-name", "fer-cnn-crash",
+                      cwd=env["work"])
     assert proc.returncode == 0, proc.stderr
     assert "reused fer-cnn-crash version 1" in proc.stdout
     assert len(client.search_model_versions("name = 'fer-cnn-crash'")) == 1
@@ -133,7 +133,7 @@ def test_crash_after_register_is_completed_by_rerun(env: dict) -> None:
     (["--study", "p", "--min-accuracy", "0.99"], 6, "below --min-accuracy"),
 ])
 def test_errors(env: dict, args: list[str], code: int, text: str) -> None:
-    proc = run_cli("promote", *args, "--data", env["csv"], "--model-name", "fer-cnn-errors", cwd=env["work"])
+    proc = invoke_cli("promote", *args, "--data", env["csv"], "--model-name", "fer-cnn-errors", cwd=env["work"])
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert text in proc.stderr and "Traceback" not in proc.stderr
     from mlflow.exceptions import MlflowException
@@ -151,17 +151,17 @@ def test_study_without_complete_trial_and_run_without_model(env: dict, synthetic
         study="empty", engine="optuna", number=0) | {tags.TRIAL_STATE: "FAIL"})
     for run_id in (failed, parent):
         end_run(env["uri"], run_id, "FAILED")
-    proc = run_cli("promote", "--study", "empty", "--data", env["csv"], cwd=env["work"])
+    proc = invoke_cli("promote", "--study", "empty", "--data", env["csv"], cwd=env["work"])
     assert proc.returncode == 2 and "no COMPLETE trial" in proc.stderr
     bare = create_run(env["uri"], "p", "no-model")
     end_run(env["uri"], bare, "FINISHED")
-    proc = run_cli("promote", "--run", bare, "--data", env["csv"], cwd=env["work"])
+    proc = invoke_cli("promote", "--run", bare, "--data", env["csv"], cwd=env["work"])
     assert proc.returncode == 2 and "has no logged model" in proc.stderr
 
 
 def test_unreachable_tracking_store(env: dict) -> None:
-    proc = run_cli("promote", "--study", "p", "--data", env["csv"], "--tracking-uri", "http://127.0.0.1:9",
-                   cwd=env["work"], env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"})
+    proc = invoke_cli("promote", "--study", "p", "--data", env["csv"], "--tracking-uri", "http://127.0.0.1:9",
+                      cwd=env["work"], env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"})
     assert proc.returncode == 5 and "cannot open the MLflow tracking store" in proc.stderr
 
 
@@ -192,8 +192,8 @@ def test_reader_sees_old_or_new_while_alias_moves(env: dict) -> None:
     t = threading.Thread(target=reader)
     t.start()
     try:
-        proc = run_cli("promote", "--run", runs[-1].info.run_id, "--data", env["csv"], "--model-name", "fer-cnn-race",
-                       cwd=env["work"])
+        proc = invoke_cli("promote", "--run", runs[-1].info.run_id, "--data", env["csv"],
+                          "--model-name", "fer-cnn-race", cwd=env["work"])
     finally:
         stop.set()
         t.join()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -38,8 +38,8 @@ def test_search_then_promote_on_real_faces(tiny_real_csv: Path, real_dataset, tm
     from fer_experiments.data import file_digest
 
     (tmp_path / "space.yaml").write_text(SPACE)
-    search = run_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "r",
-                     "--n-trials", "2", cwd=tmp_path)
+    search = invoke_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "r",
+                        "--n-trials", "2", cwd=tmp_path)
     assert search.returncode == 0, search.stdout + search.stderr
     assert "study r: 2 finished (2 complete, 0 pruned), 0 failed" in search.stdout
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
@@ -49,7 +49,7 @@ def test_search_then_promote_on_real_faces(tiny_real_csv: Path, real_dataset, tm
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     assert client.get_model_version_by_alias("fer-cnn", "challenger").run_id == best_run
 
-    promoted = run_cli("promote", "--study", "r", "--data", str(tiny_real_csv), cwd=tmp_path)
+    promoted = invoke_cli("promote", "--study", "r", "--data", str(tiny_real_csv), cwd=tmp_path)
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     assert "fer-cnn@champion -> version" in promoted.stdout
     champion = client.get_model_version_by_alias("fer-cnn", "champion")

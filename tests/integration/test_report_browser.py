@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fer_experiments import EXPRESSIONS
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -81,7 +81,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 run.log_figure(confusion_figure(ev), "explain/saliency_happy.png")
         runs[number] = run.run_id
     out = root / "report.html"
-    proc = run_cli("report", "--study", "r", "--out", str(out), "--tracking-uri", uri, "--storage", storage)
+    proc = invoke_cli("report", "--study", "r", "--out", str(out), "--tracking-uri", uri, "--storage", storage)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"root": root, "uri": uri, "out": out, "runs": runs, "stdout": proc.stdout}
 
@@ -137,6 +137,7 @@ def test_trial_table_sorts_in_the_browser(study: dict) -> None:
 
 
 def test_report_unknown_study_exits_2(study: dict) -> None:
-    proc = run_cli("report", "--study", "nope", "--out", str(study["root"] / "x.html"), "--tracking-uri", study["uri"])
+    proc = invoke_cli("report", "--study", "nope", "--out", str(study["root"] / "x.html"),
+                      "--tracking-uri", study["uri"])
     assert proc.returncode == 2 and "unknown study 'nope'" in proc.stderr and "r" in proc.stderr
     assert not (study["root"] / "x.html").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_migrated_store, run_cli
+from tests.conftest import copy_migrated_store, invoke_cli
 
 pytestmark = [pytest.mark.slow]
 
@@ -37,8 +37,8 @@ params:
 
 
 def _search(work: Path, csv: Path, space: Path, n: int, study: str = "t", *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("search", "--data", str(csv), "--space", str(space), "--study", study, "--n-trials", str(n),
-                   *extra, cwd=work)
+    return invoke_cli("search", "--data", str(csv), "--space", str(space), "--study", study, "--n-trials", str(n),
+                      *extra, cwd=work)
 
 
 def _mlflow_runs(work: Path) -> list:
@@ -130,7 +130,7 @@ def test_summary_artifacts_and_challenger(searched: dict) -> None:
 
 
 def test_studies_lists_counts(searched: dict) -> None:
-    proc = run_cli("studies", cwd=searched["work"])
+    proc = invoke_cli("studies", cwd=searched["work"])
     assert proc.returncode == 0, proc.stderr
     line = next(l for l in proc.stdout.splitlines() if l.startswith("t "))
     study = _study(searched["work"])

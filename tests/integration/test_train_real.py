@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fer_experiments import EXPRESSIONS
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 def trained(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`fer-exp train --preset seed-base --epochs 1 --limit 300` in a subprocess, in a fresh folder."""
     work = tmp_path_factory.mktemp("train")
-    proc = run_cli("train", "--data", str(tiny_real_csv), "--preset", "seed-base", "--epochs", "1", "--limit", "300",
-                   "--batch-size", "64", cwd=work)
+    proc = invoke_cli("train", "--data", str(tiny_real_csv), "--preset", "seed-base", "--epochs", "1", "--limit", "300",
+                      "--batch-size", "64", cwd=work)
     assert proc.returncode == 0, proc.stderr
     run_id = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("run: "))
     return {"work": work, "stdout": proc.stdout, "run_id": run_id,
@@ -98,8 +98,8 @@ def test_evaluate_cli_matches_library(trained: dict) -> None:
     from fer_experiments.models.predict import predict_proba
 
     uri = f"runs:/{trained['run_id']}/model"
-    proc = run_cli("evaluate", uri, "--data", str(trained["csv"]), "--split", "PrivateTest", "--json",
-                   cwd=trained["work"])
+    proc = invoke_cli("evaluate", uri, "--data", str(trained["csv"]), "--split", "PrivateTest", "--json",
+                      cwd=trained["work"])
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     test = load_dataset(trained["csv"]).split("PrivateTest")
@@ -107,5 +107,5 @@ def test_evaluate_cli_matches_library(trained: dict) -> None:
     assert got["split"] == "PrivateTest" and got["n"] == 240
     assert got["accuracy"] == pytest.approx(expected.accuracy)
     assert got["report"]["Disgust"]["support"] == expected.support[1]
-    text = run_cli("evaluate", uri, "--data", str(trained["csv"]), cwd=trained["work"])
+    text = invoke_cli("evaluate", uri, "--data", str(trained["csv"]), cwd=trained["work"])
     assert text.returncode == 0 and "split: PrivateTest" in text.stdout and "weighted avg" in text.stdout

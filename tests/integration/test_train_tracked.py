@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fer_experiments import IMAGE_SIZE, NUM_CLASSES
-from tests.conftest import run_cli, write_kaggle_csv
+from tests.conftest import invoke_cli, write_kaggle_csv
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +47,8 @@ def _runs(uri: str) -> list:
 
 def test_train_end_to_end(tiny_csv: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
-    proc = run_cli("train", "--data", str(tiny_csv), *TINY_SETS, "--tracking-uri", uri, "--experiment", "cli-e2e",
-                   cwd=tmp_path, timeout=300)
+    proc = invoke_cli("train", "--data", str(tiny_csv), *TINY_SETS, "--tracking-uri", uri, "--experiment", "cli-e2e",
+                      cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     m = re.search(r"^run: ([0-9a-f]{32})$", proc.stdout, re.MULTILINE)
@@ -73,8 +73,8 @@ def test_train_end_to_end(tiny_csv: Path, tmp_path: Path) -> None:
 
 def test_train_nan_exits_4_and_run_failed(tiny_csv: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
-    proc = run_cli("train", "--data", str(tiny_csv), *TINY_SETS, "--batch-size", "16", "--learning-rate", "1e39",
-                   "--set", "optimizer=sgd", "--tracking-uri", uri, cwd=tmp_path, timeout=300)
+    proc = invoke_cli("train", "--data", str(tiny_csv), *TINY_SETS, "--batch-size", "16", "--learning-rate", "1e39",
+                      "--set", "optimizer=sgd", "--tracking-uri", uri, cwd=tmp_path, timeout=300)
     assert proc.returncode == 4, proc.stdout + proc.stderr
     _assert_one_line_error(proc, "nan")
     runs = _runs(uri)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fer_experiments import EXPRESSIONS
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli
 from tests.integration.test_predict_real import choose_faces, encode_a, iou, paste
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -99,8 +99,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_predict_video_follows_both_faces_and_writes_the_annotated_video_and_csv(env: dict) -> None:
     out = env["folder"] / "annotated.mp4"
-    proc = run_cli("predict", str(env["moving_mp4"]), "--model", env["model_path"], "--out", str(out),
-                   cwd=env["folder"])
+    proc = invoke_cli("predict", str(env["moving_mp4"]), "--model", env["model_path"], "--out", str(out),
+                      cwd=env["folder"])
     assert proc.returncode == 0, proc.stderr
     print(proc.stdout)
     assert f"{FRAMES} frames (640x480, 12.0 fps), {FRAMES} analysed" in proc.stdout
@@ -169,15 +169,15 @@ def test_predict_video_library_every_k_smoothing_and_a_face_free_video(env: dict
 
 def test_predict_video_no_face_and_damaged_videos_through_the_cli(env: dict) -> None:
     folder = env["folder"]
-    proc = run_cli("predict", str(env["empty_avi"]), "--model", env["model_path"], "--json", "--every", "2",
-                   cwd=folder)
+    proc = invoke_cli("predict", str(env["empty_avi"]), "--model", env["model_path"], "--json", "--every", "2",
+                      cwd=folder)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert (info["frames"], info["analysed_frames"], info["frames_with_faces"], info["tracks"]) == (9, 5, 0, {})
     assert Path(folder / info["csv"]).is_file() and info["csv"] == "empty-faces.csv"
     damaged = folder / "damaged.mp4"
     damaged.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
-    proc = run_cli("predict", str(damaged), "--model", env["model_path"], "--out", str(folder / "d.mp4"), cwd=folder)
+    proc = invoke_cli("predict", str(damaged), "--model", env["model_path"], "--out", str(folder / "d.mp4"), cwd=folder)
     assert proc.returncode == 3, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "damaged.mp4" in errors[0] and "Traceback" not in proc.stderr
@@ -186,7 +186,7 @@ def test_predict_video_no_face_and_damaged_videos_through_the_cli(env: dict) -> 
 
 def test_explain_a_photo_writes_feature_maps_per_block_and_grad_cam(env: dict) -> None:
     out = env["folder"] / "explained"
-    proc = run_cli("explain", env["model_path"], str(env["photo"]), "--out", str(out), "--json", cwd=env["folder"])
+    proc = invoke_cli("explain", env["model_path"], str(env["photo"]), "--out", str(out), "--json", cwd=env["folder"])
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["blocks"] == {"block1": [48, 48, 8], "block2": [24, 24, 16]}
@@ -196,7 +196,7 @@ def test_explain_a_photo_writes_feature_maps_per_block_and_grad_cam(env: dict) -
                      "grad-cam.png"]
     face = cv2.imread(str(out / "face.png"), cv2.IMREAD_GRAYSCALE)
     assert face.shape == (48, 48)
-    proc = run_cli("explain", env["model_path"], str(env["folder"] / "nothing.png"), cwd=env["folder"])
+    proc = invoke_cli("explain", env["model_path"], str(env["folder"] / "nothing.png"), cwd=env["folder"])
     assert proc.returncode == 3 and "nothing.png" in proc.stderr
 
 
@@ -210,8 +210,9 @@ def test_evaluate_grid_writes_both_grids_and_logs_them_to_the_run(env: dict, tin
     with start_run(uri, "grids") as run:
         model_uri = run.log_keras_model(env["model"])
     grid = env["folder"] / "grids" / "grid.png"
-    proc = run_cli("evaluate", model_uri, "--data", str(tiny_real_csv), "--split", "PrivateTest", "--grid", str(grid),
-                   "--per-class", "2", "--mistakes", "10", "--tracking-uri", uri, "--json", cwd=env["folder"])
+    proc = invoke_cli("evaluate", model_uri, "--data", str(tiny_real_csv), "--split", "PrivateTest",
+                      "--grid", str(grid), "--per-class", "2", "--mistakes", "10", "--tracking-uri", uri, "--json",
+                      cwd=env["folder"])
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["grid"] == str(grid) and info["mistakes_grid"] == str(grid.with_name("grid-mistakes.png"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli, run_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -41,6 +41,7 @@ def work(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     csv = root / "fer-tiny.csv"
     shutil.copy(tiny_real_csv, csv)  # a copy this module may move away (promote without --data)
     (root / "space.yaml").write_text(SPACE)
+    # A real process: its output is checked for TensorFlow's native start-up noise (file descriptor 2).
     proc = run_cli("search", "--data", str(csv), "--space", "space.yaml", "--study", "v", "--n-trials", "3", cwd=root,
                    timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -142,29 +143,29 @@ NO_DATA = {"FER2013_CSV": ""}
 
 def test_promote_finds_the_runs_data_and_dry_run_shows_versions(work: dict) -> None:
     # The best trial is registered as the challenger: a dry run names that version.
-    dry = run_cli("promote", "--study", "v", "--dry-run", cwd=work["root"], env=NO_DATA)
+    dry = invoke_cli("promote", "--study", "v", "--dry-run", cwd=work["root"], env=NO_DATA)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "already registered as version 1" in dry.stdout
     # No --data: the data set logged with the run is here with the same digest, and promote says it uses it.
-    done = run_cli("promote", "--study", "v", cwd=work["root"], env=NO_DATA)
+    done = invoke_cli("promote", "--study", "v", cwd=work["root"], env=NO_DATA)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "data set logged with the run" in done.stdout and str(work["csv"]) in done.stdout
     for noise in ("CloudPickle", "WARNING", "Warning"):
         assert noise not in done.stdout + done.stderr, noise
     # Once promoted, a dry run shows the champion's PrivateTest numbers too.
-    again = run_cli("promote", "--study", "v", "--dry-run", cwd=work["root"], env=NO_DATA)
+    again = invoke_cli("promote", "--study", "v", "--dry-run", cwd=work["root"], env=NO_DATA)
     champion_row = next(line for line in again.stdout.splitlines() if line.startswith("fer-cnn@champion"))
     assert champion_row.split()[1] == "1" and champion_row.split()[-1] != "-", again.stdout
     # A run whose data set moved away: promote asks for --data and says why.
-    trained = run_cli("train", "--data", str(work["csv"]), "--preset", "seed-base", "--set", "conv_blocks=1",
-                      "--set", "convs_per_block=1", "--set", "filters=4", "--set", "dense_layers=0", "--epochs", "1",
-                      "--limit", "100", cwd=work["root"])
+    trained = invoke_cli("train", "--data", str(work["csv"]), "--preset", "seed-base", "--set", "conv_blocks=1",
+                         "--set", "convs_per_block=1", "--set", "filters=4", "--set", "dense_layers=0", "--epochs", "1",
+                         "--limit", "100", cwd=work["root"])
     assert trained.returncode == 0, trained.stdout + trained.stderr
     run_id = next(line.split()[1] for line in trained.stdout.splitlines() if line.startswith("run: "))
     moved = work["root"] / "elsewhere.csv"
     work["csv"].rename(moved)
     try:
-        missing = run_cli("promote", "--run", run_id, "--model-name", "other", cwd=work["root"], env=NO_DATA)
+        missing = invoke_cli("promote", "--run", run_id, "--model-name", "other", cwd=work["root"], env=NO_DATA)
         assert missing.returncode == 2 and "give --data" in missing.stderr and "not on this machine" in missing.stderr
     finally:
         moved.rename(work["csv"])

@@ -1,7 +1,8 @@
 """Many workers, one study: real PostgreSQL (127.0.0.1:5432, trust auth) and a real MLflow tracking server.
 
-Each test gets fresh databases (Optuna's and MLflow's apart: both keep an alembic_version table) and its own
-`mlflow server` on a free port.
+The module shares one pair of databases (Optuna's and MLflow's apart: both keep an alembic_version table) and one
+`mlflow server` on a free port; each test runs its own study (and so its own MLflow experiment) and looks only at
+that. The test of a fresh database's migrations gets databases of its own.
 """
 
 from __future__ import annotations
@@ -50,8 +51,7 @@ def _admin(sql: str) -> None:
         conn.close()
 
 
-@pytest.fixture
-def databases() -> Iterator[dict[str, str]]:
+def _new_databases() -> Iterator[dict[str, str]]:
     names = {k: f"ferexp_{k}_{uuid.uuid4().hex[:10]}" for k in ("optuna", "mlflow")}
     for name in names.values():
         _admin(f"CREATE DATABASE {name}")
@@ -59,6 +59,19 @@ def databases() -> Iterator[dict[str, str]]:
     for name in names.values():
         _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
         _admin(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture(scope="module")
+def databases() -> Iterator[dict[str, str]]:
+    """An Optuna and an MLflow database for the module's tracking server: each test runs its own study (its own
+    MLflow experiment, named after it) and looks only at that experiment's runs."""
+    yield from _new_databases()
+
+
+@pytest.fixture
+def fresh_databases() -> Iterator[dict[str, str]]:
+    """Databases nothing has touched yet (no MLflow tables)."""
+    yield from _new_databases()
 
 
 def _free_port() -> int:
@@ -83,7 +96,8 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend,
              "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"})
+            # MLflow's job runner (GenAI jobs: a consumer process per CPU) is not what these tests use.
+            env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -104,9 +118,10 @@ class MlflowServer:
                 self.proc.wait()
 
 
-@pytest.fixture
-def server(databases: dict[str, str], tmp_path: Path) -> Iterator[MlflowServer]:
-    srv = MlflowServer(databases["mlflow"], tmp_path / "artifacts")
+@pytest.fixture(scope="module")
+def server(databases: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One tracking server for the module (its start and MLflow's migrations of a fresh database take seconds)."""
+    srv = MlflowServer(databases["mlflow"], tmp_path_factory.mktemp("artifacts"))
     srv.start()
     yield srv
     srv.stop()
@@ -127,9 +142,10 @@ def _client(server: MlflowServer):
     return mlflow.MlflowClient(server.uri, registry_uri=server.uri)
 
 
-def _runs(server: MlflowServer) -> list:
+def _runs(server: MlflowServer, study: str) -> list:
+    """The runs of ``study``'s experiment (the module's other tests log to the same server)."""
     client = _client(server)
-    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    return client.search_runs([client.get_experiment_by_name(study).experiment_id], max_results=1000)
 
 
 def _study(databases: dict, name: str):
@@ -168,7 +184,7 @@ def test_three_workers_share_one_study(synthetic_csv: Path, databases: dict, ser
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 9 and len(trials) == 9
     assert sorted(t.number for t in trials) == list(range(9))
-    runs = _runs(server)
+    runs = _runs(server, "big")
     parents = [r for r in runs if r.data.tags.get("fer.kind") == "study"]
     children = [r for r in runs if r.data.tags.get("fer.kind") == "trial"]
     assert len(parents) == 1
@@ -208,10 +224,10 @@ def test_sigkilled_worker_is_failed_retried_and_reconciled(synthetic_csv: Path, 
     retry = trials[1]
     assert retry.state == TrialState.COMPLETE and retry.params == trials[0].params
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
-    runs = {r.data.tags.get("trial_number"): r for r in _runs(server) if r.data.tags.get("fer.kind") == "trial"}
+    runs = {r.data.tags.get("trial_number"): r for r in _runs(server, "k") if r.data.tags.get("fer.kind") == "trial"}
     assert runs["0"].info.status == "KILLED" and runs["0"].data.tags["gpu"] == "0"
     assert runs["1"].info.status == "FINISHED"
-    assert not [r for r in _runs(server) if r.info.status == "RUNNING"]
+    assert not [r for r in _runs(server, "k") if r.info.status == "RUNNING"]
     assert "KILLED" in second.stdout
 
 
@@ -235,7 +251,7 @@ def test_sigterm_exits_143_and_leaves_nothing_running(synthetic_csv: Path, datab
     # The interrupted trial's params are queued again for the next worker (WAITING, a retry of trial 0).
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[1].params == trials[0].params and trials[1].system_attrs["failed_trial"] == 0
-    runs = _runs(server)
+    runs = _runs(server, "term")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert [r.info.status for r in runs if r.data.tags.get("fer.kind") == "trial"] == ["KILLED"]
 
@@ -260,7 +276,7 @@ def test_worker_survives_tracking_server_restart(synthetic_csv: Path, databases:
     assert proc.returncode == 0, err
     trials = _study(databases, "restart").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE]
-    runs = [r for r in _runs(server) if r.data.tags.get("fer.kind") == "trial"]
+    runs = [r for r in _runs(server, "restart") if r.data.tags.get("fer.kind") == "trial"]
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert len(_client(server).get_metric_history(runs[0].info.run_id, "val_accuracy")) == 3
 
@@ -283,10 +299,11 @@ def test_worker_with_other_data_is_refused(synthetic_csv: Path, databases: dict,
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-def test_workers_initialise_a_fresh_mlflow_database_once(databases: dict) -> None:
+def test_workers_initialise_a_fresh_mlflow_database_once(fresh_databases: dict) -> None:
     """Workers logging straight to PostgreSQL (no tracking server) start together on a fresh database: one of them
     runs MLflow's migrations under the set-up lock, none fails."""
     code = "from fer_experiments.tracking import prepare_store; import sys; prepare_store(sys.argv[1]); print('ok')"
+    databases = fresh_databases
     procs = [subprocess.Popen([sys.executable, "-c", code, databases["mlflow"]], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [p.communicate(timeout=300) for p in procs]

@@ -181,17 +181,17 @@ def test_explain_refuses_a_face_of_the_wrong_size(tiny_model) -> None:
 
 # ------------------------------------------------------------------------------------------------------- CLI
 def test_data_check_writes_a_sample_grid(tmp_path: Path) -> None:
-    from tests.conftest import run_cli, write_kaggle_csv
+    from tests.conftest import invoke_cli, write_kaggle_csv
 
     x, y = _faces(70)
     csv = write_kaggle_csv(tmp_path / "tiny.csv", {"Training": (x, y), "PublicTest": (x[:35], y[:35]),
                                                    "PrivateTest": (x[:35], y[:35])})
-    proc = run_cli("data", "check", "--data", str(csv), "--per-class", "3", "--grid", str(tmp_path / "g.png"),
-                   "--chart", str(tmp_path / "c.png"), cwd=tmp_path)
+    proc = invoke_cli("data", "check", "--data", str(csv), "--per-class", "3", "--grid", str(tmp_path / "g.png"),
+                      "--chart", str(tmp_path / "c.png"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"sample faces: {tmp_path / 'g.png'}" in proc.stdout
     w3, h3 = _png_size((tmp_path / "g.png").read_bytes())
-    proc = run_cli("data", "check", "--data", str(csv), "--per-class", "6", cwd=tmp_path)
+    proc = invoke_cli("data", "check", "--data", str(csv), "--per-class", "6", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     w6, h6 = _png_size((tmp_path / "tiny-samples.png").read_bytes())
     assert w6 > w3 and h6 == h3
