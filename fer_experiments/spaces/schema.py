@@ -74,7 +74,10 @@ REFIT_KEYS: dict[str, tuple[Any, str, Any]] = {
     # Continue the trial's trained weights (its best epoch) instead of starting from random weights.
     "warm_start": (lambda v: isinstance(v, bool), "true or false", False),
 }
-#: ``trial_budget: "8%"``: each trial gets this share of ``--budget``.
+#: ``trial_budget: "8%"``: each trial gets this share of ``--budget``, but never less than MIN_SHARE_SECONDS: the
+#: first training step traces the graph (10-20 s for a separable net on 2 cores), so a shorter slice would rank
+#: networks by their tracing time; on a short budget fewer trials fit, and the start point gets the rest.
+MIN_SHARE_SECONDS = 75.0
 _SHARE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
 SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "int": ("type", "low", "high", "step", "log", "when"),
@@ -210,15 +213,15 @@ class SearchSpace:
         return hash(self.content_hash())
 
     def trial_seconds(self, budget_seconds: float | None) -> float | None:
-        """Seconds of training per trial: ``trial_budget`` in seconds, or its share of ``budget_seconds``
-        (None without a --budget)."""
+        """Seconds of training per trial: ``trial_budget`` in seconds, or its share of ``budget_seconds`` but at
+        least ``MIN_SHARE_SECONDS`` (None without a --budget)."""
         if self.trial_budget is None or isinstance(self.trial_budget, float):
             return self.trial_budget
         if not budget_seconds:
             return None
         match = _SHARE_RE.match(self.trial_budget)
         assert match is not None  # validated at load
-        return budget_seconds * float(match.group(1)) / 100.0
+        return max(MIN_SHARE_SECONDS, budget_seconds * float(match.group(1)) / 100.0)
 
     def start_points(self) -> list[tuple[str, dict[str, Any]]]:
         """The ``start_from`` points as ``(name, values)``, in the space's order."""

@@ -156,6 +156,7 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
     weights = class_weights(train_split.y, train_params.class_weight)
 
     evaluator = _EpochEvaluator(val_split, objective, observers, restore_best, len(train_split.y), exported)
+    evaluator.settle = (network, train_split.x)
     if initial_weights is not None:
         evaluator.start_from_current()
     callbacks: list[keras.callbacks.Callback] = [evaluator]
@@ -234,6 +235,10 @@ class _EpochEvaluator(keras.callbacks.Callback):
 
         self._seen = 0
         self.last_fit_seconds = 0.0
+        self.steps_done = 0
+        #: (network, Training images): BatchNorm statistics are re-estimated from them before a PublicTest pass
+        #: that comes too early for the moving averages to have settled (see ``recalibrate_batchnorm``).
+        self.settle: tuple[keras.Model, np.ndarray] | None = None
 
     def start_from_current(self) -> None:
         """Judge the model's current (continued) weights on PublicTest as epoch 0: the best epoch to beat."""
@@ -255,6 +260,7 @@ class _EpochEvaluator(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._batches = batch + 1
+        self.steps_done += 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.last_fit_seconds = time.perf_counter() - self._t0
@@ -269,6 +275,8 @@ class _EpochEvaluator(keras.callbacks.Callback):
         if not math.isfinite(loss):
             self.model.stop_training = True
             raise TrialFailed(f"loss became {loss} at epoch {epoch + 1}")
+        if self.settle is not None and self.steps_done < BATCHNORM_SETTLE_STEPS:
+            recalibrate_batchnorm(*self.settle)
         ev = evaluate_probabilities(self.val.y, predict_proba(self.exported, self.val.x), "PublicTest")
         # Written into Keras's own logs so ReduceLROnPlateau / EarlyStopping see the same numbers.
         logs.update({"val_loss": ev.loss, "val_accuracy": ev.accuracy, "val_macro_f1": ev.macro_f1})
@@ -282,6 +290,32 @@ class _EpochEvaluator(keras.callbacks.Callback):
             self.best = (epoch + 1, ev, self.exported.get_weights() if self.keep_best else None)
         for observer in self.observers:
             observer(epoch + 1, metrics)
+
+
+#: Below this many training steps BatchNorm's moving averages (momentum 0.99) still hold much of their initial
+#: value (0.99**600 ~ 0.2%): a short training (a trial's time slice of a few hundred steps) would be judged with
+#: statistics that predict one class for every face.
+BATCHNORM_SETTLE_STEPS = 600
+
+
+def recalibrate_batchnorm(network: keras.Model, x: np.ndarray, batches: int = 16, batch_size: int = 128,
+                          seed: int = 0) -> None:
+    """Re-estimate every BatchNormalization layer's moving mean and variance as the plain average of its batch
+    statistics over ``batches`` batches of ``x`` (Training images, no augmentation). The weights do not change."""
+    layers = [layer for layer in network._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers or len(x) == 0:
+        return
+    rng = np.random.default_rng(seed)
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for k in range(batches):
+            for layer in layers:
+                layer.momentum = k / (k + 1)  # the k-th batch weighs 1/(k+1): a running plain average
+            idx = rng.choice(len(x), size=min(batch_size, len(x)), replace=False)
+            network(as_model_input(x[idx]), training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
 
 
 class _BatchReporter(keras.callbacks.Callback):

@@ -87,8 +87,10 @@ def test_budget_with_slices_and_a_warm_refit_ends_within_it(tiny_real_csv: Path,
     trials = find_runs(uri, None, filter_string=tags.study_filter("b", kind=tags.KIND_TRIAL))
     refits = find_runs(uri, None, filter_string=tags.study_filter("b", kind=tags.KIND_REFIT))
     assert trials and len(refits) == 1 and refits[0].status == "FINISHED"
-    # 8% of the budget each: trials compare at equal cost.
-    assert all(float(t.params["time_budget_s"]) == pytest.approx(budget * 0.08, abs=1.5) for t in trials)
+    # The same slice each (8% of the budget, but at least 75 s of which the first trial may get less: it is the
+    # one the refit needs): trials compare at equal cost.
+    slices = sorted(float(t.params["time_budget_s"]) for t in trials)
+    assert slices[-1] <= 75.0 and all(s == slices[-1] for s in slices[1:])
     assert refits[0].tags[tags.WARM_START_OF] in {t.run_id for t in trials}
     print(f"--budget {budget}s: wall {wall:.0f}s, {len(trials)} trials")
 

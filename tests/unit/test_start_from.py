@@ -53,8 +53,10 @@ def test_trial_budget_seconds_or_a_share_of_the_budget() -> None:
     assert _space().trial_seconds(600) is None
     assert _space(trial_budget=30).trial_seconds(None) == 30.0
     assert _space(trial_budget=30).trial_seconds(600) == 30.0
-    assert _space(trial_budget="8%").trial_seconds(600) == pytest.approx(48.0)
-    assert _space(trial_budget=" 2.5 % ").trial_seconds(1000) == pytest.approx(25.0)
+    assert _space(trial_budget="8%").trial_seconds(3600) == pytest.approx(288.0)
+    assert _space(trial_budget=" 2.5 % ").trial_seconds(4000) == pytest.approx(100.0)
+    # Never a slice shorter than the graph's tracing could dominate.
+    assert _space(trial_budget="8%").trial_seconds(600) == pytest.approx(75.0)
     assert _space(trial_budget="8%").trial_seconds(None) is None  # a share needs a --budget
     # Equal slices are how trials compare: part of the study's identity.
     assert _space(trial_budget="8%").content_hash() != _space().content_hash()
@@ -79,6 +81,7 @@ def test_shipped_cpu_hour_starts_from_the_best_known_networks_exactly() -> None:
         assert train == type(train)(**{**preset.train.__dict__, "epochs": train.epochs})
     assert space.refit is not None and space.refit["warm_start"] and space.train_limit is None
     assert space.trial_seconds(3600) == pytest.approx(0.06 * 3600)
+    assert space.trial_seconds(600) == pytest.approx(75.0)
 
 
 def _split(n: int, seed: int):
