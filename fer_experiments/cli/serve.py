@@ -11,7 +11,7 @@ import click
 if TYPE_CHECKING:
     import socket
 
-from fer_experiments.cli.options import tracking_option
+from fer_experiments.cli.options import FiniteFloatRange, tracking_option
 from fer_experiments.config import DEFAULT_MODEL_URI
 from fer_experiments.models.export import RUNTIME_EXPORTED, RUNTIMES
 from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DEFAULT_DETECTOR
@@ -31,7 +31,7 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "raise it to find faces smaller than ~1/12 of the image's longer side)."),
         click.option("--min-face", type=click.IntRange(min=1), default=32, show_default=True,
                      help="Smallest face to look for, in pixels of the original image."),
-        click.option("--margin", type=click.FloatRange(0, 1), default=None,
+        click.option("--margin", type=FiniteFloatRange(0, 1), default=None,
                      help="Widen each detected box by this fraction on every side before cropping "
                           "[default: 0.03, the framing of FER2013's faces]."),
         click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=RUNTIME_EXPORTED,
@@ -249,19 +249,19 @@ def _write_annotated(image: Any, faces: list[dict[str, Any]], name: str, out_dir
 @_common_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
-@click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+@click.option("--poll-seconds", type=FiniteFloatRange(0.1, 86400), default=30.0, show_default=True,
               help="How often to look up the alias and pick up a newly promoted version (POST /reload: now).")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=10 * 1024 * 1024, show_default=True,
               help="Largest upload accepted (413 above).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
               help="Largest image accepted, in pixels (413 above: decompression bombs).")
-@click.option("--batch-window-ms", type=click.FloatRange(0, 1000), default=3.0, show_default=True,
+@click.option("--batch-window-ms", type=FiniteFloatRange(0, 1000), default=3.0, show_default=True,
               help="Micro-batching: how long a classifier call may wait, after the first waiting face, for the "
                    "faces of requests still being detected; they are classified in one call (0: off; a request "
                    "alone never waits).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Micro-batching: at most this many faces per classifier call.")
-@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+@click.option("--body-timeout", type=FiniteFloatRange(0.1, 3600), default=15.0, show_default=True,
               help="Answer 408 when an upload sends no byte for this many seconds (or its whole body takes 4x).")
 @click.option("--max-uploads", type=click.IntRange(min=1), default=64, show_default=True,
               help="Uploads received at once; more get 503 with Retry-After.")
