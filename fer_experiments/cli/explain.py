@@ -44,7 +44,7 @@ def explain(model_uri: str, image: str, out_dir: str | None, class_name: str | N
     from fer_experiments import EXPRESSIONS, IMAGE_SIZE
     from fer_experiments.errors import ConfigError, DataError
     from fer_experiments.evaluation.explain import explanation_images
-    from fer_experiments.io import atomic_write_bytes, atomic_write_text
+    from fer_experiments.io import atomic_write_bytes, atomic_write_text, read_capped
     from fer_experiments.models.explain import explain as explain_face
     from fer_experiments.serving.detector import DEFAULT_MARGIN, DetectorConfig, FaceDetector
     from fer_experiments.serving.images import decode_image, encode_image, to_face_input
@@ -56,10 +56,7 @@ def explain(model_uri: str, image: str, out_dir: str | None, class_name: str | N
         if class_name.lower() not in names:
             raise ConfigError(f"--class {class_name!r}: expected one of {', '.join(EXPRESSIONS)}")
         class_index = names[class_name.lower()]
-    try:
-        data = Path(image).read_bytes()
-    except OSError as exc:
-        raise DataError(f"{image}: cannot read ({exc.strerror or exc})") from None
+    data = read_capped(image)  # DataError naming the file when it cannot be read or is too large
     try:
         decoded = decode_image(data, max_bytes=max(len(data), 1))
     except DataError as exc:

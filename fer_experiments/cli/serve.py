@@ -111,6 +111,11 @@ def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, d
         raise click.UsageError("give one or more images, a video, or --camera N")
     if out_path is not None and Path(out_path).is_file():
         raise click.BadParameter(f"{out_path!r} is a file; for images --out is a folder", param_hint="'--out'")
+    if out_path is not None:
+        for name in images:  # an annotated copy is written under the input's own name: never over an input
+            if _same_path(Path(name).parent, out_path):
+                raise click.BadParameter(f"{out_path!r} holds the input {name!r}; its annotated copy would replace it: "
+                                         "write into another folder", param_hint="'--out'")
     _predict_images(images, model_uri, tracking_uri, detector, detect_size, min_face, margin, runtime, out_path,
                     as_json, no_detect, max_pixels)
 
@@ -119,6 +124,7 @@ def _predict_images(images: tuple[str, ...], model_uri: str, tracking_uri: str |
                     detect_size: int, min_face: int, margin: float | None, runtime: str, out_dir: str | None,
                     as_json: bool, no_detect: bool, max_pixels: int | None) -> None:
     from fer_experiments.errors import DataError
+    from fer_experiments.io import read_capped
     from fer_experiments.serving.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
     from fer_experiments.serving.predictor import load_model
 
@@ -131,9 +137,9 @@ def _predict_images(images: tuple[str, ...], model_uri: str, tracking_uri: str |
     for name in images:
         try:
             try:
-                data = Path(name).read_bytes()
-            except OSError as exc:
-                raise DataError(f"cannot read ({exc.strerror or exc})") from None
+                data = read_capped(name)
+            except DataError as exc:  # the message names the file; the loop below adds it once
+                raise DataError(str(exc).removeprefix(f"{name}: ")) from None
             # The CLI reads local files: no upload limit, only the pixel limit (decompression bombs).
             image = decode_image(data, max_bytes=max(len(data), 1), max_pixels=pixel_limit,
                                  keep_colour=out_dir is not None)
@@ -170,6 +176,12 @@ def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, 
                                  param_hint="'--out'")
     stem = f"camera{source}" if isinstance(source, int) else Path(source).stem
     csv_target = csv_path or (str(Path(out_path).with_suffix(".csv")) if out_path else f"{stem}-faces.csv")
+    for option, target in (("--out", out_path), ("--csv", csv_target)):
+        if target is not None and not isinstance(source, int) and _same_path(source, target):
+            raise click.BadParameter(f"{target!r} is the input video; writing there would replace it",
+                                     param_hint=f"'{option}'")
+    if out_path is not None and _same_path(out_path, csv_target):
+        raise click.BadParameter(f"{csv_target!r} is also the annotated video (--out)", param_hint="'--csv'")
     open_capture(source).release()  # a missing or unreadable video or camera fails at once, before the model loads
     loaded = load_model(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin), runtime)
     last = [time.perf_counter()]
@@ -205,6 +217,16 @@ def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, 
         raise Terminated()
     if summary.stopped == "interrupted" and not isinstance(source, int):
         raise KeyboardInterrupt
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same file or folder (links and relative spellings included)."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they point
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def _print_result(result: dict[str, Any]) -> None:
