@@ -287,12 +287,18 @@ def _write_annotated(image: Any, faces: list[dict[str, Any]], name: str, out_dir
               help="Answer 408 when an upload sends no byte for this many seconds (or its whole body takes 4x).")
 @click.option("--max-uploads", type=click.IntRange(min=1), default=64, show_default=True,
               help="Uploads received at once; more get 503 with Retry-After.")
+@click.option("--header-timeout", type=FiniteFloatRange(0.5, 300), default=10.0, show_default=True,
+              help="Close a connection (408) whose request headers are not complete this many seconds after it "
+                   "opened or after its previous response (slow-header clients).")
+@click.option("--max-connections", type=click.IntRange(16, 1_000_000), default=1000, show_default=True,
+              help="Open connections at most (lowered to the file-descriptor limit less a reserve); a new one "
+                   "closes the oldest still sending its headers, or gets 503 when none is.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True, help="uvicorn's log level (info adds one line per request).")
 def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: int, min_face: int,
           margin: float | None, runtime: str, host: str, port: int, poll_seconds: float, max_bytes: int,
           max_pixels: int, batch_window_ms: float, max_batch: int, body_timeout: float, max_uploads: int,
-          log_level: str) -> None:
+          header_timeout: float, max_connections: int, log_level: str) -> None:
     """Serve the model over HTTP: POST /predict, GET /health, GET /metrics, POST /reload, docs at /docs.
 
     \b
@@ -305,7 +311,7 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
     """
     import uvicorn
 
-    from fer_experiments.serving.app import create_app, json_error_protocol
+    from fer_experiments.serving.app import create_app, json_error_protocol, max_connections_for, run_server
     from fer_experiments.serving.predictor import Limits, ModelHolder
 
     holder = ModelHolder(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin),
@@ -322,10 +328,13 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
     click.echo(f"serving on http://{host}:{bound} (docs: http://{host}:{bound}/docs)", err=True)
     app = create_app(holder, Limits(max_bytes, max_pixels), body_timeout=body_timeout, max_uploads=max_uploads)
     # Graceful shutdown waits for requests in flight (bounded: a stalled upload times out after --body-timeout).
+    # Accepts per wake-up (and the listen backlog) below uvicorn's 2048: when accept() fails, asyncio logs and
+    # retries once per accept of that loop.
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
-                            timeout_graceful_shutdown=body_timeout + 5, http=json_error_protocol())
+                            timeout_graceful_shutdown=body_timeout + 5, backlog=512,
+                            http=json_error_protocol(header_timeout, max_connections_for(max_connections)))
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        run_server(config, sock)
     except KeyboardInterrupt as exc:  # uvicorn re-raises the signal once requests in flight have finished
         _exit_now(exc)
 
