@@ -136,11 +136,13 @@ def make_ensemble(cfg: EnsembleConfig, echo: Callable[[str], None] = lambda s: N
 
 
 def _input_problem(model: "keras.Model", x: "np.ndarray") -> str | None:
-    """Why ``model`` cannot take the faces ``x`` (its input shape differs), or None."""
+    """Why ``model`` cannot take the faces ``x`` (N, H, W; the channel is added when predicting): its input is not
+    (None, H, W, 1). None when it can."""
     shape = getattr(model, "input_shape", None)
-    if not isinstance(shape, tuple) or len(shape) != x.ndim or any(
-            s is not None and s != d for s, d in zip(shape[1:], x.shape[1:])):
-        return f"its input is {shape}, the faces are {tuple(x.shape[1:])}"
+    wanted = (*x.shape[1:3], 1)
+    if not isinstance(shape, tuple) or len(shape) != 4 or any(
+            s is not None and s != d for s, d in zip(shape[1:], wanted)):
+        return f"its input is {shape}, the faces are {wanted}"
     return None
 
 

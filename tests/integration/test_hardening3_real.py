@@ -266,7 +266,13 @@ def test_ensemble_leaves_out_a_forged_member_and_names_it(synthetic_csv: Path, p
     for number, size in ((0, 48), (1, 64), (2, 48)):
         with start_run(uri, "ens", run_name=f"trial-{number}", parent_run_id=parent,
                        tags=tags.trial_tags(study="e", engine="optuna", number=number)) as run:
-            run.log_keras_model(_tiny(size, number))
+            if size == 48:
+                run.log_keras_model(_tiny(size, number))
+            else:  # forged by hand, as MLflow's own API lets anyone log a model into a study's run
+                import mlflow.keras
+
+                info = mlflow.keras.log_model(_tiny(size, number), name="model", pip_requirements=["keras"])
+                run.set_tags({tags.model_id_tag(): info.model_id})
             run.log_metrics({tags.PUBLIC_ACCURACY: 0.5 - number / 100})
             run.set_tags({tags.TRIAL_STATE: "COMPLETE", tags.OBJECTIVE_VALUE: 0.5 - number / 100,
                           tags.DATA_DIGEST: digest})
