@@ -114,7 +114,7 @@ def test_kept_alive_connection_gets_the_same_header_deadline(server: dict) -> No
                 if not chunk:
                     break
                 reply += chunk
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break

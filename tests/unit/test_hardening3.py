@@ -270,7 +270,7 @@ def test_promote_dry_run_survives_malformed_tags(prepared_stores: dict, tmp_path
     uri = prepared_stores["tracking_uri"]
     runs = _study_with_bad_tags(uri)
     # The run with a non-numeric objective is skipped; the one without a number still counts as a record.
-    study, number, run_id = best_of_study(uri, "bad")
+    _, _, run_id = best_of_study(uri, "bad")
     assert run_id in (runs["0"], runs["2"]) and run_id != runs["1"]
 
 
