@@ -37,12 +37,12 @@ def _parse(*args: str) -> tuple[int, str]:
     ("search", "--data", "x.csv", "--space", "s.yaml", "--study", "s", "--n-trials", "1", "--timeout", "-5m"),
     ("search", "--data", "x.csv", "--space", "s.yaml", "--study", "s", "--n-trials", "1", "--budget", "0"),
     ("worker", "--data", "x.csv", "--study", "s", "--timeout", "nan"),
-    ("serve", "--poll-seconds", "nan"),
-    ("serve", "--poll-seconds", "inf"),
-    ("serve", "--body-timeout", "nan"),
-    ("serve", "--body-timeout", "1e9"),
-    ("serve", "--header-timeout", "nan"),
-    ("serve", "--batch-window-ms", "nan"),
+    ("serve", "--host", "256.0.0.1", "--poll-seconds", "nan"),
+    ("serve", "--host", "256.0.0.1", "--poll-seconds", "inf"),
+    ("serve", "--host", "256.0.0.1", "--body-timeout", "nan"),
+    ("serve", "--host", "256.0.0.1", "--body-timeout", "1e9"),
+    ("serve", "--host", "256.0.0.1", "--header-timeout", "nan"),
+    ("serve", "--host", "256.0.0.1", "--batch-window-ms", "nan"),
     ("distill", "--run", "r", "--temperature", "nan"),
     ("distill", "--run", "r", "--temperature", "inf"),
     ("distill", "--run", "r", "--alpha", "nan"),
@@ -53,7 +53,7 @@ def _parse(*args: str) -> tuple[int, str]:
 ])
 def test_non_finite_and_out_of_range_numbers_are_refused_at_parse_time(tmp_path: Path, args: tuple[str, ...],
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # (serve: an address no server can listen on, should the option pass)
     code, out = _parse(*args)
     assert code == 2, out
     option = next(a for a in args if a.startswith("--") and args[args.index(a) + 1] in (
