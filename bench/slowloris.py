@@ -79,6 +79,7 @@ def run(args: argparse.Namespace, addr: tuple[str, int], url: str) -> None:
     next_health = 0.0
     end = time.monotonic() + args.seconds
     client = httpx.Client(timeout=10)
+    poller = select.poll()  # select() cannot watch descriptors above 1023
     while time.monotonic() < end and (opened < args.connections or open_socks):
         now = time.monotonic()
         while opened < args.connections and len(open_socks) < args.open_at_once:
@@ -92,7 +93,8 @@ def run(args: argparse.Namespace, addr: tuple[str, int], url: str) -> None:
                 continue
             opened += 1
             open_socks[s.fileno()] = (s, now, now + args.drip)
-        ready, _, _ = select.select([s for s, _, _ in open_socks.values()][:1000], [], [], 0.05)
+            poller.register(s, select.POLLIN | select.POLLHUP | select.POLLERR)
+        ready = [open_socks[fd][0] for fd, _ in poller.poll(50) if fd in open_socks]
         for s in ready:
             try:
                 data = s.recv(4096)
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace, addr: tuple[str, int], url: str) -> None:
                     pass
             except (BlockingIOError, OSError):
                 pass
+            poller.unregister(s)
             entry = open_socks.pop(s.fileno(), None)
             if entry:
                 lives.append(time.monotonic() - entry[1])
@@ -118,6 +121,7 @@ def run(args: argparse.Namespace, addr: tuple[str, int], url: str) -> None:
                     open_socks[fd] = (s, t0, now + args.drip)
                 except OSError:
                     open_socks.pop(fd)
+                    poller.unregister(s)
                     lives.append(now - t0)
                     closed += 1
                     s.close()
