@@ -21,6 +21,7 @@ imported on the first call, not when ``fer_experiments`` is imported.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,10 +285,11 @@ def search(data: str | os.PathLike, space: str | os.PathLike, study: str, *, n_t
     from fer_experiments.search.lifecycle import run_search
 
     started = time.time()  # the budget counts from here: data loading and logging are part of it
-    if budget is not None and not budget > 0:
-        raise ConfigError(f"budget {budget!r}: must be a positive number of seconds")
-    if timeout is not None and not timeout > 0:
-        raise ConfigError(f"timeout {timeout!r}: must be a positive number of seconds")
+    # NaN and infinity fail these too: a search that could never end is refused (as the CLI's Duration does).
+    if budget is not None and not 0 < budget < math.inf:
+        raise ConfigError(f"budget {budget!r}: must be a finite positive number of seconds")
+    if timeout is not None and not 0 < timeout < math.inf:
+        raise ConfigError(f"timeout {timeout!r}: must be a finite positive number of seconds")
     if n_trials is None and budget is None:
         raise ConfigError("give n_trials, budget or both")
     if engine not in ("optuna", "keras-tuner"):

@@ -78,3 +78,26 @@ def file_lock(path: str | os.PathLike[str], blocking: bool = True) -> Iterator[N
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+#: Largest input file (an image, a photo) read into memory at once: a 50-megapixel PNG is well under it, while
+#: ``/dev/zero`` or a sparse file of 100 GB is refused instead of filling the memory.
+MAX_INPUT_BYTES = 256 * 1024 * 1024
+
+
+def read_capped(path: str | os.PathLike[str], limit: int = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of ``path``, reading at most ``limit`` (+1 to tell): DataError naming the file when it is larger
+    (also for endless devices such as ``/dev/zero``, whose size no stat tells) or cannot be read."""
+    from fer_experiments.errors import DataError
+
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > limit:
+                raise DataError(f"{path}: {size:,} bytes; at most {limit:,} bytes are read from one file")
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise DataError(f"{path}: more than {limit:,} bytes; at most {limit:,} bytes are read from one file")
+    return data

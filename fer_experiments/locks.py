@@ -19,6 +19,8 @@ STUDY_SETUP_KEY = 0x0FE2E3B2
 TRIAL_GATE_KEY = 0x0FE2E3B3
 #: Promote / rollback of one registered model (combined with a hash of the model's name).
 REGISTRY_KEY = 0x0FE2E3B4
+#: Exporting (or quantizing) one run's graph (combined with a hash of the run id).
+EXPORT_KEY = 0x0FE2E3B5
 
 
 def is_postgres(url: str) -> bool:

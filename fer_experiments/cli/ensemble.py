@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from fer_experiments.cli.options import (
+    AliasName,
+    FiniteFloatRange,
     cache_dir_option,
     data_option,
     fmt,
@@ -15,6 +17,7 @@ from fer_experiments.cli.options import (
     tracking_uri_or_default,
 )
 from fer_experiments.config import DEFAULT_CHALLENGER_ALIAS
+from fer_experiments.ensembles.members import MAX_TOP
 
 
 def _rate(v: float | None) -> str:
@@ -23,7 +26,7 @@ def _rate(v: float | None) -> str:
 
 @click.command()
 @click.option("--study", required=True, help="The study whose best models to ensemble (any engine).")
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--top", type=click.IntRange(1, MAX_TOP), default=3, show_default=True,
               help="K: the study's best K models (its refit models if it has any, else its COMPLETE trials); "
                    "for greedy also the most additions.")
 @click.option("--method", type=click.Choice(["mean", "greedy"]), default="mean", show_default=True,
@@ -31,7 +34,8 @@ def _rate(v: float | None) -> str:
                    "PublicTest (members weighted by how often they were picked).")
 @data_option()
 @model_name_option("Registered model to add the ensemble to as a new version.")
-@click.option("--alias", default=DEFAULT_CHALLENGER_ALIAS, show_default=True, help="Alias to point at the new version.")
+@click.option("--alias", type=AliasName(), default=DEFAULT_CHALLENGER_ALIAS, show_default=True,
+              help="Alias to point at the new version.")
 @click.option("--no-register", is_flag=True, help="Log the ensemble run only; leave the registry alone.")
 @click.option("--experiment", default=None, help="MLflow experiment [default: the study's].")
 @click.option("--run-name", default=None, help="MLflow run name [default: ensemble-<method>-top<K>].")
@@ -75,14 +79,15 @@ def ensemble(study: str, top: int, method: str, data_path: str, model_name: str,
               help="Student network preset (see `fer-exp presets`) [default: the ensemble's best member's network].")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override a student model/training parameter, e.g. --set filters=16.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+@click.option("--temperature", type=FiniteFloatRange(0, 100, min_open=True), default=4.0, show_default=True,
               help="Softmax temperature of the soft targets.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+@click.option("--alpha", type=FiniteFloatRange(0, 1), default=0.3, show_default=True,
               help="Weight of the true labels' loss (1 - alpha on the teacher's soft targets).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the student's epochs.")
 @limit_option
 @model_name_option("Registered model to add the student to as a new version.")
-@click.option("--alias", default=DEFAULT_CHALLENGER_ALIAS, show_default=True, help="Alias to point at the new version.")
+@click.option("--alias", type=AliasName(), default=DEFAULT_CHALLENGER_ALIAS, show_default=True,
+              help="Alias to point at the new version.")
 @click.option("--no-register", is_flag=True, help="Log the student's run only; leave the registry alone.")
 @click.option("--experiment", default=None, help="MLflow experiment [default: the teacher's].")
 @click.option("--run-name", default=None, help="MLflow run name [default: distilled].")

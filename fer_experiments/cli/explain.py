@@ -44,8 +44,9 @@ def explain(model_uri: str, image: str, out_dir: str | None, class_name: str | N
     from fer_experiments import EXPRESSIONS, IMAGE_SIZE
     from fer_experiments.errors import ConfigError, DataError
     from fer_experiments.evaluation.explain import explanation_images
-    from fer_experiments.io import atomic_write_bytes, atomic_write_text
+    from fer_experiments.io import atomic_write_bytes, atomic_write_text, read_capped
     from fer_experiments.models.explain import explain as explain_face
+    from fer_experiments.models.explain import explain_members, predict_one
     from fer_experiments.serving.detector import DEFAULT_MARGIN, DetectorConfig, FaceDetector
     from fer_experiments.serving.images import decode_image, encode_image, to_face_input
     from fer_experiments.tracking.model_io import load_keras_model
@@ -56,10 +57,7 @@ def explain(model_uri: str, image: str, out_dir: str | None, class_name: str | N
         if class_name.lower() not in names:
             raise ConfigError(f"--class {class_name!r}: expected one of {', '.join(EXPRESSIONS)}")
         class_index = names[class_name.lower()]
-    try:
-        data = Path(image).read_bytes()
-    except OSError as exc:
-        raise DataError(f"{image}: cannot read ({exc.strerror or exc})") from None
+    data = read_capped(image)  # DataError naming the file when it cannot be read or is too large
     try:
         decoded = decode_image(data, max_bytes=max(len(data), 1))
     except DataError as exc:
@@ -76,21 +74,33 @@ def explain(model_uri: str, image: str, out_dir: str | None, class_name: str | N
         c = box.expand(DEFAULT_MARGIN, gray.shape[1], gray.shape[0])
         face = to_face_input(np.ascontiguousarray(gray[c.y:c.y + c.h, c.x:c.x + c.w]))
     model = load_keras_model(model_uri, tracking_uri)
-    ex = explain_face(model, face, class_index)
+    members = explain_members(model, face, class_index)
+    # An ensemble: every member's maps, all for the ensemble's class (the first member's alone passed for the whole).
+    ex = None if members else explain_face(model, face, class_index)
+    probabilities = predict_one(model, face) if members else ex.probabilities
+    explained = members[0][2].class_index if members else ex.class_index
     target = Path(out_dir or f"explain-{Path(image).stem}")
     written = []
-    for name, png in explanation_images(face, ex).items():
-        atomic_write_bytes(target / name, png)
-        written.append(str(target / name))
+    for prefix, one in ([(f"{name}-", m) for name, _, m in members] if members else [("", ex)]):
+        for name, png in explanation_images(face, one).items():
+            atomic_write_bytes(target / f"{prefix}{name}", png)
+            written.append(str(target / f"{prefix}{name}"))
     atomic_write_bytes(target / "face.png", encode_image(face, ".png"))
     summary = {
         "model": model_uri, "image": image, "box": box.to_dict() if box else None,
-        "predicted": EXPRESSIONS[int(np.argmax(ex.probabilities))], "explained_class": EXPRESSIONS[ex.class_index],
-        "probabilities": {n: round(float(p), 6) for n, p in zip(EXPRESSIONS, ex.probabilities)},
-        "grad_cam_layer": ex.cam_layer,
-        "blocks": {name: list(maps.shape) for name, maps in ex.feature_maps.items()},
+        "predicted": EXPRESSIONS[int(np.argmax(probabilities))], "explained_class": EXPRESSIONS[explained],
+        "probabilities": {n: round(float(p), 6) for n, p in zip(EXPRESSIONS, probabilities)},
         "files": written + [str(target / "face.png")],
     }
+    if ex is not None:
+        summary |= {"grad_cam_layer": ex.cam_layer,
+                    "blocks": {name: list(maps.shape) for name, maps in ex.feature_maps.items()}}
+    if members:
+        summary["members"] = [{
+            "member": name, "weight": round(weight, 6), "grad_cam_layer": m.cam_layer,
+            "predicted": EXPRESSIONS[int(np.argmax(m.probabilities))],
+            "probabilities": {n: round(float(p), 6) for n, p in zip(EXPRESSIONS, m.probabilities)},
+            "files": [f for f in written if Path(f).name.startswith(f"{name}-")]} for name, weight, m in members]
     atomic_write_text(target / "explain.json", json.dumps(summary, indent=2) + "\n")
     if not no_log:
         from fer_experiments.cli.options import tracking_uri_or_default
@@ -112,9 +122,16 @@ def explain(model_uri: str, image: str, out_dir: str | None, class_name: str | N
     where = f" (face at x={box.x} y={box.y} w={box.w} h={box.h})" if box else ""
     probs = " ".join(f"{k} {v:.3f}" for k, v in summary["probabilities"].items())
     click.echo(f"{image}{where}: {summary['predicted']}  {probs}")
-    for name, shape in summary["blocks"].items():
-        click.echo(f"  {name}: {shape[0]}x{shape[1]}x{shape[2]}")
-    click.echo(f"  Grad-CAM for {summary['explained_class']} on {ex.cam_layer}")
+    if members:
+        click.echo(f"  an ensemble of {len(members)}: each member's feature maps and Grad-CAM for "
+                   f"{summary['explained_class']} (files <member>-*.png)")
+        for m in summary["members"]:
+            click.echo(f"  {m['member']} (weight {m['weight']:.3f}): {m['predicted']}, Grad-CAM on "
+                       f"{m['grad_cam_layer']}")
+    else:
+        for name, shape in summary["blocks"].items():
+            click.echo(f"  {name}: {shape[0]}x{shape[1]}x{shape[2]}")
+        click.echo(f"  Grad-CAM for {summary['explained_class']} on {summary['grad_cam_layer']}")
     click.echo(f"written to {target}/: {', '.join(Path(p).name for p in summary['files'])}")
     if "logged_to_run" in summary:
         click.echo(f"logged to run {summary['logged_to_run']} under explain/")

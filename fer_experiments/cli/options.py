@@ -5,7 +5,9 @@ Defaults come from ``fer_experiments.config``; environment variables that set an
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from typing import Any, Callable
 
 import click
@@ -14,6 +16,65 @@ from fer_experiments.config import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, DEFAULT_ST
 
 DATA_ENV = "FER2013_CSV"
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange that also refuses NaN and infinities: every comparison with NaN is False, so a plain
+    FloatRange lets ``nan`` through its bounds (and ``inf`` through an open upper one). Every float option uses this."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+class Duration(click.ParamType):
+    """A duration option: '90', '90s', '15m', '6h', '1d' -> seconds (float), finite and within [min, max]."""
+
+    name = "duration"
+
+    def __init__(self, min_seconds: float = 1.0, max_seconds: float = 30 * 86400.0) -> None:
+        self.min_seconds = min_seconds
+        self.max_seconds = max_seconds
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+            t = str(value).strip().lower()
+            try:
+                seconds = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+            except ValueError:
+                self.fail(f"{value!r}: expected seconds or a number with s, m, h or d (e.g. 6h)", param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite duration.", param, ctx)
+        if not self.min_seconds <= seconds <= self.max_seconds:
+            self.fail(f"{value!r} is not between {self.min_seconds:g} s and {self.max_seconds / 86400:g} days.",
+                      param, ctx)
+        return seconds
+
+
+#: MLflow's alias rules (letters, digits, _ and -; not 'latest', not v<digits>), checked before anything is written.
+#: 246 characters: fer-exp also sets ``previous-<alias>`` (MLflow allows 255).
+_ALIAS = re.compile(r"^[\w\-]{1,246}$")
+
+
+class AliasName(click.ParamType):
+    """A registered-model alias MLflow accepts, refused at parse time (MLflow itself refuses it only on the write)."""
+
+    name = "alias"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        if not _ALIAS.match(text):
+            self.fail(f"{text!r}: an alias is 1-246 letters, digits, '_' or '-'.", param, ctx)
+        if text.lower() == "latest" or re.match(r"^[vV]\d+$", text):
+            self.fail(f"{text!r} is reserved by MLflow ('latest' and v<number> name versions).", param, ctx)
+        return text
 
 
 def data_option(required: bool = True, help_text: str = "") -> Decorator:
@@ -48,7 +109,8 @@ def model_name_option(help_text: str = "Registered model.", default: str | None 
     return click.option("--model-name", default=default, show_default=default is not None, help=help_text)
 
 
-alias_option = click.option("--alias", default=DEFAULT_ALIAS, show_default=True, help="Alias to move.")
+alias_option = click.option("--alias", type=AliasName(), default=DEFAULT_ALIAS, show_default=True,
+                            help="Alias to move.")
 
 
 def tracking_uri_or_default(tracking_uri: str | None) -> str:
@@ -74,20 +136,6 @@ def pin_gpu(gpu: int | None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
 
 
-def parse_duration(text: str | None, option: str = "--timeout") -> float | None:
-    """'90', '90s', '15m', '6h' -> seconds."""
-    from fer_experiments.errors import ConfigError
-
-    if text is None:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip().lower()
-    try:
-        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected seconds or a number with s, m, h or d (e.g. 6h)") from None
-
-
 def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``--set NAME=VALUE`` pairs -> a dict of typed values."""
     from fer_experiments.errors import ConfigError
@@ -97,7 +145,10 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: expected NAME=VALUE")
-        out[key.strip()] = scalar(raw)
+        value = scalar(raw)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--set {pair!r}: {raw!r} is not a finite number")
+        out[key.strip()] = value
     return out
 
 

@@ -7,6 +7,7 @@ import json
 import click
 
 from fer_experiments.cli.options import (
+    FiniteFloatRange,
     alias_option,
     cache_dir_option,
     data_option,
@@ -26,7 +27,7 @@ from fer_experiments.cli.options import (
 @alias_option
 @click.option("--force", is_flag=True, help="Move the alias even if the candidate is worse.")
 @click.option("--dry-run", is_flag=True, help="Show the comparison, change nothing.")
-@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None, help="Refuse candidates below this "
+@click.option("--min-accuracy", type=FiniteFloatRange(0, 1), default=None, help="Refuse candidates below this "
               "PublicTest accuracy.")
 @click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True, max=60_000), default=None,
               help="With --study: the most accurate trial or refit that serves one face within this many ms "

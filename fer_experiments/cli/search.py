@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Callable
 import click
 
 from fer_experiments.cli.options import (
+    Duration,
     cache_dir_option,
     data_option,
     search_limit_option,
     model_name_option,
-    parse_duration,
     pin_gpu,
     storage_option,
     tracking_option,
@@ -39,8 +39,9 @@ _max_failures_option = click.option(
 @click.option("--n-trials", type=click.IntRange(min=1), default=None,
               help="Finished (complete + pruned) trials the study should hold; a rerun adds the missing ones "
                    "[required unless --budget is given; with --budget, as many as fit].")
-@click.option("--timeout", default=None, help="Stop starting new trials after this long (e.g. 90m, 6h).")
-@click.option("--budget", default=None, metavar="DURATION",
+@click.option("--timeout", type=Duration(), default=None,
+              help="Stop starting new trials after this long (e.g. 90m, 6h).")
+@click.option("--budget", type=Duration(), default=None, metavar="DURATION",
               help="Wall-clock budget of the whole command, refit included (e.g. 60m): trials stop starting when "
                    "the rest is what the refit needs, and every training is bounded by time.")
 @click.option("--refit/--no-refit", default=None,
@@ -59,7 +60,8 @@ _max_failures_option = click.option(
 @click.option("--tuner", type=click.Choice(["hyperband", "bayesian", "random"]), default="hyperband",
               show_default=True, help="keras-tuner's tuner (with --engine keras-tuner).")
 @worker_options
-def search(data_path: str, space_path: str, study: str, n_trials: int | None, timeout: str | None, budget: str | None,
+def search(data_path: str, space_path: str, study: str, n_trials: int | None, timeout: float | None,
+           budget: float | None,
            refit: bool | None, enqueue: tuple[str, ...],
            limit: int | None, max_consecutive_failures: int, model_name: str, experiment: str | None, storage: str,
            tracking_uri: str | None, cache_dir: str | None, engine: str, tuner: str, gpu: int | None,
@@ -69,16 +71,14 @@ def search(data_path: str, space_path: str, study: str, n_trials: int | None, ti
 
     from fer_experiments import api
 
-    budget_seconds = parse_duration(budget, "--budget")
-    if budget_seconds is not None and budget_seconds <= 0:
-        raise ConfigError(f"--budget {budget!r}: must be a positive duration (e.g. 60m)")
+    budget_seconds = budget  # a finite positive duration in seconds (Duration) or None
     if n_trials is None and budget_seconds is None:
         raise ConfigError("give --n-trials, --budget or both")
-    timeout_seconds = parse_duration(timeout)
+    timeout_seconds = timeout
     uri = tracking_uri_or_default(tracking_uri)
     hint = ["search", "--data", data_path, "--space", space_path, "--study", study]
     hint += ["--n-trials", str(n_trials)] if n_trials is not None else []
-    hint += ["--budget", budget] if budget is not None else []
+    hint += ["--budget", f"{budget:g}s"] if budget is not None else []
     hint += [] if refit is None else ["--refit" if refit else "--no-refit"]
     if engine != "optuna":
         hint += ["--engine", engine, "--tuner", tuner]
@@ -98,14 +98,14 @@ def search(data_path: str, space_path: str, study: str, n_trials: int | None, ti
 @click.option("--study", required=True, help="The study to join (created by `fer-exp search`).")
 @click.option("--n-trials", type=click.IntRange(min=1), default=None,
               help="Override the study's total of finished trials [default: the study's].")
-@click.option("--timeout", default=None, help="Stop starting new trials after this long (e.g. 6h).")
+@click.option("--timeout", type=Duration(), default=None, help="Stop starting new trials after this long (e.g. 6h).")
 @_max_failures_option
 @model_name_option("Registered model that gets the challenger alias when this worker ends with a new best.")
 @storage_option
 @tracking_option
 @cache_dir_option
 @worker_options
-def worker(data_path: str, study: str, n_trials: int | None, timeout: str | None, max_consecutive_failures: int,
+def worker(data_path: str, study: str, n_trials: int | None, timeout: float | None, max_consecutive_failures: int,
            model_name: str, storage: str, tracking_uri: str | None, cache_dir: str | None, gpu: int | None,
            heartbeat_interval: int, grace_period: int) -> None:
     """Join an existing study: its space, Training subset, epochs and objective come from the study itself."""
@@ -116,7 +116,7 @@ def worker(data_path: str, study: str, n_trials: int | None, timeout: str | None
     pin_gpu(gpu)
     cfg = SearchConfig(data=DataConfig(path=data_path, cache_dir=cache_dir),
                        tracking_uri=tracking_uri_or_default(tracking_uri), study=study, storage=storage,
-                       space_path=None, n_trials=n_trials, timeout_seconds=parse_duration(timeout),
+                       space_path=None, n_trials=n_trials, timeout_seconds=timeout,
                        max_consecutive_failures=max_consecutive_failures, model_name=model_name, gpu=gpu,
                        heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     run_search_command(lambda: run_search(cfg, make_engine("optuna")), study, model_name, cfg.tracking_uri,

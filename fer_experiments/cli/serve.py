@@ -11,7 +11,7 @@ import click
 if TYPE_CHECKING:
     import socket
 
-from fer_experiments.cli.options import tracking_option
+from fer_experiments.cli.options import FiniteFloatRange, tracking_option
 from fer_experiments.config import DEFAULT_MODEL_URI
 from fer_experiments.models.export import RUNTIME_EXPORTED, RUNTIMES
 from fer_experiments.serving.detector import DEFAULT_DETECTOR, DETECT_SIZES
@@ -33,7 +33,7 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "faces down to ~1/12 of that size, yunet ~1/25]."),
         click.option("--min-face", type=click.IntRange(min=1), default=32, show_default=True,
                      help="Smallest face to look for, in pixels of the original image."),
-        click.option("--margin", type=click.FloatRange(0, 1), default=None,
+        click.option("--margin", type=FiniteFloatRange(0, 1), default=None,
                      help="Widen each detected box by this fraction on every side before cropping "
                           "[default: 0.03, the framing of FER2013's faces]."),
         click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=RUNTIME_EXPORTED,
@@ -113,6 +113,11 @@ def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, d
         raise click.UsageError("give one or more images, a video, or --camera N")
     if out_path is not None and Path(out_path).is_file():
         raise click.BadParameter(f"{out_path!r} is a file; for images --out is a folder", param_hint="'--out'")
+    if out_path is not None:
+        for name in images:  # an annotated copy is written under the input's own name: never over an input
+            if _same_path(Path(name).parent, out_path):
+                raise click.BadParameter(f"{out_path!r} holds the input {name!r}; its annotated copy would replace it: "
+                                         "write into another folder", param_hint="'--out'")
     _predict_images(images, model_uri, tracking_uri, detector, detect_size, min_face, margin, runtime, out_path,
                     as_json, no_detect, max_pixels)
 
@@ -121,6 +126,7 @@ def _predict_images(images: tuple[str, ...], model_uri: str, tracking_uri: str |
                     detect_size: int | None, min_face: int, margin: float | None, runtime: str, out_dir: str | None,
                     as_json: bool, no_detect: bool, max_pixels: int | None) -> None:
     from fer_experiments.errors import DataError
+    from fer_experiments.io import read_capped
     from fer_experiments.serving.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
     from fer_experiments.serving.predictor import load_model
 
@@ -133,9 +139,9 @@ def _predict_images(images: tuple[str, ...], model_uri: str, tracking_uri: str |
     for name in images:
         try:
             try:
-                data = Path(name).read_bytes()
-            except OSError as exc:
-                raise DataError(f"cannot read ({exc.strerror or exc})") from None
+                data = read_capped(name)
+            except DataError as exc:  # the message names the file; the loop below adds it once
+                raise DataError(str(exc).removeprefix(f"{name}: ")) from None
             # The CLI reads local files: no upload limit, only the pixel limit (decompression bombs).
             image = decode_image(data, max_bytes=max(len(data), 1), max_pixels=pixel_limit,
                                  keep_colour=out_dir is not None)
@@ -172,6 +178,12 @@ def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, 
                                  param_hint="'--out'")
     stem = f"camera{source}" if isinstance(source, int) else Path(source).stem
     csv_target = csv_path or (str(Path(out_path).with_suffix(".csv")) if out_path else f"{stem}-faces.csv")
+    for option, target in (("--out", out_path), ("--csv", csv_target)):
+        if target is not None and not isinstance(source, int) and _same_path(source, target):
+            raise click.BadParameter(f"{target!r} is the input video; writing there would replace it",
+                                     param_hint=f"'{option}'")
+    if out_path is not None and _same_path(out_path, csv_target):
+        raise click.BadParameter(f"{csv_target!r} is also the annotated video (--out)", param_hint="'--csv'")
     open_capture(source).release()  # a missing or unreadable video or camera fails at once, before the model loads
     loaded = load_model(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin), runtime)
     last = [time.perf_counter()]
@@ -207,6 +219,16 @@ def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, 
         raise Terminated()
     if summary.stopped == "interrupted" and not isinstance(source, int):
         raise KeyboardInterrupt
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same file or folder (links and relative spellings included)."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they point
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -251,28 +273,34 @@ def _write_annotated(image: Any, faces: list[dict[str, Any]], name: str, out_dir
 @_common_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
-@click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+@click.option("--poll-seconds", type=FiniteFloatRange(0.1, 86400), default=30.0, show_default=True,
               help="How often to look up the alias and pick up a newly promoted version (POST /reload: now).")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=10 * 1024 * 1024, show_default=True,
               help="Largest upload accepted (413 above).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
               help="Largest image accepted, in pixels (413 above: decompression bombs).")
-@click.option("--batch-window-ms", type=click.FloatRange(0, 1000), default=3.0, show_default=True,
+@click.option("--batch-window-ms", type=FiniteFloatRange(0, 1000), default=3.0, show_default=True,
               help="Micro-batching: how long a classifier call may wait, after the first waiting face, for the "
                    "faces of requests still being detected; they are classified in one call (0: off; a request "
                    "alone never waits).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Micro-batching: at most this many faces per classifier call.")
-@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+@click.option("--body-timeout", type=FiniteFloatRange(0.1, 3600), default=15.0, show_default=True,
               help="Answer 408 when an upload sends no byte for this many seconds (or its whole body takes 4x).")
 @click.option("--max-uploads", type=click.IntRange(min=1), default=64, show_default=True,
               help="Uploads received at once; more get 503 with Retry-After.")
+@click.option("--header-timeout", type=FiniteFloatRange(0.5, 300), default=10.0, show_default=True,
+              help="Close a connection (408) whose request headers are not complete this many seconds after it "
+                   "opened or after its previous response (slow-header clients).")
+@click.option("--max-connections", type=click.IntRange(16, 1_000_000), default=1000, show_default=True,
+              help="Open connections at most (lowered to the file-descriptor limit less a reserve); a new one "
+                   "closes the oldest still sending its headers, or gets 503 when none is.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True, help="uvicorn's log level (info adds one line per request).")
 def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: int | None, min_face: int,
           margin: float | None, runtime: str, host: str, port: int, poll_seconds: float, max_bytes: int,
           max_pixels: int, batch_window_ms: float, max_batch: int, body_timeout: float, max_uploads: int,
-          log_level: str) -> None:
+          header_timeout: float, max_connections: int, log_level: str) -> None:
     """Serve the model over HTTP: POST /predict, GET /health, GET /metrics, POST /reload, docs at /docs, and a
     demo page at / (drop a photo or open the webcam; docs/demo-page.md).
 
@@ -286,7 +314,7 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
     """
     import uvicorn
 
-    from fer_experiments.serving.app import create_app, json_error_protocol
+    from fer_experiments.serving.app import create_app, json_error_protocol, max_connections_for, run_server
     from fer_experiments.serving.predictor import Limits, ModelHolder
 
     holder = ModelHolder(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin),
@@ -304,10 +332,13 @@ def serve(model_uri: str, tracking_uri: str | None, detector: str, detect_size: 
     click.echo(f"serving on {base} (demo page: {base}/, docs: {base}/docs)", err=True)
     app = create_app(holder, Limits(max_bytes, max_pixels), body_timeout=body_timeout, max_uploads=max_uploads)
     # Graceful shutdown waits for requests in flight (bounded: a stalled upload times out after --body-timeout).
+    # Accepts per wake-up (and the listen backlog) below uvicorn's 2048: when accept() fails, asyncio logs and
+    # retries once per accept of that loop.
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
-                            timeout_graceful_shutdown=body_timeout + 5, http=json_error_protocol())
+                            timeout_graceful_shutdown=body_timeout + 5, backlog=512,
+                            http=json_error_protocol(header_timeout, max_connections_for(max_connections)))
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        run_server(config, sock)
     except KeyboardInterrupt as exc:  # uvicorn re-raises the signal once requests in flight have finished
         _exit_now(exc)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from fer_experiments.cli.options import (
+    FiniteFloatRange,
     cache_dir_option,
     data_option,
     limit_option,
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 @click.option("--preset", default="seed-base", show_default=True, help="Network to train (see `fer-exp presets`).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the preset's batch size.")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--learning-rate", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Override the preset's (initial) learning rate.")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override any model/training parameter, e.g. --set batchnorm=none --set augment_flip=true.")

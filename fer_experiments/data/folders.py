@@ -209,10 +209,9 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: unreadable image ({exc.strerror or exc})") from exc
+    from fer_experiments.io import read_capped
+
+    return read_capped(path)  # a 100 GB sparse file is refused by name, not a MemoryError
 
 
 def _decode(path: Path) -> tuple[np.ndarray, bool]:

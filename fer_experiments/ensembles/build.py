@@ -21,6 +21,7 @@ from fer_experiments.tracking import tags
 
 if TYPE_CHECKING:
     import keras
+    import numpy as np
 
     from fer_experiments.data import FerDataset
     from fer_experiments.evaluation.metrics import Evaluation
@@ -111,6 +112,7 @@ def make_ensemble(cfg: EnsembleConfig, echo: Callable[[str], None] = lambda s: N
     echo(f"loading {len(candidates)} {kind} model(s) of study {cfg.study}: "
          + ", ".join(f"{c.label()} ({c.score:.4f})" for c in candidates))
     models = [load_keras_model(c.model_uri, cfg.tracking_uri) for c in candidates]
+    candidates, models = _usable(candidates, models, val.x, notes)
     probas = [predict_proba(m, val.x) for m in models]
     weights = choose_weights(cfg.method, probas, val.y, cfg.top)
     results = [MemberResult(member=c, weight=w, public_accuracy=evaluate_probabilities(val.y, p, "PublicTest").accuracy,
@@ -132,6 +134,34 @@ def make_ensemble(cfg: EnsembleConfig, echo: Callable[[str], None] = lambda s: N
             tags.VERSION_STUDY: cfg.study, tags.VERSION_KIND: tags.KIND_ENSEMBLE, tags.DATA_DIGEST: dataset.digest,
             tags.VERSION_PUBLIC_ACCURACY: ev.accuracy, tags.VERSION_PUBLIC_MACRO_F1: ev.macro_f1})
     return outcome
+
+
+def _input_problem(model: "keras.Model", x: "np.ndarray") -> str | None:
+    """Why ``model`` cannot take the faces ``x`` (N, H, W; the channel is added when predicting): its input is not
+    (None, H, W, 1). None when it can."""
+    shape = getattr(model, "input_shape", None)
+    wanted = (*x.shape[1:3], 1)
+    if not isinstance(shape, tuple) or len(shape) != 4 or any(
+            s is not None and s != d for s, d in zip(shape[1:], wanted)):
+        return f"its input is {shape}, the faces are {wanted}"
+    return None
+
+
+def _usable(candidates: list[Member], models: list, x: "np.ndarray",
+            notes: list[str]) -> tuple[list[Member], list]:
+    """The candidates whose model takes these faces; each one left out is named in a note (a forged or foreign run
+    in the study must not break the ensemble of the others). ConfigError when none is left."""
+    kept_c, kept_m = [], []
+    for c, m in zip(candidates, models):
+        problem = _input_problem(m, x)
+        if problem is None:
+            kept_c.append(c)
+            kept_m.append(m)
+        else:
+            notes.append(f"left out {c.label()} (run {c.run_id}): {problem}")
+    if not kept_c:
+        raise ConfigError("no candidate model takes the data set's faces: " + "; ".join(notes))
+    return kept_c, kept_m
 
 
 def check_digest(dataset: "FerDataset", members: list[Member], data_path: str) -> None:

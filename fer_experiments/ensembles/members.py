@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from fer_experiments.errors import ConfigError
 from fer_experiments.tracking import tags
 
+#: The most members an ensemble may be built from (``--top``; for greedy also the most additions): each is a whole
+#: network loaded, run on PublicTest and nested in the model.
+MAX_TOP = 50
+
 
 @dataclass(frozen=True)
 class Member:
@@ -36,9 +40,11 @@ def find_members(tracking_uri: str, study: str, top: int) -> tuple[list[Member],
     from any engine (Optuna or keras-tuner: both tag their runs alike). ConfigError if there is none.
     """
     from fer_experiments.tracking import find_runs, find_trial_records, get_run, prepare_store
+    from fer_experiments.tracking.store import require_existing_store
 
-    if top < 1:
-        raise ConfigError(f"--top must be at least 1; got {top}")
+    if not 1 <= top <= MAX_TOP:
+        raise ConfigError(f"--top must be between 1 and {MAX_TOP}; got {top}")
+    require_existing_store(tracking_uri)  # the study's runs are read first: a mistyped store path creates nothing
     prepare_store(tracking_uri)
     for kind in (tags.KIND_REFIT, tags.KIND_TRIAL):
         records = find_trial_records(tracking_uri, study, kinds=(kind,))

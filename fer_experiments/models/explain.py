@@ -204,3 +204,23 @@ def explain(model: "keras.Model", face: np.ndarray, class_index: int | None = No
     chosen = int(np.argmax(probs)) if class_index is None else class_index
     cam, chosen, layer = grad_cam(model, face, chosen)
     return Explanation(probs, chosen, feature_maps(model, face), cam, layer)
+
+
+def explain_members(model: "keras.Model", face: np.ndarray,
+                    class_index: int | None = None) -> list[tuple[str, float, Explanation]]:
+    """An ensemble (``models.ensemble.build_ensemble``) explained member by member: (member name, weight, its
+    explanation) each, all for the same class (``class_index``, else the ensemble's predicted one). [] for a model
+    that is no ensemble. ``explain`` alone would show the first member's maps beside the ensemble's answer."""
+    from fer_experiments.models.ensemble import ensemble_members
+
+    members = ensemble_members(model)
+    if not members:
+        return []
+    if class_index is None:
+        class_index = int(np.argmax(np.asarray(model.predict_on_batch(_as_batch(face)))[0]))
+    return [(member.name, weight, explain(member, face, class_index)) for member, weight in members]
+
+
+def predict_one(model: "keras.Model", face: np.ndarray) -> np.ndarray:
+    """The model's (7,) probabilities for one 48x48 face."""
+    return np.asarray(model.predict_on_batch(_as_batch(face)), dtype=np.float64)[0]

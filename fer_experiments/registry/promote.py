@@ -218,7 +218,10 @@ def promote(cfg: PromoteConfig, on_alias_moved: AliasHook | None = None) -> Prom
     """
     from fer_experiments.tracking import prepare_store
     from fer_experiments.tracking.model_registry import registry_lock
+    from fer_experiments.tracking.store import require_existing_store
 
+    # The candidate is read from the store first: a mistyped SQLite path is an error, never a new empty store.
+    require_existing_store(cfg.tracking_uri)
     if cfg.dry_run:
         return _promote(cfg, on_alias_moved)  # reads only
     prepare_store(cfg.tracking_uri)
@@ -312,7 +315,9 @@ def rollback(uri: str, name: str, alias: str = DEFAULT_ALIAS,
     per-model lock as promote."""
     from fer_experiments.tracking import prepare_store
     from fer_experiments.tracking.model_registry import registry_lock
+    from fer_experiments.tracking.store import require_existing_store
 
+    require_existing_store(uri)  # nothing to roll back in a store that does not exist: never create one
     prepare_store(uri)
     with registry_lock(uri, name):
         return _rollback(uri, name, alias, on_alias_moved)

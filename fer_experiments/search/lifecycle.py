@@ -27,6 +27,7 @@ The pieces live beside this module: ``search.run`` (the settings, the outcome, t
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,10 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
         raise ConfigError(f"study {cfg.study!r} has no --n-trials target yet; give --n-trials")
     data = load_training_data(DataConfig(path=cfg.data.path, limit=settings.limit, subset_seed=cfg.data.subset_seed,
                                          cache_dir=cfg.data.cache_dir), dataset)
+    plan = (space or settings.space).refit
+    refit_planned = cfg.refit is not False and (plan is not None or bool(cfg.refit))
+    _check_budget_fits(cfg, (plan or DEFAULT_REFIT)["budget_share"] if refit_planned else 0.0,
+                       sum(engine.counts()[:2]))
     parent_id = _ensure_parent_run(cfg, engine, settings)
     outcome = SearchOutcome(study=cfg.study, engine=engine.name, parent_run_id=parent_id)
     parent = TrackedRun(parent_id, cfg.tracking_uri)
@@ -125,7 +130,6 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
                     deadline=None if cfg.timeout_seconds is None else time.monotonic() + cfg.timeout_seconds,
                     budget_deadline=cfg.budget_deadline)
     # The YAML's refit settings (not part of the study's identity) win over the ones stored with the study.
-    plan = (space or settings.space).refit
     if cfg.refit is not False and (plan is not None or cfg.refit):
         run.refit_plan = plan or dict(DEFAULT_REFIT)
     if cfg.budget_deadline is not None:
@@ -155,6 +159,31 @@ def _run(cfg: SearchConfig, engine: Engine, space: "SearchSpace | None", epoch_b
             set_status(cfg.tracking_uri, parent_id, final)
     _finish(run, register)
     return outcome
+
+
+#: Seconds a first trial needs at the least (build, tracing, one epoch, evaluation, logging; ``should_stop``'s
+#: guess before any measurement) and importing TensorFlow takes before it.
+_FIRST_TRIAL_SECONDS = 20.0
+_BACKEND_START_SECONDS = 10.0
+
+
+def _check_budget_fits(cfg: SearchConfig, refit_share: float, finished: int) -> None:
+    """ConfigError, before anything is logged, when a --budget leaves no time for the first trial of a study that
+    has none yet (it would run 0 trials and exit 0 without a word): what is left after set-up, the refit's share
+    and the final reserve, against what a trial needs."""
+    if cfg.budget_deadline is None or finished > 0:
+        return
+    left = cfg.budget_deadline - time.time()
+    reserve = min(30.0, max(5.0, 0.03 * left))  # SearchRun.final_reserve
+    # The first trial a refit needs may take half of what is left (SearchRun.trials_left).
+    window = max(left * (1 - refit_share), (left - reserve) / 2) if refit_share else left
+    for_trials = window - reserve - _BACKEND_START_SECONDS
+    if for_trials <= _FIRST_TRIAL_SECONDS:
+        need = (_FIRST_TRIAL_SECONDS + _BACKEND_START_SECONDS + 30.0) / (1 - refit_share)
+        why = f"{refit_share:.0%} of it is kept for the refit, " if refit_share else ""
+        raise ConfigError(f"--budget: too short to run a single trial ({left:.0f} s left after set-up; {why}"
+                          f"{reserve:.0f} s for the summary, and a first trial needs ~{_FIRST_TRIAL_SECONDS:.0f} s "
+                          f"after TensorFlow starts); give at least --budget {math.ceil(need / 60)}m")
 
 
 def _on_interrupt(run: SearchRun, register: bool) -> Interruption:

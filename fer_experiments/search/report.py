@@ -65,7 +65,9 @@ def gather(study: str, tracking_uri: str, storage: str | None = None) -> StudyDa
     """Read the study's parent run and trial runs (and the Optuna study for importances, if ``storage`` holds it)."""
     from fer_experiments.tracking import find_runs, prepare_store
     from fer_experiments.tracking.runs import metric_history
+    from fer_experiments.tracking.store import require_existing_store
 
+    require_existing_store(tracking_uri)  # a reading command never creates a store (a mistyped path)
     prepare_store(tracking_uri)
     parents = find_runs(tracking_uri, None, filter_string=tags.study_filter(study, kind=tags.KIND_STUDY),
                         order_by=["attributes.start_time DESC"])
@@ -82,10 +84,10 @@ def gather(study: str, tracking_uri: str, storage: str | None = None) -> StudyDa
         number = tags.trial_number_of(run.tags)
         if number is None:
             continue
-        value = run.tags.get(tags.OBJECTIVE_VALUE)
+        value = tags.float_of(run.tags.get(tags.OBJECTIVE_VALUE))  # None for a hand-edited, non-numeric tag
         seconds = (run.end_time - run.start_time) / 1000 if run.end_time and run.start_time else None
         state = run.tags.get(tags.TRIAL_STATE) or ("RUNNING" if run.status == "RUNNING" else run.status)
-        rows.append(TrialRow(number=number, state=state, value=float(value) if value not in (None, "") else None,
+        rows.append(TrialRow(number=number, state=state, value=value,
                              run_id=run.run_id, run_name=run.name, experiment_id=run.experiment_id,
                              status=run.status, params=run.params, metrics=run.metrics, seconds=seconds,
                              curve=metric_history(tracking_uri, run.run_id, objective), tags=run.tags))
@@ -150,7 +152,7 @@ def history_figure(d: StudyData) -> Any:
         ax.step(xs, ys, where="post", color="tab:green", label="best so far")
     _integer_x(ax)
     ax.set_xlabel("trial")
-    ax.set_ylabel(d.objective)
+    ax.set_ylabel(_plain(d.objective))
     ax.set_title("Optimization history")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -181,7 +183,7 @@ def intermediate_figure(d: StudyData) -> Any:
             seen.add(kind)
     _integer_x(ax)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{d.objective} (PublicTest)")
+    ax.set_ylabel(_plain(f"{d.objective} (PublicTest)"))
     ax.set_title("Intermediate values")
     ax.grid(alpha=0.3)
     if seen:
@@ -196,11 +198,17 @@ def importance_figure(importances: dict[str, float]) -> Any:
     items = sorted(importances.items(), key=lambda kv: kv[1])
     fig = _figure(8, max(2.5, 0.4 * len(items) + 1))
     ax = fig.add_subplot()
-    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+    ax.barh([_plain(k) for k, _ in items], [v for _, v in items], color="tab:blue")
     ax.set_xlabel("importance (fANOVA)")
     ax.set_title("Parameter importances")
     fig.tight_layout()
     return fig
+
+
+def _plain(text: Any) -> str:
+    """Text for a matplotlib label drawn as written: ``$`` would start mathtext (an objective named ``$\\foo$``
+    is a parse error that fails the whole report)."""
+    return str(text).replace("$", r"\$")
 
 
 def _integer_x(ax: Any) -> None:
@@ -300,7 +308,7 @@ def build_report(d: StudyData) -> str:
     space_rows = {k[len(space_prefix):]: v for k, v in sorted(p.params.items()) if k.startswith(space_prefix)}
     outcome = (f"{len(d.trials)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, "
                f"{counts['FAIL']} failed. Best {d.objective}: "
-               + (f"{best.value:.4f} (trial {best.number}, {_e(best.run_name)})" if best else "none yet"))
+               + (f"{best.value:.4f} (trial {best.number}, {best.run_name})" if best else "none yet"))  # escaped below
     kv = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in settings.items())
     space_kv = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in space_rows.items())
     note = p.tags.get(tags.MLFLOW_NOTE, "")
@@ -351,7 +359,7 @@ def build_report(d: StudyData) -> str:
             data = read_artifact(d.tracking_uri, best.run_id, path)
             if data:
                 imgs.append(_figure_html(_png_bytes(data), caption))
-        sections.append(f'<section id="best"><h2>Best trial: {best.number} ({_e(best.run_name)}), {d.objective} '
+        sections.append(f'<section id="best"><h2>Best trial: {best.number} ({_e(best.run_name)}), {_e(d.objective)} '
                         f'{best.value:.4f}</h2><div class="grid">{"".join(imgs)}</div></section>')
         explained = explain_images_of(d, best)
         if explained:

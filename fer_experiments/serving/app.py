@@ -503,16 +503,142 @@ def docs_assets_dir() -> Path:
     return Path(fastapi_offline.__file__).parent / "static"
 
 
-def json_error_protocol() -> type:
+#: Seconds a client has to send a request's complete headers (from connecting, or from the end of the previous
+#: response on a kept-alive connection): uvicorn and h11 have no such limit, so a client adding a header line every
+#: few seconds (slowloris) held its connection, and 20,000 of them its file descriptors, for ever.
+DEFAULT_HEADER_TIMEOUT = 10.0
+#: Open connections at most (further ones first evict the oldest one still sending its headers); lowered to the
+#: process's file-descriptor limit less a reserve, so that accept() never fails with EMFILE.
+DEFAULT_MAX_CONNECTIONS = 1000
+_FD_RESERVE = 256
+#: At most one log line per this many seconds for each kind of refused connection (a count of the ones in between).
+LOG_EVERY = 10.0
+
+
+class _Bounded:
+    """One log line per ``LOG_EVERY`` seconds per kind, saying how many happened since the last line: a flood of
+    slow clients or failed accepts must not write one line (or one traceback) each."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = defaultdict(int)
+        self.last: dict[str, float] = {}
+
+    def __call__(self, kind: str, message: str) -> None:
+        self.counts[kind] += 1
+        now = time.monotonic()
+        if now - self.last.get(kind, -LOG_EVERY) >= LOG_EVERY:
+            log.warning("%s (%d since the last such line)", message, self.counts[kind])
+            self.counts[kind] = 0
+            self.last[kind] = now
+
+
+def max_connections_for(wanted: int) -> int:
+    """``wanted``, lowered to the file-descriptor limit less a reserve (raised to its hard limit first)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return max(16, min(wanted, soft - _FD_RESERVE)) if soft != resource.RLIM_INFINITY else wanted
+
+
+def bounded_exception_handler(loop: Any, context: dict[str, Any]) -> None:
+    """The event loop's exception handler: failed accepts (EMFILE and the like: asyncio logs a traceback for each,
+    up to the backlog per wake-up) as bounded one-line logs; anything else as asyncio would."""
+    if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+        _LOGGED("accept", f"cannot accept connections: {context.get('exception')}")
+        return
+    loop.default_exception_handler(context)
+
+
+_LOGGED = _Bounded()
+
+
+def json_error_protocol(header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+                        max_connections: int = DEFAULT_MAX_CONNECTIONS) -> type:
     """uvicorn's h11 protocol, answering requests it cannot parse (a Content-Length that is not a number, a bad
-    request line) with the JSON error shape instead of its plain-text 400."""
+    request line) with the JSON error shape instead of its plain-text 400, closing a connection whose request
+    headers are not complete within ``header_timeout`` seconds (408), and keeping at most ``max_connections`` open:
+    a new one evicts the oldest connection still sending its headers (or is closed with 503 when none is)."""
     import json
 
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    def raw_response(status: str, code: str, detail: str) -> bytes:
+        body = json.dumps({"error": code, "detail": detail}).encode()
+        return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+    timed_out = raw_response("408 Request Timeout", "header_timeout",
+                             f"request headers not complete within {header_timeout:g} s")
+    full = raw_response("503 Service Unavailable", "too_many_connections",
+                        f"the server holds {max_connections} connections; retry")
+
+    #: Connections still sending a request's headers, oldest first (a dict keeps insertion order).
+    waiting: dict[Any, None] = {}
+
     class JsonErrorH11Protocol(H11Protocol):
+        _deadline: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                oldest = next((c for c in waiting if c is not self), None)
+                if oldest is not None:
+                    oldest._drop(timed_out, "evict", f"over {max_connections} connections: closed the oldest still "
+                                                      "sending its request headers")
+                else:
+                    self._drop(full, "full", f"over {max_connections} connections, none idle: refused one (503)")
+                    return
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(header_timeout, self._expired)
+            waiting[self] = None
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            waiting.pop(self, None)
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is h11.IDLE:
+                self._drop(timed_out, "slow", f"closed a connection whose request headers were not complete "
+                                              f"within {header_timeout:g} s (slow client)")
+            else:
+                waiting.pop(self, None)
+
+        def _drop(self, reply: bytes, kind: str, message: str) -> None:
+            self._disarm()
+            _LOGGED(kind, message)
+            if not self.transport.is_closing():
+                with contextlib.suppress(Exception):
+                    self.transport.write(reply)
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+                self._disarm()  # the headers are in (the body has its own --body-timeout)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            # The next request on a kept-alive connection gets the same time for its headers.
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
         def send_400_response(self, msg: str) -> None:
+            self._disarm()
             body = json.dumps({"error": "bad_request", "detail": f"malformed HTTP request: {msg}"}).encode()
             headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
                        (b"content-length", str(len(body)).encode())]
@@ -526,3 +652,18 @@ def json_error_protocol() -> type:
             self.transport.close()
 
     return JsonErrorH11Protocol
+
+
+def run_server(config: Any, sock: Any) -> None:
+    """``uvicorn.Server(config).run`` on the listening socket ``sock``, with ``bounded_exception_handler`` on its
+    event loop (installed before the first accept)."""
+    import asyncio
+
+    import uvicorn
+
+    class BoundedServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            asyncio.get_running_loop().set_exception_handler(bounded_exception_handler)
+            await super().startup(sockets)
+
+    BoundedServer(config).run(sockets=[sock])

@@ -12,12 +12,13 @@ The conversion itself lives in ``models.export`` (no MLflow there).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from fer_experiments.models.export import ONNX_FILE, ExportError, ExportedModel, export_onnx, quantize_int8
 from fer_experiments.tracking import tags as names
@@ -96,27 +97,86 @@ def _run_or_none(model_uri: str, tracking_uri: str) -> str | None:
         return None
 
 
+#: The tag a run gets once each graph's upload has finished: a graph without it may still be half written.
+_DONE_TAG = {EXPORTED_ARTIFACT: names.EXPORTED, INT8_ARTIFACT: names.INT8_AGREEMENT}
+
+
 def find_exported(run_id: str, tracking_uri: str, artifact: str = EXPORTED_ARTIFACT) -> Path | None:
-    """The local path of run ``run_id``'s exported graph (``artifact``: the INT8 one's folder for that one;
-    downloaded when the store is remote), or None."""
+    """The local path of run ``run_id``'s exported graph (``artifact``: the INT8 one's folder for that one), or None.
+
+    Only a graph whose upload finished counts (the run's ``fer.exported`` / ``fer.int8_agreement`` tag is set
+    after it, and the file has the size the store lists). A local artifact store's file is used where it is; a
+    remote one is downloaded once per run into ``<FER_EXP_CACHE>/exported/runs/`` (never a temp folder per load:
+    a server polling an alias would fill the disk) and published there by an atomic rename.
+    """
+    import os
+    import shutil
+    from urllib.parse import unquote, urlsplit
+
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
+    wanted = f"{artifact}/{ONNX_FILE}"
     try:
-        listed = [f.path for f in client.list_artifacts(run_id, artifact)]
+        run = client.get_run(run_id)
+        listed = {f.path: f for f in client.list_artifacts(run_id, artifact)}
     except (MlflowException, OSError):
         return None
-    wanted = f"{artifact}/{ONNX_FILE}"
-    if wanted not in listed:
+    entry = listed.get(wanted)
+    if entry is None or not run.data.tags.get(_DONE_TAG.get(artifact, names.EXPORTED)):
         return None
+    size = entry.file_size
+    root = urlsplit(run.info.artifact_uri)
+    if root.scheme in ("", "file"):
+        local = Path(unquote(root.path)) / artifact / ONNX_FILE
+        if local.is_file() and (size is None or local.stat().st_size == size):
+            return local
+    target = _cache_dir() / "runs" / f"{run_id}-{artifact}-{size}" / artifact
+    if (target / ONNX_FILE).is_file():
+        return target / ONNX_FILE
+    staging = target.parent.with_name(f".{target.parent.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
     try:  # the whole folder: a graph saved with external data keeps its weight files beside it
-        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
-                                                          tracking_uri=tracking_uri))
+        staging.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, tracking_uri=tracking_uri,
+                                            dst_path=str(staging))
+        got = staging / artifact / ONNX_FILE
+        if size is not None and got.stat().st_size != size:
+            raise OSError(f"downloaded {got.stat().st_size} of {size} bytes")
+        try:
+            os.replace(staging, target.parent)  # atomic: a reader sees no folder or the whole one
+        except OSError:
+            if not (target / ONNX_FILE).is_file():  # anything but "another process published it first"
+                raise
     except (MlflowException, OSError) as exc:
         log.warning("exported graph of run %s unreadable: %s", run_id, exc)
         return None
-    return folder / ONNX_FILE
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / ONNX_FILE
+
+
+@contextlib.contextmanager
+def export_lock(tracking_uri: str, run_id: str | None) -> Iterator[None]:
+    """One process at a time exports (or quantizes) and logs a run's graph: two at once both uploaded it and
+    copied it over each other in the store, where a reader saw it at 26 partial sizes. A flock beside a SQLite
+    store, an advisory lock on PostgreSQL, else a flock in this machine's cache (no lock without a run)."""
+    import zlib
+
+    from fer_experiments.io import file_lock
+    from fer_experiments.locks import EXPORT_KEY, advisory_lock, is_postgres, lock_file_beside, sqlite_file
+
+    if run_id is None:
+        yield
+        return
+    db = sqlite_file(tracking_uri)
+    if db is None and is_postgres(tracking_uri):
+        with advisory_lock(tracking_uri, (EXPORT_KEY << 32) | zlib.crc32(run_id.encode())):
+            yield
+        return
+    with file_lock(lock_file_beside(db, ".export.lock") if db is not None else _cache_dir() / "locks" / run_id):
+        yield
 
 
 def _cache_dir() -> Path:
@@ -161,6 +221,15 @@ def ensure_exported(model_uri: str, tracking_uri: str | None,
         found = find_exported(run_id, tracking_uri)
         if found is not None:
             return found, f"run {run_id}"
+    with export_lock(tracking_uri, run_id):
+        if run_id is not None and (found := find_exported(run_id, tracking_uri)) is not None:
+            return found, f"run {run_id}"  # another process exported it while this one waited
+        return _export_now(model_uri, tracking_uri, run_id, load_keras)
+
+
+def _export_now(model_uri: str, tracking_uri: str, run_id: str | None,
+                load_keras: Callable[[], "keras.Model"]) -> tuple[Path | None, str]:
+    """``ensure_exported``'s export (under ``export_lock``): cache it, then log it to the run."""
     keras_file = _keras_file(model_uri)
     key = _file_key(keras_file) if keras_file is not None else hashlib.sha256(
         f"{tracking_uri}|{model_uri}|{run_id}".encode()).hexdigest()
@@ -210,6 +279,15 @@ def ensure_int8(model_uri: str, tracking_uri: str | None, fp32_path: Path,
         found = find_exported(run_id, tracking_uri, INT8_ARTIFACT)
         if found is not None:
             return found, f"run {run_id}"
+    with export_lock(tracking_uri, run_id):
+        if run_id is not None and (found := find_exported(run_id, tracking_uri, INT8_ARTIFACT)) is not None:
+            return found, f"run {run_id}"  # another process quantized it while this one waited
+        return _quantize_now(tracking_uri, run_id, fp32_path, faces)
+
+
+def _quantize_now(tracking_uri: str, run_id: str | None, fp32_path: Path,
+                  faces: Callable[[], tuple["np.ndarray", "np.ndarray", str]]) -> tuple[Path, str]:
+    """``ensure_int8``'s quantization (under ``export_lock``): cache it, then log it to the run."""
     cached = _cache_dir() / f"{_file_key(fp32_path)[:32]}.int8.onnx"
     if cached.is_file():
         return cached, "cache"

@@ -51,6 +51,18 @@ def ui_command(uri: str, experiment_id: str | None = None) -> str:
 
 _prepared: set[str] = set()
 
+#: MLflow's HTTP client retries a failed request 7 times with a backoff factor of 2 and waits 120 s per request:
+#: an unreachable tracking server took 249 s to fail. These bounds (the user's own environment wins) make it fail
+#: within seconds while still riding out a server restart of a few seconds.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def bound_http_requests() -> None:
+    """Bound MLflow's HTTP retries and timeouts (read by MLflow at every request) unless the user set them."""
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+
 
 def check_store_writable(uri: str) -> None:
     """FatalError naming the store when a SQLite tracking store (its database, folder or artifact folder) cannot be
@@ -81,6 +93,7 @@ def prepare_store(uri: str) -> None:
     """
     import mlflow
 
+    bound_http_requests()
     if uri in _prepared:
         # Fluent calls (start_run, log_model) use the global URIs: point them at this store every time.
         mlflow.set_tracking_uri(uri)

@@ -7,6 +7,7 @@ working because the readers below also accept the names those versions wrote.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -212,9 +213,22 @@ def study_of(tags: Mapping[str, str]) -> str | None:
 
 
 def trial_number_of(tags: Mapping[str, str]) -> int | None:
-    """The trial number a run records, or None."""
+    """The trial number a run records, or None (also when the tag is not a number: anyone can edit a tag, and one
+    bad run must not break the commands that read the whole study)."""
     raw = tags.get(TRIAL_NUMBER, tags.get(_OLD_TRIAL_NUMBER))
-    return int(raw) if raw not in (None, "") else None
+    try:
+        return int(raw) if raw not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def float_of(raw: str | None) -> float | None:
+    """A tag's value as a finite float, or None when it is missing or not a finite number (a hand-edited tag)."""
+    try:
+        value = float(raw) if raw not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def failure_of(tags: Mapping[str, str]) -> str | None:
@@ -240,7 +254,7 @@ class TrialRecord:
         number = trial_number_of(tags)
         return cls(run_id=run_id, study=study_of(tags) or "", engine=tags.get(ENGINE, ""),
                    number=-1 if number is None else number, state=tags.get(TRIAL_STATE, ""),
-                   objective_value=None if value in (None, "") else float(value), kind=tags.get(KIND, ""))
+                   objective_value=float_of(value), kind=tags.get(KIND, ""))
 
 
 def trial_tags(*, study: str, engine: str, number: int, kind: str = KIND_TRIAL, **extra: Any) -> dict[str, Any]:
