@@ -29,7 +29,7 @@ from fer_experiments.cli.options import (
 @click.option("--dry-run", is_flag=True, help="Show the comparison, change nothing.")
 @click.option("--min-accuracy", type=FiniteFloatRange(0, 1), default=None, help="Refuse candidates below this "
               "PublicTest accuracy.")
-@click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True, max=60_000), default=None,
+@click.option("--max-latency-ms", type=FiniteFloatRange(min=0, min_open=True, max=60_000), default=None,
               help="With --study: the most accurate trial or refit that serves one face within this many ms "
                    "(measured on this machine); exit 6 when none does.")
 @click.option("--runtime", "cost_runtime", type=click.Choice(["exported", "int8"]), default="exported",

@@ -74,6 +74,14 @@ REFIT_KEYS: dict[str, tuple[Any, str, Any]] = {
     # Continue the trial's trained weights (its best epoch) instead of starting from random weights.
     "warm_start": (lambda v: isinstance(v, bool), "true or false", False),
 }
+#: ``constraints:`` keys (``models.cost.LIMITS`` and the runtime), each with a check, a description and a default.
+CONSTRAINT_KEYS: dict[str, tuple[Any, str, Any]] = {
+    "max_latency_ms": (lambda v: _is_number(v) and v > 0, "a number > 0", None),
+    "min_faces_per_second": (lambda v: _is_number(v) and v > 0, "a number > 0", None),
+    "max_params": (lambda v: _is_int(v) and v >= 1, "an int >= 1", None),
+    "max_model_bytes": (lambda v: _is_int(v) and v >= 1, "an int >= 1", None),
+    "runtime": (lambda v: v in ("exported", "int8"), "one of exported, int8", "exported"),
+}
 #: ``trial_budget: "8%"``: each trial gets this share of ``--budget``, but never less than MIN_SHARE_SECONDS: the
 #: first training step traces the graph (10-20 s for a separable net on 2 cores), so a shorter slice would rank
 #: networks by their tracing time; on a short budget fewer trials fit, and the start point gets the rest.
@@ -489,35 +497,15 @@ class _Validator:
 
     def constraints(self, raw: Any) -> dict[str, Any] | None:
         """``constraints:``: serving limits (at least one) and the runtime they hold for (default ``exported``)."""
-        from fer_experiments.models.cost import COST_RUNTIMES, LIMITS
+        from fer_experiments.models.cost import LIMITS
 
-        if raw is None:
+        out = self.section(raw, "constraints", CONSTRAINT_KEYS)
+        if out is None:
             return None
-        keys = (*LIMITS, "runtime")
-        if not isinstance(raw, Mapping):
-            raise self.fail("constraints", f"must be a mapping ({', '.join(keys)}), got {_type_name(raw)}")
-        out: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in keys:
-                raise self.fail(f"constraints.{key}", f"unknown key (allowed: {', '.join(keys)})"
-                                                      f"{_hint(str(key), keys)}")
-            if key == "runtime":
-                if value not in COST_RUNTIMES:
-                    raise self.fail("constraints.runtime", f"must be one of {', '.join(COST_RUNTIMES)}, got "
-                                                           f"{short_repr(value)}")
-                out[key] = value
-            elif key in ("max_params", "max_model_bytes"):
-                if not _is_int(value) or value < 1:
-                    raise self.fail(f"constraints.{key}", f"must be an int >= 1, got {short_repr(value)}")
-                out[key] = value
-            else:
-                if not _is_number(value) or value <= 0:
-                    raise self.fail(f"constraints.{key}", f"must be a number > 0, got {short_repr(value)}")
-                out[key] = float(value)
         if not any(k in out for k in LIMITS):
             raise self.fail("constraints", f"names no limit (one of {', '.join(LIMITS)})")
-        out.setdefault("runtime", "exported")
-        return out
+        return {k: float(v) if k in ("max_latency_ms", "min_faces_per_second") else v for k, v in out.items()} | {
+            "runtime": out.get("runtime", CONSTRAINT_KEYS["runtime"][2])}
 
     def trial_budget(self, raw: Any) -> float | str | None:
         """Seconds (a number > 0) or a share of --budget (``"8%"``), or None."""
@@ -572,20 +560,29 @@ class _Validator:
 
     def refit(self, raw: Any) -> dict[str, Any] | None:
         """``refit:`` absent or null: no refit; a mapping: its keys over the defaults (``refit: {}`` = all defaults)."""
+        out = self.section(raw, "refit", REFIT_KEYS)
+        if out is None:
+            return None
+        out = {k: float(v) if k == "budget_share" else v for k, v in out.items()}
+        return {key: out.get(key, default) for key, (_, _, default) in REFIT_KEYS.items()}
+
+    def section(self, raw: Any, name: str, keys: Mapping[str, tuple[Any, str, Any]]) -> dict[str, Any] | None:
+        """A mapping section (``refit:``, ``constraints:``): None when absent, else its keys, each known to ``keys``
+        (key -> a check, what it wants, a default) and passing its check."""
         if raw is None:
             return None
         if not isinstance(raw, Mapping):
-            raise self.fail("refit", f"must be a mapping ({', '.join(REFIT_KEYS)}), got {_type_name(raw)}")
+            raise self.fail(name, f"must be a mapping ({', '.join(keys)}), got {_type_name(raw)}")
         out: dict[str, Any] = {}
         for key, value in raw.items():
-            if key not in REFIT_KEYS:
-                raise self.fail(f"refit.{key}", f"unknown key (allowed: {', '.join(REFIT_KEYS)})"
-                                                f"{_hint(key, tuple(REFIT_KEYS))}")
-            check, wanted, _ = REFIT_KEYS[key]
+            if key not in keys:
+                raise self.fail(f"{name}.{key}",
+                                f"unknown key (allowed: {', '.join(keys)}){_hint(str(key), tuple(keys))}")
+            check, wanted, _ = keys[key]
             if not check(value):
-                raise self.fail(f"refit.{key}", f"must be {wanted}, got {value!r}")
-            out[key] = float(value) if key == "budget_share" else value
-        return {key: out.get(key, default) for key, (_, _, default) in REFIT_KEYS.items()}
+                raise self.fail(f"{name}.{key}", f"must be {wanted}, got {short_repr(value)}")
+            out[key] = value
+        return out
 
     def sampler(self, raw: Any) -> dict[str, Any]:
         if raw is None:
