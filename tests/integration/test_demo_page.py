@@ -178,7 +178,10 @@ def test_a_photo_gives_boxes_labels_and_probabilities(page, env: dict) -> None:
     _open(page, env)
     text = {k: page.text_content(f"#model-{k}") for k in ("name", "version", "alias", "runtime", "detector")}
     assert text["name"] == "fer-cnn" and text["version"] == "1" and text["alias"] == "champion"
-    assert re.fullmatch(r"exported \(onnxruntime [\d.]+\)", text["runtime"]) and text["detector"] == "haar"
+    # The detector the service names (yunet by default, haar where it fell back).
+    health = httpx.get(env["url"] + "/health").json()
+    assert re.fullmatch(r"exported \(onnxruntime [\d.]+\)", text["runtime"])
+    assert text["detector"] == health["detector"] and health["detector"] in ("yunet", "haar")
     page.set_input_files("#file", str(env["paths"]["a"]))
     page.wait_for_selector("body[data-photo-answers='1']", timeout=60_000)
     faces = _faces(page)
