@@ -19,7 +19,7 @@ def _space(path: Path, **extra: object) -> Path:
     space = {"name": "tiny-warm", "max_epochs": 50, "train_limit": None, "sampler": {"name": "random", "seed": 3},
              "pruner": "none", "trial_budget": 4,
              "start_from": ["mini-xception", {"name": "narrow-plain", "params": {"block": "plain", "filters": 4}}],
-             "refit": {"top_k": 1, "epochs": 50, "warm_start": True},
+             "refit": {"top_k": 1, "epochs": 2, "warm_start": True},
              "params": {
                  "conv_blocks": 1, "filters": {"type": "categorical", "choices": [4, 16]}, "head": "global_avg",
                  "dense_layers": 0, "batch_size": 64, "tta": "flip", "lr_schedule": "cosine", "stem_filters": 0,
@@ -74,9 +74,9 @@ def test_a_wrong_start_point_is_refused_with_the_valid_names(tiny_real_csv: Path
 def test_budget_with_slices_and_a_warm_refit_ends_within_it(tiny_real_csv: Path, tmp_path: Path) -> None:
     from fer_experiments.tracking import find_runs, tags
 
-    budget = 100
+    budget = 75
     space = _space(tmp_path / "space.yaml", trial_budget="8%", max_epochs=1000,
-                   refit={"top_k": 1, "epochs": 1000, "budget_share": 0.5, "warm_start": True})
+                   refit={"top_k": 1, "epochs": 1000, "budget_share": 0.3, "warm_start": True})
     started = time.monotonic()
     proc = run_cli("search", "--data", str(tiny_real_csv), "--space", str(space), "--study", "b",
                    "--budget", f"{budget}s", cwd=tmp_path, timeout=budget * 4)
