@@ -101,6 +101,9 @@ def _param_rule(cls: type, name: str, kind: type) -> str:
 def render() -> str:
     from fer_experiments.params import MAX_EPOCHS, ModelParams, TrainParams
     from fer_experiments.spaces.schema import (
+        CONSTRAINT_KEYS,
+        COST_OBJECTIVES,
+        COST_PRUNERS,
         KINDS,
         PRUNERS,
         REFIT_KEYS,
@@ -152,6 +155,18 @@ def render() -> str:
             "| key | default | rule |", "|---|---|---|"]
     for key, (_, rule, default) in REFIT_KEYS.items():
         out.append(f"| `{key}` | {_cell(default)} | {rule} |")
+    out += ["", "## `constraints`", "",
+            "Absent: no serving limits. A mapping naming at least one limit; a configuration past one is not trained "
+            "(its trial ends PRUNED, tagged `fer.constraint_violation`).", "",
+            "| key | default | rule |", "|---|---|---|"]
+    for key, (_, rule, default) in CONSTRAINT_KEYS.items():
+        out.append(f"| `{key}` | {_cell(default)} | {rule} |")
+    out += ["", "## Two objectives", "",
+            f"`objective: [val_accuracy, latency_ms]` makes a two-objective study: the PublicTest metric is "
+            f"maximised and the serving-cost figure ({', '.join(f'`{c}`' for c in COST_OBJECTIVES)}) minimised, "
+            "measured before the trial trains on the `constraints` runtime (default `exported`). Its pruner is one of "
+            f"{', '.join(f'`{p}`' for p in COST_PRUNERS)}: `median` compares a trial with trials of similar serving "
+            "cost.", ""]
     out += ["", "## Parameter specs", "",
             "Each entry of `params` maps a parameter name to a spec (or to a bare scalar: a fixed value). "
             "Every type also takes `when:` (conditions).", "", "| `type` | keys |", "|---|---|"]

@@ -65,7 +65,7 @@ class ServingCost:
 
 def violations(cost: ServingCost, limits: Mapping[str, Any]) -> tuple[list[float], list[str]]:
     """For each limit in ``limits`` (``LIMITS`` keys; others ignored): how far the cost is past it (<= 0 within,
-    in the figure's own unit, Optuna's ``constraints_func`` convention) and a line for each one broken."""
+    in the figure's own unit, Optuna's trial-constraint convention) and a line for each one broken."""
     figures = cost.figures()
     amounts, broken = [], []
     for key, (figure, kind) in LIMITS.items():

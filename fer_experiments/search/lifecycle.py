@@ -222,7 +222,8 @@ def _ensure_parent_run(cfg: SearchConfig, engine: Engine, settings: StudySetting
             tags.SPACE_HASH: space.content_hash(), tags.SPACE_NAME: space.name, tags.DATA_DIGEST: settings.data_digest,
             tags.TRAIN_LIMIT: str(settings.limit), tags.GIT_COMMIT: commit, tags.MLFLOW_GIT_COMMIT: commit,
             tags.OBJECTIVE: space.objective, tags.MLFLOW_SOURCE_NAME: command_source(),
-            tags.MLFLOW_SOURCE_TYPE: "LOCAL"} | engine.parent_tags())
+            tags.MLFLOW_SOURCE_TYPE: "LOCAL"} | engine.parent_tags() | (
+            {tags.COST_OBJECTIVE: space.cost_objective} if space.cost_objective else {}))
         TrackedRun(run_id, cfg.tracking_uri).log_params(study_params(engine.name, settings))
         engine.remember_parent(run_id)
         return run_id

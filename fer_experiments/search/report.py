@@ -27,6 +27,9 @@ from fer_experiments.tracking import tags
 #: Artifact folder on a trial's run whose PNGs the report shows as "explain" images of the best trial.
 EXPLAIN_FOLDER = "explain"
 REPORT_ARTIFACT = "summary/report.html"
+#: The accuracy-cost front of a study whose trials measured their serving cost.
+PARETO_FIGURE = "summary/pareto_front.png"
+PARETO_TABLE = "summary/pareto_front.csv"
 
 
 @dataclass
@@ -45,6 +48,16 @@ class TrialRow:
     seconds: float | None
     curve: list[tuple[int, float]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CostView:
+    """The accuracy-cost plane of a study whose trials measured their serving cost (``search.pareto``)."""
+
+    cost_name: str
+    runtime: str
+    points: list[Any]
+    note: str = ""
 
 
 @dataclass
@@ -101,6 +114,30 @@ def gather(study: str, tracking_uri: str, storage: str | None = None) -> StudyDa
     return StudyData(study=study, engine=engine, objective=objective, tracking_uri=tracking_uri, parent=parent,
                      trials=sorted(by_number.values(), key=lambda r: r.number), importances=importances,
                      importance_note=note)
+
+
+def cost_view(d: StudyData) -> CostView | None:
+    """The COMPLETE trials with their serving cost (the study's cost objective, else ``latency_ms``) and the
+    reference networks; None when no trial measured its cost (a space with neither ``constraints:`` nor a cost
+    objective)."""
+    from fer_experiments.search.pareto import CostPoint, reference_points
+
+    cost_name = d.parent.tags.get(tags.COST_OBJECTIVE) or "latency_ms"
+    done = [t for t in d.trials if t.state == "COMPLETE" and t.value is not None and cost_name in t.metrics]
+    if not done:
+        return None
+    runtime = next((t.tags[tags.COST_RUNTIME] for t in done if t.tags.get(tags.COST_RUNTIME)), "exported")
+    points = [CostPoint(label=f"trial-{t.number}", cost=float(t.metrics[cost_name]), accuracy=t.value,
+                        run_id=t.run_id) for t in done]
+    by_start = {t.tags[tags.START_FROM]: float(t.value) for t in done if t.tags.get(tags.START_FROM)}
+    note = ""
+    try:
+        from fer_experiments.data import default_cache_dir
+
+        points += reference_points(cost_name, runtime, str(default_cache_dir() / "serving_cost.json"), by_start)
+    except Exception as exc:  # noqa: BLE001 - references are context; the study's own front stands without them
+        note = f"reference networks not measured: {type(exc).__name__}: {str(exc)[:200]}"
+    return CostView(cost_name=cost_name, runtime=runtime, points=points, note=note)
 
 
 def _importances(study: str, storage: str | None) -> tuple[dict[str, float] | None, str]:
@@ -290,8 +327,8 @@ def _figure_html(src: str, caption: str) -> str:
     return f'<figure><img alt="{_e(caption)}" src="{src}"><figcaption>{_e(caption)}</figcaption></figure>'
 
 
-def build_report(d: StudyData) -> str:
-    """The page's HTML (one string, no external URL)."""
+def build_report(d: StudyData, view: CostView | None = None) -> str:
+    """The page's HTML (one string, no external URL); ``view``: the accuracy-cost section, if the study has one."""
     from fer_experiments.search.summary import per_class_figure
     from fer_experiments.tracking.runs import read_artifact, run_url
 
@@ -351,6 +388,9 @@ def build_report(d: StudyData) -> str:
                     + f'<table class="sortable"><thead><tr><th>network</th>{head}</tr></thead><tbody>{body}</tbody>'
                       "</table></section>")
 
+    if view is not None:
+        sections.append(_cost_section(d, view))
+
     # The best trial's confusion matrix, learning curves and (if any) explain images.
     if best is not None:
         imgs = []
@@ -392,6 +432,25 @@ def build_report(d: StudyData) -> str:
             f"<style>{_CSS}</style></head><body><header><h1>{_e(title)}</h1><p>{_e(d.engine)} search, maximising "
             f"{_e(d.objective)} on PublicTest &middot; report made {made} by fer-exp</p></header><main>"
             + "".join(sections) + f"</main><script>{_JS}</script></body></html>\n")
+
+
+def _cost_section(d: StudyData, view: CostView) -> str:
+    """Accuracy against serving cost: the front plot and the table of front members and references."""
+    from fer_experiments.search.pareto import front_figure, front_rows
+
+    rows = [r for r in front_rows(view.points, d.objective, view.cost_name) if r["on_front"] or r["reference"]]
+    unit = "ms" if view.cost_name == "latency_ms" else ""
+    body = "".join(
+        f"<tr><td>{_e(r['network'])}</td><td>{'reference' if r['reference'] else 'front'}</td>"
+        f'<td class="num">{_fmt(r[d.objective])}</td><td class="num">{_e(f"{r[view.cost_name]:,.3g}")}</td>'
+        f"<td>{_e(r['accuracy_from'])}</td></tr>" for r in rows)
+    return ('<section id="pareto"><h2>Accuracy against serving cost</h2>'
+            + _figure_html(_png(front_figure(view.points, d.objective, view.cost_name)),
+                           f"{d.objective} on PublicTest against {view.cost_name} ({view.runtime} runtime, measured "
+                           "on the machine that ran each trial); red: the Pareto front; black: reference networks.")
+            + f'<table class="sortable"><thead><tr><th>network</th><th>kind</th><th>{_e(d.objective)}</th>'
+              f"<th>{_e(view.cost_name)} {unit}</th><th>accuracy from</th></tr></thead><tbody>{body}</tbody></table>"
+            + (f'<p class="muted">{_e(view.note)}</p>' if view.note else "") + "</section>")
 
 
 def explain_images_of(d: StudyData, best: TrialRow) -> list[tuple[str, bytes]]:
@@ -439,10 +498,23 @@ def study_report(study: str, tracking_uri: str, storage: str | None = None) -> s
 
     # Matplotlib's own look, whatever style another plot set globally before (Optuna's plots set ggplot).
     with matplotlib.style.context("default"):
-        return build_report(gather(study, tracking_uri, storage))
+        d = gather(study, tracking_uri, storage)
+        return build_report(d, cost_view(d))
 
 
 def log_study_report(study: str, tracking_uri: str, storage: str | None, parent: Any) -> None:
-    """Write the report on the study's parent run (``summary/report.html``)."""
-    parent.log_text(study_report(study, tracking_uri, storage), REPORT_ARTIFACT)
+    """Write the report on the study's parent run (``summary/report.html``) and, for a study whose trials measured
+    their serving cost, the front (``summary/pareto_front.png`` and ``.csv``)."""
+    import matplotlib.style
+
+    from fer_experiments.search.pareto import front_figure, front_rows
+    from fer_experiments.search.summary import rows_csv
+
+    with matplotlib.style.context("default"):
+        d = gather(study, tracking_uri, storage)
+        view = cost_view(d)
+        parent.log_text(build_report(d, view), REPORT_ARTIFACT)
+        if view is not None:
+            parent.log_figure(front_figure(view.points, d.objective, view.cost_name), PARETO_FIGURE)
+            parent.log_text(rows_csv(front_rows(view.points, d.objective, view.cost_name)), PARETO_TABLE)
 

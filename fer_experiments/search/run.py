@@ -233,6 +233,8 @@ class SearchRun:
     #: The trial being run now (set by the engine as soon as its trial exists), None between trials: what an
     #: interruption stops.
     running_trial: int | None = None
+    #: The running trial's serving-cost figures, measured before it trains (None: not measured).
+    current_cost: dict[str, float] | None = None
     interrupts: InterruptHold = field(default_factory=InterruptHold)
     #: ``--budget``: ``time.time()`` by which the command ends, and that budget's length in seconds.
     budget_deadline: float | None = None
@@ -334,8 +336,9 @@ class SearchRun:
         elif self.trial_seconds is not None:
             values = values | {"time_budget_s": round(self.trial_seconds, 1)}
         cost, skip, over = self._serving_cost(values, epochs)
+        self.current_cost = cost  # the similar-cost pruner of a two-objective study reads it (search.pareto)
         if cost is not None:
-            run_tags[tags.COST_RUNTIME] = self.space.constraints["runtime"]  # type: ignore[index]
+            run_tags[tags.COST_RUNTIME] = self.space.cost_runtime
         started = time.time()
         done = tracked_trial(tracking_uri=self.cfg.tracking_uri, experiment=self.experiment,
                              parent_run_id=self.parent.run_id, number=number, tags=run_tags, data=self.data,
@@ -346,7 +349,7 @@ class SearchRun:
                              on_phase=self.outcome.add_time,
                              on_end=self.interrupts.hold if hold_interrupts else None,
                              on_batch=show_batch if self.progress.tty else None, cost=cost, skip=skip)
-        done.constraints = over
+        done.constraints, done.cost = over, cost
         self.running_trial = None
         if done.epochs_reached:
             wall = time.time() - started
@@ -362,11 +365,12 @@ class SearchRun:
 
     def _serving_cost(self, values: dict[str, Any], epochs: int
                       ) -> tuple[dict[str, float] | None, str | None, list[float] | None]:
-        """Under the space's ``constraints:``: the configuration's serving cost (measured before it trains, cached by
-        architecture), the limits it breaks (None: within them) and how far past each it is."""
-        limits = self.space.constraints
-        if limits is None:
+        """Under the space's ``constraints:`` or cost objective: the configuration's serving cost (measured before it
+        trains, cached by architecture), the limits it breaks (None: within them) and how far past each it is."""
+        runtime = self.space.cost_runtime
+        if runtime is None:
             return None, None, None
+        limits = self.space.constraints or {"runtime": runtime}
         from fer_experiments.data import default_cache_dir
         from fer_experiments.models.cost import serving_cost, violations
         from fer_experiments.params import split_params
@@ -376,10 +380,12 @@ class SearchRun:
         except ConfigError:
             return None, None, None  # an invalid combination: the trial fails on it, saying why
         cache = self.cfg.data.cache_dir or default_cache_dir()
-        cost = serving_cost(model, limits["runtime"], cache_file=f"{cache}/serving_cost.json")
+        cost = serving_cost(model, runtime, cache_file=f"{cache}/serving_cost.json")
         over, broken = violations(cost, limits)
+        if self.space.constraints is None:
+            over = None  # no limits: no trial constraints for the sampler
         self.progress.note(f"trial {self.running_trial}: {cost.params:,} params, {cost.latency_ms:.2f} ms a face "
-                           f"({cost.faces_per_second:,.0f} faces/s, {limits['runtime']})"
+                           f"({cost.faces_per_second:,.0f} faces/s, {runtime})"
                            + (f", measured in {cost.seconds:.1f}s" if not cost.cached else ", cached")
                            + (f": not trained ({'; '.join(broken)})" if broken else ""))
         return cost.figures(), "; ".join(broken) or None, over

@@ -182,9 +182,6 @@ def make_sampler(space: "SearchSpace", trials_so_far: int = 0) -> optuna.sampler
     name = cfg.pop("name", "tpe")
     seed = resumed_seed(cfg.pop("seed", 42), trials_so_far)
     options = dict(cfg.pop("options", {}) or {})
-    if space.constraints is not None and name in ("tpe", "gp"):
-        # A configuration past a serving limit never trains; the sampler still learns to steer away from it.
-        options["constraints_func"] = ConstraintValues(space)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **options)
     if name == "random":
@@ -199,28 +196,24 @@ def make_sampler(space: "SearchSpace", trials_so_far: int = 0) -> optuna.sampler
     raise ConfigError(f"{space.source}: sampler.name: unknown sampler {name!r}")
 
 
-class ConstraintValues:
-    """Optuna's ``constraints_func`` for a space with ``constraints:``: the amounts by which a trial's serving cost
-    is past each limit (<= 0 within), as the trial recorded them before training; zeros for a trial that recorded
-    none (it failed before its cost was known)."""
+def directions(space: "SearchSpace") -> list[str]:
+    """Optuna's directions: the PublicTest metric up, the serving-cost figure (a two-objective space) down."""
+    return ["maximize"] + (["minimize"] if space.cost_objective is not None else [])
 
-    def __init__(self, space: "SearchSpace") -> None:
-        from fer_experiments.models.cost import LIMITS
 
-        assert space.constraints is not None
-        self.n = sum(k in space.constraints for k in LIMITS)
-
-    def __call__(self, trial: optuna.trial.FrozenTrial) -> list[float]:
-        values = trial.user_attrs.get(tags.ATTR_CONSTRAINTS)
-        if not isinstance(values, list) or len(values) != self.n:
-            return [0.0] * self.n
-        return [float(v) for v in values]
+def first_value(trial: optuna.trial.FrozenTrial) -> float | None:
+    """A trial's PublicTest objective (the first value of a two-objective study), None if it has none."""
+    return None if not trial.values else float(trial.values[0])
 
 
 def make_pruner(space: "SearchSpace") -> optuna.pruners.BasePruner:
-    """The space's pruner; Hyperband's max resource is the space's max_epochs."""
+    """The space's pruner; Hyperband's max resource is the space's max_epochs. A two-objective study gets none:
+    Optuna's pruners do not support one, so the engine prunes against trials of similar cost
+    (``search.pareto.similar_cost_prune``)."""
     cfg = dict(space.pruner)
     name = cfg.pop("name", "median")
+    if space.cost_objective is not None:
+        return optuna.pruners.NopPruner()
     if name == "median":
         return optuna.pruners.MedianPruner(**cfg)
     if name == "hyperband":
@@ -277,7 +270,7 @@ def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, nam
             if space is None:
                 raise ConfigError(f"study {name!r} does not exist in {redact_uri(storage_url)}; create it with "
                                   "`fer-exp search --space ...` first")
-            study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+            study = optuna.create_study(study_name=name, storage=storage, directions=directions(space),
                                         sampler=make_sampler(space), pruner=make_pruner(space))
             study.set_user_attr(tags.ATTR_SPACE, space.to_dict())
             study.set_user_attr(tags.ATTR_SPACE_HASH, space.content_hash())
@@ -290,13 +283,14 @@ def create_or_resume(storage: optuna.storages.BaseStorage, storage_url: str, nam
             study.set_user_attr(tags.ATTR_CREATED, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
             created = True
         loaded = optuna.load_study(study_name=name, storage=storage)
-        objective = str((loaded.user_attrs.get(tags.ATTR_SPACE) or {}).get("objective") or "")
-        if objective and loaded.metric_names != [objective]:
+        stored = (loaded.user_attrs.get(tags.ATTR_SPACE) or {}).get("objective") or ""
+        objective = [str(o) for o in stored] if isinstance(stored, list) else [str(stored)] if stored else []
+        if objective and loaded.metric_names != objective:
             # optuna-dashboard and Optuna's plots label the value with it (instead of "Objective 0"); older
             # studies get it on resume.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                loaded.set_metric_names([objective])
+                loaded.set_metric_names(objective)
         if not created and n_trials is not None and loaded.user_attrs.get(tags.ATTR_N_TRIALS) != n_trials:
             loaded.set_user_attr(tags.ATTR_N_TRIALS, n_trials)  # a search command sets the study's target for all workers
         attrs = loaded.user_attrs
@@ -354,15 +348,17 @@ def list_studies(storage_url: str) -> list[StudyRow]:
         best: Any = None
         for t in trials:
             counts[t.state] += 1
-            if t.state == TrialState.COMPLETE and t.value is not None and (best is None or t.value > best.value):
+            if t.state == TrialState.COMPLETE and first_value(t) is not None and (
+                    best is None or first_value(t) > first_value(best)):  # type: ignore[operator]
                 best = t
         attrs = summary.user_attrs
         space = attrs.get(tags.ATTR_SPACE) or {}
         rows.append(StudyRow(
             name=summary.study_name, complete=counts[TrialState.COMPLETE], pruned=counts[TrialState.PRUNED],
             failed=counts[TrialState.FAIL], running=counts[TrialState.RUNNING], waiting=counts[TrialState.WAITING],
-            best_value=None if best is None else float(best.value), best_trial=None if best is None else best.number,
-            objective=str(space.get("objective", "?")), space_file=str(attrs.get(tags.ATTR_SPACE_FILE, "")),
+            best_value=None if best is None else first_value(best), best_trial=None if best is None else best.number,
+            objective=str(space.get("objective", "?")) if not isinstance(space.get("objective"), list) else
+            " + ".join(map(str, space["objective"])), space_file=str(attrs.get(tags.ATTR_SPACE_FILE, "")),
             created=str(attrs.get(tags.ATTR_CREATED, "")),
         ))
     return rows

@@ -24,9 +24,19 @@ def param_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return dict(optuna.importance.get_param_importances(study)), ""
+            target = _first_objective(study).get("target")
+            return dict(optuna.importance.get_param_importances(study, target=target)), ""
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
         return None, f"parameter importances need more COMPLETE trials with varied params ({exc})"
+
+
+def _first_objective(study: optuna.Study) -> dict[str, Any]:
+    """Keyword arguments that make Optuna's plots and importances read the PublicTest objective of a two-objective
+    study (they refuse such a study without a target); none for a one-objective study."""
+    if len(study.directions) == 1:
+        return {}
+    name = (study.metric_names or ["objective"])[0]
+    return {"target": lambda t: t.values[0], "target_name": name}
 
 
 def reference_rows() -> list[dict[str, Any]]:
@@ -38,8 +48,8 @@ def reference_rows() -> list[dict[str, Any]]:
 
 def top_trials(study: optuna.Study, k: int = 5) -> list[optuna.trial.FrozenTrial]:
     """The ``k`` best COMPLETE trials (pruned ones carry a partial value and never qualify)."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    return sorted(done, key=lambda t: t.value, reverse=True)[:k]  # type: ignore[arg-type, return-value]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    return sorted(done, key=lambda t: t.values[0], reverse=True)[:k]
 
 
 def per_class_rows(study: optuna.Study, tracking_uri: str, k: int = 5) -> list[dict[str, Any]]:
@@ -103,7 +113,7 @@ def write_summary(study: optuna.Study, parent: Any, tracking_uri: str) -> list[s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's matplotlib backend is "experimental"
         if complete:
-            ax = optuna.visualization.matplotlib.plot_optimization_history(study)
+            ax = optuna.visualization.matplotlib.plot_optimization_history(study, **_first_objective(study))
             parent.log_figure(ax.figure, "summary/optimization_history.png")
             _close(ax.figure)
         importances, why_not = param_importances(study)
@@ -111,7 +121,7 @@ def write_summary(study: optuna.Study, parent: Any, tracking_uri: str) -> list[s
             notes.append(why_not)
         else:
             parent.log_text(json.dumps(importances, indent=2), "summary/param_importances.json")
-            ax = optuna.visualization.matplotlib.plot_param_importances(study)
+            ax = optuna.visualization.matplotlib.plot_param_importances(study, **_first_objective(study))
             parent.log_figure(ax.figure, "summary/param_importances.png")
             _close(ax.figure)
     rows = per_class_rows(study, tracking_uri)

@@ -39,6 +39,8 @@ class TrialRun:
     skipped: str | None = None
     #: Under a space's ``constraints:``: how far the cost is past each limit (<= 0: within), for the sampler.
     constraints: list[float] | None = None
+    #: The serving-cost figures measured before training (``models.cost.ServingCost.figures``), None if not measured.
+    cost: dict[str, float] | None = None
 
     @property
     def state(self) -> str:
@@ -112,7 +114,8 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
         except stop_exceptions as exc:
             # Pruned = stopped on purpose, a normal end: FINISHED with trial_state PRUNED (as Optuna's and Ray Tune's
             # MLflow integrations do). KILLED is kept for interruptions, so the UI's red cross means "interrupted".
-            run.set_tags({names.TRIAL_STATE: "PRUNED", names.PRUNED_AT_EPOCH: reached["epoch"]})
+            run.set_tags({names.TRIAL_STATE: "PRUNED", names.PRUNED_AT_EPOCH: reached["epoch"]} | (
+                {names.PRUNE_REASON: str(exc)[:500]} if str(exc) else {}))
             outcome.stopped = exc
         except KeyboardInterrupt:
             run.set_tags({names.TRIAL_STATE: "FAIL"})

@@ -32,6 +32,12 @@ Condition = tuple[str, tuple[Any, ...]]
 
 KINDS: tuple[str, ...] = ("int", "float", "categorical", "fixed")
 OBJECTIVES: tuple[str, ...] = ("val_accuracy", "val_macro_f1")
+#: The second objective of a two-objective study (``objective: [val_accuracy, latency_ms]``): a serving-cost figure
+#: of ``models.cost``, minimised, measured before the trial trains.
+COST_OBJECTIVES: tuple[str, ...] = ("latency_ms", "params", "model_bytes")
+#: Pruners a two-objective study accepts: Optuna's pruners do not support such studies (optuna#3450), so fer-exp
+#: prunes a trial against trials of similar serving cost with the median rule (``search.pareto``).
+COST_PRUNERS: tuple[str, ...] = ("median", "none")
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "gp")
 #: Options each pruner accepts (beyond ``name``), with a check and a description of the check.
 PRUNERS: dict[str, dict[str, tuple[Any, str]]] = {
@@ -214,8 +220,22 @@ class SearchSpace:
     #: Serving limits a configuration must meet before it trains (``models.cost.LIMITS`` keys, each a number) and
     #: the ``runtime`` they are measured on; None: no limits.
     constraints: dict[str, Any] | None = None
+    #: The second objective (one of ``COST_OBJECTIVES``, minimised) of a two-objective study, or None.
+    cost_objective: str | None = None
     #: Where the space came from (a path as given, or "<dict>"); not part of the content.
     source: str = field(default="<dict>", compare=False)
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The study's objectives: the PublicTest metric (maximised), then the cost figure (minimised) if any."""
+        return (self.objective,) if self.cost_objective is None else (self.objective, self.cost_objective)
+
+    @property
+    def cost_runtime(self) -> str | None:
+        """The serving runtime a trial's cost is measured on before it trains (None: the cost is not measured)."""
+        if self.constraints is not None:
+            return str(self.constraints["runtime"])
+        return CONSTRAINT_KEYS["runtime"][2] if self.cost_objective is not None else None
 
     def __hash__(self) -> int:
         return hash(self.content_hash())
@@ -249,7 +269,7 @@ class SearchSpace:
         return {
             "name": self.name,
             "description": self.description,
-            "objective": self.objective,
+            "objective": self.objective if self.cost_objective is None else list(self.objectives),
             "max_epochs": self.max_epochs,
             "train_limit": self.train_limit,
             "sampler": {"name": self.sampler["name"], "seed": self.sampler["seed"],
@@ -460,11 +480,7 @@ class _Validator:
             description = ""
         if not isinstance(description, str):
             raise self.fail("description", f"must be a string, got {_type_name(description)}")
-        objective = d.get("objective", DEFAULT_OBJECTIVE)
-        if objective is None:
-            objective = DEFAULT_OBJECTIVE
-        if objective not in OBJECTIVES:
-            raise self.fail("objective", f"unknown objective {short_repr(objective)} (allowed: {', '.join(OBJECTIVES)})")
+        objective, cost_objective = self.objective(d.get("objective"))
         max_epochs = d["max_epochs"]
         # Bounded here as a training's epochs are, so that the space is refused at load, not each trial at run time.
         if not _is_int(max_epochs) or not 1 <= max_epochs <= MAX_EPOCHS:
@@ -475,6 +491,10 @@ class _Validator:
 
         sampler = self.sampler(d.get("sampler"))
         pruner = self.pruner(d.get("pruner"))
+        if cost_objective is not None and pruner["name"] not in COST_PRUNERS:
+            raise self.fail("pruner.name", f"{pruner['name']!r} cannot prune a two-objective study (Optuna's pruners "
+                                           "do not support one); use median (a trial is compared with trials of "
+                                           "similar serving cost) or none")
         params = self.params(d["params"])
 
         epochs = next((p for p in params if p.name == "epochs"), None)
@@ -491,9 +511,24 @@ class _Validator:
         space = SearchSpace(name=name, description=description, objective=objective, max_epochs=max_epochs,
                             train_limit=train_limit, sampler=sampler, pruner=pruner, params=params,
                             refit=self.refit(d.get("refit")), trial_budget=self.trial_budget(d.get("trial_budget")),
-                            constraints=self.constraints(d.get("constraints")), source=self.source)
+                            constraints=self.constraints(d.get("constraints")), cost_objective=cost_objective,
+                            source=self.source)
         start = self.start_from(d.get("start_from"), space)
         return dataclasses.replace(space, start_from=start) if start else space
+
+    def objective(self, raw: Any) -> tuple[str, str | None]:
+        """``objective:`` one PublicTest metric, or ``[metric, cost figure]`` for a two-objective study."""
+        if raw is None:
+            return DEFAULT_OBJECTIVE, None
+        if isinstance(raw, list):
+            if len(raw) != 2 or raw[0] not in OBJECTIVES or raw[1] not in COST_OBJECTIVES:
+                raise self.fail("objective", f"a two-objective study is [<{' or '.join(OBJECTIVES)}>, "
+                                             f"<{' or '.join(COST_OBJECTIVES)}>], got {short_repr(raw)}")
+            return str(raw[0]), str(raw[1])
+        if raw not in OBJECTIVES:
+            raise self.fail("objective", f"unknown objective {short_repr(raw)} (allowed: {', '.join(OBJECTIVES)}, "
+                                         f"or [<objective>, <{' or '.join(COST_OBJECTIVES)}>])")
+        return str(raw), None
 
     def constraints(self, raw: Any) -> dict[str, Any] | None:
         """``constraints:``: serving limits (at least one) and the runtime they hold for (default ``exported``)."""

@@ -35,6 +35,8 @@ OBJECTIVE_VALUE = "objective_value"
 #: Why a run ended FAILED or KILLED (one line).
 FAILURE_REASON = "failure_reason"
 PRUNED_AT_EPOCH = "pruned_at_epoch"
+#: Why the pruner stopped the trial, in its words (e.g. the similar-cost rule of a two-objective study).
+PRUNE_REASON = "fer.prune_reason"
 #: The trial a refit run retrains.
 REFIT_OF = "fer.refit_of"
 #: A refit that continues its trial's trained weights: that trial's run, its number and the epoch whose weights it
@@ -46,6 +48,8 @@ WARM_START_EPOCH = "fer.warm_start_epoch"
 START_FROM = "fer.start_from"
 #: Why a trial never trained: the serving limits of its space's ``constraints:`` it breaks, with the measured figures.
 CONSTRAINT_VIOLATION = "fer.constraint_violation"
+#: A two-objective study's second objective (a serving-cost figure, minimised), on its parent run.
+COST_OBJECTIVE = "fer.cost_objective"
 #: The runtime a trial's serving cost (metrics params, model_bytes, latency_ms, faces_per_second) was measured on.
 COST_RUNTIME = "fer.cost_runtime"
 #: Where a run's process runs: host name and pid (``fer-exp reconcile`` ends runs whose process is gone).
@@ -195,6 +199,10 @@ ATTR_FAIL_REASON = "fail_reason"
 ATTR_START_FROM = "fer.start_from"
 #: On a trial of a space with ``constraints:``: how far its serving cost is past each limit (<= 0: within).
 ATTR_CONSTRAINTS = "fer.constraints"
+#: A trial of a two-objective study: its PublicTest objective after each epoch, as {"epoch": value} (Optuna keeps
+#: no intermediate values for such studies; the similar-cost pruner compares them), and its cost figure.
+ATTR_CURVE = "fer.curve"
+ATTR_COST = "fer.cost"
 
 
 def model_id_tag(artifact: str = "model") -> str:

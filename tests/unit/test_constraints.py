@@ -1,6 +1,6 @@
 """Issue 24's pieces without a store: ``constraints:`` in a space (validated, part of its identity), the cost of a
 network measured before it trains (cached by architecture), the amounts past each limit that Optuna's
-``constraints_func`` reads, and the shipped edge space."""
+trial constraints (which TPE and GP read) record, and the shipped edge space."""
 
 from __future__ import annotations
 
@@ -50,16 +50,14 @@ def test_violations_say_how_far_past_each_limit() -> None:
     assert violations(cost, {"max_model_bytes": 300_000})[1] == []
 
 
-def test_optuna_constraints_func_reads_what_the_trial_recorded() -> None:
-    import optuna
+def test_optuna_trial_constraints_name_each_limit_in_the_order_of_the_amounts() -> None:
+    from fer_experiments.search.engines.optuna import constraint_names
 
-    from fer_experiments.search.study import ConstraintValues
-    from fer_experiments.tracking import tags
-
-    func = ConstraintValues(_space(constraints={"max_latency_ms": 2, "max_params": 10}))
-    trial = optuna.trial.create_trial(value=0.5, user_attrs={tags.ATTR_CONSTRAINTS: [0.5, -3.0]})
-    assert func(trial) == [0.5, -3.0]
-    assert func(optuna.trial.create_trial(value=0.5)) == [0.0, 0.0]  # failed before its cost was known
+    space = _space(constraints={"max_params": 10, "max_latency_ms": 2, "runtime": "int8"})
+    assert constraint_names(space) == ["max_latency_ms", "max_params"]  # violations() measures in LIMITS order
+    cost = ServingCost(params=40, model_bytes=1, latency_ms=1.0, runtime="int8")
+    assert violations(cost, space.constraints)[0] == [-1.0, 30.0]
+    assert constraint_names(_space()) == []
 
 
 @pytest.mark.slow
@@ -85,4 +83,4 @@ def test_shipped_edge_space() -> None:
     space = load_space(resolve_space_path("edge"))
     assert space.constraints == {"min_faces_per_second": 1000.0, "runtime": "exported"}
     assert [name for name, _ in space.start_points()] == ["mini-xception"]
-    assert space.sampler["name"] == "tpe"  # a sampler that takes constraints_func
+    assert space.sampler["name"] == "tpe"  # a sampler that reads trial constraints

@@ -103,6 +103,9 @@ class KerasTunerEngine:
 
         if space is None:
             raise ConfigError("--space is required with --engine keras-tuner")
+        if space.cost_objective is not None:
+            raise ConfigError(f"{space.source}: objective: a two-objective study ({', '.join(space.objectives)}) "
+                              "needs --engine optuna (keras-tuner's oracles optimise one objective)")
         self.cfg = cfg
         experiment = cfg.experiment or cfg.study
         limit = cfg.data.limit if cfg.data.limit is not None else space.train_limit

@@ -149,7 +149,7 @@ class _Objective:
         self.run = run
         self.on_start = on_start
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         from fer_experiments.spaces import epochs_for, suggest
         from fer_experiments.tracking import redact_uri
 
@@ -171,7 +171,11 @@ class _Objective:
             raise
         self.run.running_trial = None
         if done.constraints is not None:
+            # A configuration past a serving limit never trains; TPE and GP read the amounts past each limit
+            # (Optuna's trial constraints, <= 0 feasible) and steer away from its region.
             trial.set_user_attr(tags.ATTR_CONSTRAINTS, done.constraints)
+            for key, amount in zip(constraint_names(self.run.space), done.constraints):
+                trial.set_constraint(key, amount)
         if done.skipped is not None:
             trial.set_user_attr(tags.ATTR_FAIL_REASON, f"not trained: {done.skipped}")
         if done.stopped is not None:
@@ -180,10 +184,17 @@ class _Objective:
             trial.set_user_attr(tags.ATTR_FAIL_REASON, done.failure)
             raise TrialFailed(f"trial {trial.number}: {done.failure}")
         assert done.result is not None
-        return done.result.objective_value
+        cost_name = self.run.space.cost_objective
+        if cost_name is None:
+            return done.result.objective_value
+        if done.cost is None:  # an invalid combination fails before its cost is measured; never a COMPLETE trial
+            raise TrialFailed(f"trial {trial.number}: its serving cost could not be measured")
+        return done.result.objective_value, float(done.cost[cost_name])
 
     def _reporter(self, trial: optuna.Trial) -> Callable[[int, dict[str, float]], None]:
         objective = self.run.space.objective
+        if self.run.space.cost_objective is not None:
+            return self._similar_cost_reporter(trial)
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             trial.report(metrics[objective], step=epoch)
@@ -191,6 +202,51 @@ class _Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({objective} {metrics[objective]:.4f})")
 
         return report
+
+    def _similar_cost_reporter(self, trial: optuna.Trial) -> Callable[[int, dict[str, float]], None]:
+        """A two-objective study's pruning (Optuna's pruners support none): each epoch's value is kept on the trial
+        (user attr) and compared with trials of similar serving cost (``search.pareto.similar_cost_prune``)."""
+        from fer_experiments.search.pareto import similar_cost_prune
+
+        space, run = self.run.space, self.run
+        options = dict(space.pruner)
+        curve: dict[str, float] = {}
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            value = float(metrics[space.objective])
+            curve[str(epoch)] = value
+            cost = (run.current_cost or {}).get(space.cost_objective or "")
+            trial.set_user_attr(tags.ATTR_CURVE, dict(curve))
+            if cost is None:
+                return
+            if len(curve) == 1:
+                trial.set_user_attr(tags.ATTR_COST, float(cost))
+            if options.get("name") != "median":
+                return
+            why = similar_cost_prune(value, float(cost), epoch, _curves(trial.study),
+                                     min_neighbours=int(options.get("n_startup_trials", 5)),
+                                     warmup_steps=int(options.get("n_warmup_steps", 0)))
+            if why is not None:
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({space.objective} {value:.4f}, {why})")
+
+        return report
+
+
+def constraint_names(space: "SearchSpace") -> list[str]:
+    """The space's limits in the order ``models.cost.violations`` gives their amounts."""
+    from fer_experiments.models.cost import LIMITS
+
+    return [k for k in LIMITS if k in (space.constraints or {})]
+
+
+def _curves(study: optuna.Study) -> list[tuple[float, dict[int, float]]]:
+    """(cost, {epoch: value}) of the finished trials of a two-objective study that recorded both."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        cost, curve = t.user_attrs.get(tags.ATTR_COST), t.user_attrs.get(tags.ATTR_CURVE)
+        if isinstance(cost, (int, float)) and isinstance(curve, dict):
+            out.append((float(cost), {int(k): float(v) for k, v in curve.items()}))
+    return out
 
 
 def _queue_again(trial: optuna.Trial) -> None:
