@@ -11,6 +11,10 @@ Both models are evaluated with ``registry.evaluate.evaluate_model`` on PrivateTe
 accuracies, their ratio, wall times, epochs and images seen.
 
     python bench/cpu_budget.py --minutes 60 [--data PATH] [--space cpu-hour] [--baseline mini-xception-wide]
+    python bench/cpu_budget.py --minutes 10 --space edge --only search   # the edge space's model and its speed
+
+Each arm's model is also timed as serving runs it (``models.cost``: the float exported graph, one face at a time):
+faces/s and parameters.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ class Arm:
     epochs: int = 0
     images: int = 0
     detail: str = ""
+    #: The MLflow params of the run whose model is judged (its architecture gives the serving cost).
+    run_params: dict[str, str] | None = None
+    faces_per_second: float | None = None
+    params: int | None = None
 
 
 def _cli(args: list[str], cwd: Path, log: Path) -> tuple[int, float]:
@@ -81,7 +89,13 @@ def search_arm(data: str, cache: str, space: str, minutes: float) -> Arm:
             trials += kind == tags.KIND_TRIAL
             refits += kind == tags.KIND_REFIT
     arm.detail = f"{trials} trials + {refits} refit(s)"
-    for run in find_runs(uri, None, filter_string=tags.study_filter("cpu-budget", kind=tags.KIND_REFIT)):
+    trial_runs = [r for r in find_runs(uri, None, filter_string=tags.study_filter("cpu-budget", kind=tags.KIND_TRIAL))
+                  if tags.float_of(r.tags.get(tags.OBJECTIVE_VALUE)) is not None]
+    refit_runs = find_runs(uri, None, filter_string=tags.study_filter("cpu-budget", kind=tags.KIND_REFIT))
+    # The challenger: the refit when there is one, else the best trial (what the search registers).
+    judged = refit_runs or sorted(trial_runs, key=lambda r: -float(tags.float_of(r.tags[tags.OBJECTIVE_VALUE])))
+    arm.run_params = dict(judged[0].params) if judged else None
+    for run in refit_runs:
         if run.tags.get(tags.WARM_START_OF):
             arm.detail += (f"; refit continued trial {run.tags.get(tags.WARM_START_TRIAL)} "
                            f"({run.params.get('block')} f{run.params.get('filters')}) at epoch "
@@ -105,7 +119,7 @@ def baseline_arm(data: str, cache: str, preset: str, minutes: float) -> Arm:
     from fer_experiments.tracking import get_run, tags
 
     run = get_run(uri, run_id)
-    arm = Arm(f"baseline {preset}", wall, f"runs:/{run_id}/model", uri)
+    arm = Arm(f"baseline {preset}", wall, f"runs:/{run_id}/model", uri, run_params=dict(run.params))
     arm.epochs = int(run.metrics.get("epochs_run", 0))
     arm.images = int(run.metrics.get(tags.TRAIN_IMAGES_SEEN, 0))
     arm.detail = f"time_budget_s={budget:.0f}, best epoch {int(run.metrics.get('best_epoch', 0))}"
@@ -120,6 +134,14 @@ def evaluate(arm: Arm, data: str, cache: str) -> None:
     private = evaluate_model(arm.model_uri, ds, "PrivateTest", arm.tracking_uri)
     public = evaluate_model(arm.model_uri, ds, "PublicTest", arm.tracking_uri)
     arm.private, arm.private_f1, arm.public = private.accuracy, private.macro_f1, public.accuracy
+    if arm.run_params:
+        # What the model costs to serve (the float exported graph, one face at a time, as `serve` runs it).
+        from fer_experiments.models.cost import serving_cost
+        from fer_experiments.params import MODEL_FIELDS, split_params
+
+        model, _ = split_params({k: v for k, v in arm.run_params.items() if k in MODEL_FIELDS})
+        cost = serving_cost(model, "exported", cache_file=f"{cache}/serving_cost.json")
+        arm.faces_per_second, arm.params = cost.faces_per_second, cost.params
 
 
 def _minutes(text: str) -> list[float]:
@@ -188,16 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         report(minutes, arms)
         print(f"load average now {os.getloadavg()[0]:.1f}", flush=True)
     print("\n| budget | arm | wall s | epochs | images seen | PublicTest | PrivateTest | PrivateTest macro-F1 | ratio | "
-          "detail |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+          "faces/s | params | detail |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for minutes, arms in results.items():
         ratio = (f"{arms[0].private / arms[1].private:.3f}" if len(arms) == 2 and arms[1].private else "")
         for i, a in enumerate(arms):
             print(f"| {minutes:g} min | {a.name} | {a.wall_s:.0f} | {a.epochs} | {a.images:,} | {a.public:.4f} | "
-                  f"{a.private:.4f} | {a.private_f1:.4f} | {ratio if i == 0 else ''} | {a.detail} |")
+                  f"{a.private:.4f} | {a.private_f1:.4f} | {ratio if i == 0 else ''} | {_num(a.faces_per_second)} | "
+                  f"{_num(a.params)} | {a.detail} |")
     if args.only is None:
         plot(results, args.plot)
         print(f"plot: {args.plot}")
     return 0
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:,.0f}"
 
 
 def _cpu_model() -> str:
@@ -214,7 +241,7 @@ def report(minutes: float, arms: list[Arm]) -> None:
           f"{'macro-F1':>8}  detail")
     for a in arms:
         print(f"{a.name:<34} {a.wall_s:>7.0f} {a.epochs:>6} {a.images:>9,} {a.public:>10.4f} {a.private:>11.4f} "
-              f"{a.private_f1:>8.4f}  {a.detail}")
+              f"{a.private_f1:>8.4f}  {a.detail}; serves {_num(a.faces_per_second)} faces/s, {_num(a.params)} params")
     if len(arms) == 2 and arms[1].private:
         print(f"ratio PrivateTest fer-exp / baseline: {arms[0].private / arms[1].private:.3f}")
         over = arms[0].wall_s - minutes * 60
