@@ -558,7 +558,7 @@ class ImagePrediction:
 
 
 def load_model(model: str = DEFAULT_MODEL_URI, *, tracking_uri: str | None = None, runtime: str = "exported",
-               detector: str = "haar", detect_size: int | None = None, min_face: int = 32,
+               detector: str | None = "yunet", detect_size: int | None = None, min_face: int = 32,
                margin: float | None = None) -> "LoadedModel":
     """Load a model with its face detector, ready for `predict` (what ``fer-exp predict`` loads).
 
@@ -567,8 +567,10 @@ def load_model(model: str = DEFAULT_MODEL_URI, *, tracking_uri: str | None = Non
             ``runs:/<run_id>/model`` or a local ``.keras`` file / MLflow model folder.
         tracking_uri: MLflow store for ``runs:/`` and ``models:/`` URIs.
         runtime: ``exported`` (the ONNX graph in ONNX Runtime), ``int8`` (that graph quantized) or ``keras``.
-        detector: ``haar``, ``haar-alt`` or the path of a Haar cascade XML.
-        detect_size: Detect on a copy whose longer side is at most this many pixels (default 280; 0: full size).
+        detector: ``yunet`` (the CNN detector, default; Haar when it cannot load, with one warning), ``haar``,
+            ``haar-alt`` or the path of a Haar cascade XML; None: no detector (whole images are faces).
+        detect_size: Detect on a copy whose longer side is at most this many pixels (default: the detector's,
+            320 for YuNet and 280 for Haar; 0: full size).
         min_face: Smallest face to look for, in pixels of the original image.
         margin: Widen each box by this fraction per side before cropping (default 0.03, FER2013's framing).
 
@@ -580,14 +582,14 @@ def load_model(model: str = DEFAULT_MODEL_URI, *, tracking_uri: str | None = Non
         FatalError: A version whose model files are gone.
     """
     from fer_experiments.models.export import RUNTIMES
-    from fer_experiments.serving.detector import DEFAULT_DETECT_SIZE, DEFAULT_MARGIN, DetectorConfig, FaceDetector
+    from fer_experiments.serving.detector import DEFAULT_MARGIN, DetectorConfig, FaceDetector
     from fer_experiments.serving.predictor import load_model as load
 
     _library_defaults()
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
-    det = FaceDetector(DetectorConfig(spec=detector, detect_size=DEFAULT_DETECT_SIZE if detect_size is None
-                                      else detect_size, min_face=min_face))
+    det = None if detector is None else FaceDetector(DetectorConfig(spec=detector, detect_size=detect_size,
+                                                                    min_face=min_face))
     return load(model, tracking_uri, det, DEFAULT_MARGIN if margin is None else margin, runtime)
 
 

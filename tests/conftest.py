@@ -158,6 +158,15 @@ def tiny_real_csv(real_dataset) -> Path:
     return write_kaggle_csv(_SESSION_TMP / "fer2013-tiny.csv", parts)
 
 
+def tiny_space(name: str, *, seed: int = 1, batch_size: int = 64, lr: tuple[str, str] = ("1.0e-3", "3.0e-3")) -> str:
+    """The YAML of the tiny space most real-data tests search: 1 block of 1 convolution of 4 or 8 filters, no dense
+    layer, 1 epoch on 200 Training rows, random sampling, no pruning (a few seconds a trial)."""
+    return (f"name: {name}\nmax_epochs: 1\ntrain_limit: 200\nsampler: {{name: random, seed: {seed}}}\npruner: none\n"
+            "params:\n  conv_blocks: 1\n  convs_per_block: 1\n  filters: {type: categorical, choices: [4, 8]}\n"
+            f"  dense_layers: 0\n  batch_size: {batch_size}\n"
+            f"  learning_rate: {{type: float, low: {lr[0]}, high: {lr[1]}, log: true}}\n")
+
+
 @pytest.fixture
 def stores(tmp_path: Path) -> dict[str, str]:
     """Fresh MLflow and Optuna SQLite stores in a temporary folder."""

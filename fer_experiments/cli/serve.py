@@ -125,13 +125,14 @@ def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, d
 def _predict_images(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, detector: str,
                     detect_size: int | None, min_face: int, margin: float | None, runtime: str, out_dir: str | None,
                     as_json: bool, no_detect: bool, max_pixels: int | None) -> None:
+    from fer_experiments import api
     from fer_experiments.errors import DataError
     from fer_experiments.io import read_capped
     from fer_experiments.serving.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
-    from fer_experiments.serving.predictor import load_model
 
-    det = None if no_detect else _detector(detector, detect_size, min_face)
-    loaded = load_model(model_uri, tracking_uri, det, _margin(margin), runtime)
+    loaded = api.load_model(model_uri, tracking_uri=tracking_uri, runtime=runtime,
+                            detector=None if no_detect else detector, detect_size=detect_size, min_face=min_face,
+                            margin=margin)
     pixel_limit = max_pixels or DEFAULT_MAX_PIXELS
     results: list[dict[str, Any]] = []
     bad: list[str] = []
@@ -168,8 +169,8 @@ def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, 
     """``predict`` on a video file or a webcam: annotated video + CSV, a summary and the frames per second."""
     import time
 
+    from fer_experiments import api
     from fer_experiments.errors import DataError, Terminated
-    from fer_experiments.serving.predictor import load_model
     from fer_experiments.serving.video import FOURCC, VideoConfig, analyse_video, open_capture
 
     config = VideoConfig(every=every, window=window, max_frames=max_frames)
@@ -185,7 +186,8 @@ def _predict_video(source: str | int, model_uri: str, tracking_uri: str | None, 
     if out_path is not None and _same_path(out_path, csv_target):
         raise click.BadParameter(f"{csv_target!r} is also the annotated video (--out)", param_hint="'--csv'")
     open_capture(source).release()  # a missing or unreadable video or camera fails at once, before the model loads
-    loaded = load_model(model_uri, tracking_uri, _detector(detector, detect_size, min_face), _margin(margin), runtime)
+    loaded = api.load_model(model_uri, tracking_uri=tracking_uri, runtime=runtime, detector=detector,
+                            detect_size=detect_size, min_face=min_face, margin=margin)
     last = [time.perf_counter()]
 
     def progress(index: int, faces: list[Any]) -> None:  # a line every 5 s, so a webcam run shows it is alive

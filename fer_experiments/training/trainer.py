@@ -155,8 +155,8 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
         raise ConfigError(f"{len(y_fit)} target rows for {len(train_split.y)} Training images")
     weights = class_weights(train_split.y, train_params.class_weight)
 
-    evaluator = _EpochEvaluator(val_split, objective, observers, restore_best, len(train_split.y), exported)
-    evaluator.settle = (network, train_split.x)
+    evaluator = _EpochEvaluator(val_split, objective, observers, restore_best, len(train_split.y), exported,
+                                settle=(network, train_split.x))
     if initial_weights is not None:
         evaluator.start_from_current()
     callbacks: list[keras.callbacks.Callback] = [evaluator]
@@ -165,8 +165,8 @@ def train_model(model_params: ModelParams, train_params: TrainParams, train_spli
     if train_params.time_budget_s:
         # After the evaluator: the epoch's PublicTest pass counts in the time it judges.
         views = 2 if model_params.tta == "flip" else 1
-        callbacks.append(_TimeBudget(train_params, steps, started, eval_images=views * len(val_split.y),
-                                     batch_size=train_params.batch_size, evaluator=evaluator))
+        callbacks.append(_TimeBudget(train_params, steps, started, evaluator, eval_images=views * len(val_split.y),
+                                     batch_size=train_params.batch_size))
     if train_params.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-6))
     if train_params.early_stopping_patience > 0:
@@ -218,7 +218,7 @@ class _EpochEvaluator(keras.callbacks.Callback):
     """Evaluates PublicTest after every epoch, feeds Keras's logs and the observers, keeps the best weights."""
 
     def __init__(self, val: "Split", objective: str, observers: Sequence[EpochObserver], keep_best: bool,
-                 n_train: int, exported: keras.Model) -> None:
+                 n_train: int, exported: keras.Model, settle: "tuple[keras.Model, np.ndarray] | None" = None) -> None:
         super().__init__()
         self.val = val
         #: The model PublicTest judges (the network with its test-time augmentation); it shares the fitted weights.
@@ -238,7 +238,7 @@ class _EpochEvaluator(keras.callbacks.Callback):
         self.steps_done = 0
         #: (network, Training images): BatchNorm statistics are re-estimated from them before a PublicTest pass
         #: that comes too early for the moving averages to have settled (see ``recalibrate_batchnorm``).
-        self.settle: tuple[keras.Model, np.ndarray] | None = None
+        self.settle = settle
 
     def start_from_current(self) -> None:
         """Judge the model's current (continued) weights on PublicTest as epoch 0: the best epoch to beat."""
@@ -349,8 +349,8 @@ class _TimeBudget(keras.callbacks.Callback):
     #: Steps timed before the first sizing of the schedule (the first step, which traces the graph, is not timed).
     WARMUP_STEPS = 8
 
-    def __init__(self, train: TrainParams, steps_per_epoch: int, started: float, *, eval_images: int = 0,
-                 batch_size: int = 64, evaluator: "_EpochEvaluator | None" = None) -> None:
+    def __init__(self, train: TrainParams, steps_per_epoch: int, started: float, evaluator: "_EpochEvaluator", *,
+                 eval_images: int = 0, batch_size: int = 64) -> None:
         super().__init__()
         self.eval_images = eval_images
         self.batch_size = batch_size
@@ -364,12 +364,16 @@ class _TimeBudget(keras.callbacks.Callback):
         self.max_steps = max(1, train.epochs * self.steps_per_epoch)
         self.total_steps = self.max_steps
         self.started = started
-        self.step = 0
         self.epochs_done = 0
         #: Seconds of training steps timed so far and how many (the first step is tracing, never timed).
         self._timed_seconds = 0.0
         self._timed_steps = 0
         self._batch_started = 0.0
+
+    @property
+    def step(self) -> int:
+        """Training steps run so far: the evaluator's count (it runs before this callback at every batch end)."""
+        return self.evaluator.steps_done
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -409,10 +413,9 @@ class _TimeBudget(keras.callbacks.Callback):
         return self.eval_images * pace / (self.batch_size * 3.0)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.step > 0:
+        if self.step > 1:  # the first step traces the graph: never timed
             self._timed_seconds += time.monotonic() - self._batch_started
             self._timed_steps += 1
-        self.step += 1
         if self._timed_steps == self.WARMUP_STEPS and self.cosine:
             self._resize()
         pace = self._pace() or 0.0
@@ -421,7 +424,7 @@ class _TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.evaluator is not None and self.epochs_done == 0:
+        if self.epochs_done == 0:
             # This callback runs after the evaluator: its pass is what followed the fit of this epoch.
             self.eval_seconds = max(0.0, time.monotonic() - self._fit_started - self._last_fit_seconds())
         self.epochs_done = epoch + 1
@@ -433,5 +436,4 @@ class _TimeBudget(keras.callbacks.Callback):
 
     def _last_fit_seconds(self) -> float:
         """The evaluator's fit time of the epoch just ended (it stops its clock before its PublicTest pass)."""
-        assert self.evaluator is not None
         return self.evaluator.last_fit_seconds

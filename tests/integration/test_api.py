@@ -13,24 +13,11 @@ import numpy as np
 import pytest
 
 import fer_experiments as fx
-from tests.conftest import copy_migrated_store
+from tests.conftest import copy_migrated_store, tiny_space
 
 pytestmark = [pytest.mark.slow]
 
-SPACE = """\
-name: api-tiny
-max_epochs: 1
-train_limit: 200
-sampler: {name: random, seed: 3}
-pruner: none
-params:
-  conv_blocks: 1
-  convs_per_block: 1
-  filters: {type: categorical, choices: [4, 8]}
-  dense_layers: 0
-  batch_size: 64
-  learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}
-"""
+SPACE = tiny_space("api-tiny", seed=3)
 
 
 def test_import_is_light_and_names_resolve_lazily() -> None:
@@ -149,6 +136,9 @@ def test_promote_load_predict_evaluate_rollback(study: dict) -> None:
     faces = load_dataset(csv).split("PrivateTest").x[:4]
     model = fx.load_model(tracking_uri=uri, runtime="keras")
     assert model.version == promotion.version
+    assert model.predictor.detector.name == "yunet"  # the CNN detector by default, as `fer-exp predict` uses
+    assert fx.load_model(tracking_uri=uri, runtime="keras", detector="haar").predictor.detector.name == "haar"
+    assert fx.load_model(tracking_uri=uri, runtime="keras", detector=None).predictor.detector is None
     predictions = fx.predict(list(faces), model, detect=False)
     assert [p.source for p in predictions] == ["<array>"] * 4
     expected = predict_proba(load_keras_model(f"models:/fer-cnn/{promotion.version}", uri), faces)

@@ -15,24 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import invoke_cli
+from tests.conftest import invoke_cli, tiny_space
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-SPACE = """\
-name: ensemble-tiny
-max_epochs: 1
-train_limit: 200
-sampler: {name: random, seed: 3}
-pruner: none
-params:
-  conv_blocks: 1
-  convs_per_block: 1
-  filters: {type: categorical, choices: [4, 8]}
-  dense_layers: 0
-  batch_size: 32
-  learning_rate: {type: float, low: 2.0e-3, high: 5.0e-3, log: true}
-"""
+SPACE = tiny_space("ensemble-tiny", seed=3, batch_size=32, lr=("2.0e-3", "5.0e-3"))
 
 
 @pytest.fixture(scope="module")

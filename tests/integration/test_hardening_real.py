@@ -13,24 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import invoke_cli, run_cli
+from tests.conftest import invoke_cli, run_cli, tiny_space
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-SPACE = """\
-name: hard-tiny
-max_epochs: 1
-train_limit: 200
-sampler: {name: random, seed: 1}
-pruner: none
-params:
-  conv_blocks: 1
-  convs_per_block: 1
-  filters: {type: categorical, choices: [4, 8]}
-  dense_layers: 0
-  batch_size: 64
-  learning_rate: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}
-"""
+SPACE = tiny_space("hard-tiny", lr=("1.0e-3", "3.0e-2"))
 
 
 def _popen(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -8,24 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import copy_migrated_store, invoke_cli
+from tests.conftest import copy_migrated_store, invoke_cli, tiny_space
 
 pytestmark = [pytest.mark.slow]
 
-SPACE = """\
-name: promote-tiny
-max_epochs: 1
-train_limit: 200
-sampler: {name: random, seed: 1}
-pruner: none
-params:
-  conv_blocks: 1
-  convs_per_block: 1
-  filters: {type: categorical, choices: [4, 8]}
-  dense_layers: 0
-  batch_size: 64
-  learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}
-"""
+SPACE = tiny_space("promote-tiny")
 
 
 @pytest.fixture(scope="module")
