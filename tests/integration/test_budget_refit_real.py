@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.conftest import invoke_cli
 from tests.conftest import run_cli as _run_cli
 
 #: A training subprocess took 4-10 minutes on the shared 2-core machine at load 20+: generous, but finite.
@@ -26,8 +27,8 @@ NARROW = ("--set", "conv_blocks=2", "--set", "filters=4", "--set", "dense_layers
 
 
 def _train(work: Path, csv: Path, *sets: str) -> tuple[str, str]:
-    proc = run_cli("train", "--data", str(csv), "--preset", "seed-base", "--epochs", "1", "--limit", "200",
-                   "--batch-size", "64", *NARROW, *sets, cwd=work)
+    proc = invoke_cli("train", "--data", str(csv), "--preset", "seed-base", "--epochs", "1", "--limit", "200",
+                      "--batch-size", "64", *NARROW, *sets, cwd=work)
     assert proc.returncode == 0, proc.stderr
     run_id = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("run: "))
     return run_id, f"sqlite:///{work}/mlruns/mlflow.db"
@@ -57,7 +58,7 @@ def test_train_logs_a_tta_model_symmetric_under_mirroring(sets: tuple[str, ...],
     assert p.shape == (16, 7)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(p, q)
-    proc = run_cli("evaluate", f"runs:/{run_id}/model", "--data", str(tiny_real_csv), "--json", cwd=tmp_path)
+    proc = invoke_cli("evaluate", f"runs:/{run_id}/model", "--data", str(tiny_real_csv), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -79,7 +80,7 @@ def test_search_refits_the_best_trial_and_registers_it_as_challenger(tiny_real_c
 
     space = _space(tmp_path / "space.yaml", refit={"top_k": 1, "epochs": 1})
     args = ("search", "--data", str(tiny_real_csv), "--space", str(space), "--study", "r", "--n-trials", "2")
-    proc = run_cli(*args, cwd=tmp_path)
+    proc = invoke_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "registered fer-cnn version 1 (alias challenger) from the refit of trial" in proc.stdout
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
@@ -98,10 +99,10 @@ def test_search_refits_the_best_trial_and_registers_it_as_challenger(tiny_real_c
     version = client.get_model_version_by_alias("fer-cnn", "challenger")
     assert version.run_id == refit.run_id
     # promote --study still finds a candidate (refit runs count).
-    dry = run_cli("promote", "--study", "r", "--data", str(tiny_real_csv), "--dry-run", cwd=tmp_path)
+    dry = invoke_cli("promote", "--study", "r", "--data", str(tiny_real_csv), "--dry-run", cwd=tmp_path)
     assert dry.returncode in (0, 6), dry.stderr
     # A second command finds the refit done (FINISHED) and does not refit again.
-    again = run_cli(*args, cwd=tmp_path)
+    again = invoke_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert len(find_runs(uri, None, filter_string=tags.study_filter("r", kind=tags.KIND_REFIT))) == 1
 
@@ -111,12 +112,12 @@ def test_interrupted_refit_is_redone(tiny_real_csv: Path, tmp_path: Path) -> Non
 
     space = _space(tmp_path / "space.yaml", refit={"top_k": 1, "epochs": 1})
     args = ("search", "--data", str(tiny_real_csv), "--space", str(space), "--study", "k", "--n-trials", "1")
-    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    assert invoke_cli(*args, cwd=tmp_path).returncode == 0
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     first = find_runs(uri, None, filter_string=tags.study_filter("k", kind=tags.KIND_REFIT))
     assert len(first) == 1
     end_run(uri, first[0].run_id, "KILLED")  # as Ctrl-C during the refit leaves it
-    again = run_cli(*args, cwd=tmp_path)
+    again = invoke_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     runs = find_runs(uri, None, filter_string=tags.study_filter("k", kind=tags.KIND_REFIT))
     assert sorted(r.status for r in runs) == ["FINISHED", "KILLED"]
@@ -125,11 +126,13 @@ def test_interrupted_refit_is_redone(tiny_real_csv: Path, tmp_path: Path) -> Non
 def test_budget_bounds_the_whole_command(tiny_real_csv: Path, tmp_path: Path) -> None:
     from fer_experiments.tracking import find_runs, tags
 
-    budget = 90
+    # The command (a real process: its start and TensorFlow's import count) within 60 s: trials, then a refit
+    # with a fifth of it (the command refuses a budget that cannot run a first trial after a slow machine's set-up).
+    budget = 60
     # Epochs no machine finishes within the budget (CI's faster CPU ran 50 refit epochs of 600 rows in 36 s).
     epochs = 1000  # the most a space allows
     space = _space(tmp_path / "space.yaml", max_epochs=epochs,
-                   refit={"top_k": 1, "epochs": epochs, "budget_share": 0.4})
+                   refit={"top_k": 1, "epochs": epochs, "budget_share": 0.2})
     started = time.monotonic()
     proc = run_cli("search", "--data", str(tiny_real_csv), "--space", str(space), "--study", "b",
                    "--budget", f"{budget}s", cwd=tmp_path, timeout=budget * 4)

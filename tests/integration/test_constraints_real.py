@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -24,8 +24,8 @@ def study(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
              "params": {"conv_blocks": 1, "filters": {"type": "categorical", "choices": [4, 32]},
                         "head": "global_avg", "dense_layers": 0, "batch_size": 64, "block": "residual"}}
     (work / "space.yaml").write_text(yaml.safe_dump(space))
-    proc = run_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "edge",
-                   "--n-trials", "2", "--cache-dir", str(work / "cache"), cwd=work, timeout=1800)
+    proc = invoke_cli("search", "--data", str(tiny_real_csv), "--space", "space.yaml", "--study", "edge",
+                      "--n-trials", "2", "--cache-dir", str(work / "cache"), cwd=work)
     assert proc.returncode == 0, proc.stderr
     return {"work": work, "csv": str(tiny_real_csv), "uri": f"sqlite:///{work}/mlruns/mlflow.db",
             "stdout": proc.stdout}
@@ -63,26 +63,24 @@ def test_a_configuration_past_the_limits_never_trains(study: dict) -> None:
 def test_promote_picks_within_the_latency_budget_or_refuses(study: dict) -> None:
     from fer_experiments.tracking import find_runs, tags
 
-    refused = run_cli("promote", "--study", "edge", "--data", study["csv"], "--max-latency-ms", "0.000001",
+    refused = invoke_cli("promote", "--study", "edge", "--data", study["csv"], "--max-latency-ms", "0.000001",
                       "--cache-dir", str(study["work"] / "cache"), cwd=study["work"])
     assert refused.returncode == 6, refused.stderr
     assert "no COMPLETE trial or refit serves a face within --max-latency-ms 1e-06" in refused.stderr
     assert "the fastest is trial 1" in refused.stderr
-    ok = run_cli("promote", "--study", "edge", "--data", study["csv"], "--max-latency-ms", "10000", "--dry-run",
+    ok = invoke_cli("promote", "--study", "edge", "--data", study["csv"], "--max-latency-ms", "10000", "--dry-run",
                  "--cache-dir", str(study["work"] / "cache"), cwd=study["work"])
     assert ok.returncode == 0, ok.stderr
     small = [r for r in find_runs(study["uri"], None, filter_string=tags.study_filter("edge", kind=tags.KIND_TRIAL))
              if r.tags[tags.TRIAL_STATE] == "COMPLETE"][0]
     assert f"run {small.run_id}" in ok.stdout
-    usage = run_cli("promote", "--run", small.run_id, "--max-latency-ms", "5", "--dry-run", cwd=study["work"])
+    usage = invoke_cli("promote", "--run", small.run_id, "--max-latency-ms", "5", "--dry-run", cwd=study["work"])
     assert usage.returncode == 2 and "--max-latency-ms picks within a study: give --study" in usage.stderr
 
 
 @pytest.fixture(scope="module")
 def two_objectives(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A two-objective study (accuracy up, parameters down): three widths, so three costs on the front's axis."""
-    from tests.conftest import invoke_cli
-
     work = tmp_path_factory.mktemp("pareto")
     space = {"name": "tiny-front", "objective": ["val_accuracy", "params"], "max_epochs": 1, "train_limit": 200,
              "sampler": {"name": "tpe", "seed": 1}, "pruner": {"name": "median", "n_startup_trials": 1},
@@ -131,7 +129,6 @@ def test_the_front_is_in_the_study_artifacts_and_report(two_objectives: dict) ->
 
     from fer_experiments.tracking import find_runs, tags
     from fer_experiments.tracking.runs import read_artifact
-    from tests.conftest import invoke_cli
 
     uri = two_objectives["uri"]
     parent = find_runs(uri, None, filter_string=tags.study_filter("front", kind=tags.KIND_STUDY))[0]
@@ -164,8 +161,6 @@ def study_complete(two_objectives: dict) -> list:
 
 
 def test_keras_tuner_refuses_a_two_objective_space(two_objectives: dict) -> None:
-    from tests.conftest import invoke_cli
-
     proc = invoke_cli("search", "--engine", "keras-tuner", "--data", two_objectives["csv"], "--space", "space.yaml",
                       "--study", "kt-front", "--n-trials", "1", cwd=two_objectives["work"])
     assert proc.returncode == 2

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli
 
 pytestmark = [pytest.mark.slow]
 
@@ -186,8 +186,8 @@ def hostile_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 # A file name cannot hold '/': the payload's first part only.
                 run.log_figure(confusion_figure(ev), f"explain/{PAYLOAD.split('<script>')[0]}.png")
     out = root / "report.html"
-    proc = run_cli("report", "--study", study, "--out", str(out), "--tracking-uri", uri, "--storage", storage,
-                   cwd=root, timeout=600)
+    proc = invoke_cli("report", "--study", study, "--out", str(out), "--tracking-uri", uri, "--storage", storage,
+                      cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"root": root, "out": out}
 
@@ -293,8 +293,8 @@ def test_explain_an_ensemble_explains_every_member(tmp_path: Path) -> None:
     ensemble.save(path)
     face = tmp_path / "face.png"
     cv2.imwrite(str(face), np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8))
-    proc = run_cli("explain", str(path), str(face), "--no-detect", "--no-log", "--json", "--out",
-                   str(tmp_path / "out"), cwd=tmp_path, timeout=600)
+    proc = invoke_cli("explain", str(path), str(face), "--no-detect", "--no-log", "--json", "--out",
+                      str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     names = [m["member"] for m in summary["members"]]
@@ -306,6 +306,6 @@ def test_explain_an_ensemble_explains_every_member(tmp_path: Path) -> None:
     mean = sum(m["weight"] * np.array(list(m["probabilities"].values())) for m in summary["members"])
     np.testing.assert_allclose(list(summary["probabilities"].values()), mean, atol=1e-4)
     assert "blocks" not in summary and "grad_cam_layer" not in summary  # no single network passes for the whole
-    text = run_cli("explain", str(path), str(face), "--no-detect", "--no-log", "--out", str(tmp_path / "o2"),
-                   cwd=tmp_path, timeout=600)
+    text = invoke_cli("explain", str(path), str(face), "--no-detect", "--no-log", "--out", str(tmp_path / "o2"),
+                      cwd=tmp_path)
     assert text.returncode == 0 and "an ensemble of 2" in text.stdout and "member_1 (weight 0.750)" in text.stdout

@@ -8,7 +8,6 @@ batching window. No FER2013 data is needed: crops are random pixels sent with ``
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 import signal

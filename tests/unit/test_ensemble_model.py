@@ -99,8 +99,6 @@ def test_distillation_loss_matches_numpy() -> None:
 
 @pytest.mark.slow
 def test_distill_model_trains_against_soft_targets() -> None:
-    import keras
-
     from fer_experiments.data import Split
     from fer_experiments.training.distill import DistillationLoss, distill_model
 

@@ -90,7 +90,7 @@ def test_quoted_values_are_cut(tmp_path: Path) -> None:
 def test_yaml_syntax_error_names_the_line_where_it_is(tmp_path: Path) -> None:
     from fer_experiments.spaces import load_space
 
-    lines = ["name: x", "max_epochs: 2", "params:"] + [f"  filters: 8" if i == 0 else f"  # line {i + 4}"
+    lines = ["name: x", "max_epochs: 2", "params:"] + ["  filters: 8" if i == 0 else f"  # line {i + 4}"
                                                        for i in range(18)]
     path = tmp_path / "syntax.yaml"
     path.write_text("\n".join(lines + ['  batch_size: "64'] + [f"  # more {i}" for i in range(15)]) + "\n")
