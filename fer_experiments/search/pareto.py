@@ -89,10 +89,11 @@ def reference_accuracy_2018(rows: Iterable[Mapping[str, Any]], network: str) -> 
 
 
 def reference_points(cost_name: str, runtime: str, cache_file: str | None,
-                     trials_by_start: Mapping[str, float]) -> list[CostPoint]:
-    """The reference networks with their cost measured here (``models.cost``, cached) and an accuracy: a trial of
-    this study that started from the preset (``trials_by_start``: name -> its value), else the 2018 study's own
-    PublicTest figure, else none (drawn as a line at its cost)."""
+                     trials_by_start: Mapping[str, tuple[float, float]]) -> list[CostPoint]:
+    """The reference networks at a cost and an accuracy: a trial of this study that started from the preset
+    (``trials_by_start``: name -> its (value, cost): the preset as this space runs it), else the preset's cost
+    measured here (``models.cost``, cached) with the 2018 study's own PublicTest figure, else with none (drawn as a
+    line at its cost)."""
     from fer_experiments.models.cost import serving_cost
     from fer_experiments.models.presets import get_preset
     from fer_experiments.search.summary import reference_rows
@@ -100,10 +101,13 @@ def reference_points(cost_name: str, runtime: str, cache_file: str | None,
     table = reference_rows()
     out = []
     for name, network in REFERENCE_PRESETS.items():
-        cost = serving_cost(get_preset(name).model, runtime, cache_file=cache_file).figures()[cost_name]
         if name in trials_by_start:
-            acc, source = trials_by_start[name], "a trial of this study"
-        elif network is not None and (acc2018 := reference_accuracy_2018(table, network)) is not None:
+            acc, cost = trials_by_start[name]
+            out.append(CostPoint(label=name, cost=float(cost), accuracy=acc, reference=True,
+                                 source="a trial of this study"))
+            continue
+        cost = serving_cost(get_preset(name).model, runtime, cache_file=cache_file).figures()[cost_name]
+        if network is not None and (acc2018 := reference_accuracy_2018(table, network)) is not None:
             acc, source = acc2018, "the 2018 study's PublicTest table"
         else:
             acc, source = None, "not trained in this study"
@@ -133,7 +137,7 @@ def front_figure(points: Sequence[CostPoint], objective: str, cost_name: str) ->
         ax.scatter([p.cost for p in best], [p.accuracy for p in best], color="tab:red", zorder=3,
                    label="Pareto front")
         for p in best:
-            ax.annotate(p.label, (p.cost, p.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=7,
+            ax.annotate(p.label, (p.cost, p.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color="tab:red")
     for p in (p for p in points if p.reference):
         if p.accuracy is None:
@@ -142,7 +146,8 @@ def front_figure(points: Sequence[CostPoint], objective: str, cost_name: str) ->
                         fontsize=7)
         else:
             ax.scatter([p.cost], [p.accuracy], marker="s", color="black", zorder=4)
-            ax.annotate(p.label, (p.cost, p.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            # Below the point: front labels go above theirs, so a reference that is also a trial stays readable.
+            ax.annotate(p.label, (p.cost, p.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=7)
     if cost_name in ("params", "model_bytes") or (points and max(p.cost for p in points) > 20 * max(
             min(p.cost for p in points), 1e-9)):
         ax.set_xscale("log")

@@ -129,7 +129,9 @@ def cost_view(d: StudyData) -> CostView | None:
     runtime = next((t.tags[tags.COST_RUNTIME] for t in done if t.tags.get(tags.COST_RUNTIME)), "exported")
     points = [CostPoint(label=f"trial-{t.number}", cost=float(t.metrics[cost_name]), accuracy=t.value,
                         run_id=t.run_id) for t in done]
-    by_start = {t.tags[tags.START_FROM]: float(t.value) for t in done if t.tags.get(tags.START_FROM)}
+    # A start point that ran as a trial is drawn where that trial is: the preset as this space runs it.
+    by_start = {t.tags[tags.START_FROM]: (float(t.value or 0.0), float(t.metrics[cost_name])) for t in done
+                if t.tags.get(tags.START_FROM)}
     note = ""
     try:
         from fer_experiments.data import default_cache_dir
@@ -426,11 +428,13 @@ def build_report(d: StudyData, view: CostView | None = None) -> str:
                     f"<tbody>{''.join(body_rows)}</tbody></table></div></section>")
 
     made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cost_objective = p.tags.get(tags.COST_OBJECTIVE)
+    minimising = f" and minimising {cost_objective}" if cost_objective else ""
     title = f"Study {d.study}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"
             f"<style>{_CSS}</style></head><body><header><h1>{_e(title)}</h1><p>{_e(d.engine)} search, maximising "
-            f"{_e(d.objective)} on PublicTest &middot; report made {made} by fer-exp</p></header><main>"
+            f"{_e(d.objective)} on PublicTest{_e(minimising)} &middot; report made {made} by fer-exp</p></header><main>"
             + "".join(sections) + f"</main><script>{_JS}</script></body></html>\n")
 
 
@@ -439,7 +443,6 @@ def _cost_section(d: StudyData, view: CostView) -> str:
     from fer_experiments.search.pareto import front_figure, front_rows
 
     rows = [r for r in front_rows(view.points, d.objective, view.cost_name) if r["on_front"] or r["reference"]]
-    unit = "ms" if view.cost_name == "latency_ms" else ""
     body = "".join(
         f"<tr><td>{_e(r['network'])}</td><td>{'reference' if r['reference'] else 'front'}</td>"
         f'<td class="num">{_fmt(r[d.objective])}</td><td class="num">{_e(f"{r[view.cost_name]:,.3g}")}</td>'
@@ -449,7 +452,7 @@ def _cost_section(d: StudyData, view: CostView) -> str:
                            f"{d.objective} on PublicTest against {view.cost_name} ({view.runtime} runtime, measured "
                            "on the machine that ran each trial); red: the Pareto front; black: reference networks.")
             + f'<table class="sortable"><thead><tr><th>network</th><th>kind</th><th>{_e(d.objective)}</th>'
-              f"<th>{_e(view.cost_name)} {unit}</th><th>accuracy from</th></tr></thead><tbody>{body}</tbody></table>"
+              f"<th>{_e(view.cost_name)}</th><th>accuracy from</th></tr></thead><tbody>{body}</tbody></table>"
             + (f'<p class="muted">{_e(view.note)}</p>' if view.note else "") + "</section>")
 
 
