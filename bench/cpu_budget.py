@@ -12,6 +12,11 @@ accuracies, their ratio, wall times, epochs and images seen.
 
     python bench/cpu_budget.py --minutes 60 [--data PATH] [--space cpu-hour] [--baseline mini-xception-wide]
     python bench/cpu_budget.py --minutes 10 --space edge --only search   # the edge space's model and its speed
+    python bench/cpu_budget.py --replot     # redraw docs/img/cpu-budget.png from the record, run nothing
+
+Every budget measured with both arms is kept in a JSON record (``--record``, default ``docs/img/cpu-budget.json``;
+a budget measured again replaces its entry) with its date and machine, and the plot draws the whole record: budgets
+of one long run, or of several runs, on one figure.
 
 Each arm's model is also timed as serving runs it (``models.cost``: the float exported graph, one face at a time):
 faces/s and parameters.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import _common  # noqa: I001 - first: sets the environment before TensorFlow/Keras are imported
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -29,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: Seconds of a `fer-exp train` process that are not training (imports, data load, model logging, exit).
 TRAIN_OVERHEAD_S = 40.0
@@ -154,24 +161,51 @@ def _minutes(text: str) -> list[float]:
     return values
 
 
-def plot(results: dict[float, list[Arm]], path: Path) -> None:
-    """PrivateTest against the budget, one line per arm, written atomically."""
+def record(path: Path, minutes: float, arms: list[Arm], machine: str) -> dict[str, dict[str, Any]]:
+    """Adds this budget's two arms to the JSON record at ``path`` (one entry per budget, replaced when measured again;
+    written atomically) and returns the whole record: the plot shows every budget measured so far, each with the
+    date and machine of its run (both arms of a budget always ran back to back on one machine)."""
+    entries: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+    entries[f"{minutes:g}"] = {
+        "minutes": minutes, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine,
+        "arms": [{"name": a.name, "private": a.private, "public": a.public, "wall_s": round(a.wall_s),
+                  "epochs": a.epochs, "images": a.images, "detail": a.detail} for a in arms]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(entries.items(), key=lambda kv: float(kv[0]))), indent=1) + "\n")
+    os.replace(tmp, path)
+    return entries
+
+
+def plot(entries: dict[str, dict[str, Any]], path: Path) -> None:
+    """PrivateTest against the budget, one line per arm, each budget's ratio and machine speed on it; written
+    atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    budgets = sorted(results)
-    for i, label in enumerate(("fer-exp search --budget", "baseline")):
-        points = [(m, a.private) for m in budgets for a in results[m][i:i + 1] if a.private is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    runs = sorted((e for e in entries.values() if len(e["arms"]) == 2), key=lambda e: e["minutes"])
+    for i in (0, 1):
+        label = runs[0]["arms"][i]["name"] if runs else ""
+        points = [(e["minutes"], e["arms"][i]["private"]) for e in runs if e["arms"][i]["private"] is not None]
         if points:
-            ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=results[budgets[0]][i].name)
+            ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=label)
+    for e in runs:
+        search, base = (a["private"] for a in e["arms"])
+        if search and base:
+            # The baseline's training speed says how fast that run's machine was (heights differ between machines).
+            speed = e["arms"][1]["images"] / max(e["arms"][1]["wall_s"], 1)
+            ax.annotate(f"ratio {search / base:.3f}\nbaseline {speed:.0f} img/s",
+                        (e["minutes"], 100 * min(search, base)), textcoords="offset points", xytext=(0, -26),
+                        ha="center", fontsize=7, color="0.35")
     ax.set_xlabel("wall-clock budget per arm (minutes, 2 CPU cores)")
     ax.set_ylabel("PrivateTest accuracy (%)")
     ax.set_title("What a CPU budget buys on FER2013")
+    ax.margins(x=0.12, y=0.2)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
@@ -182,7 +216,7 @@ def plot(results: dict[float, list[Arm]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=_minutes, required=True,
+    ap.add_argument("--minutes", type=_minutes, default=None,
                     help="wall-clock budget of each arm, or several: 10,20,60")
     ap.add_argument("--data", default=_common.default_data_path(), help="FER2013 CSV (default %(default)s)")
     ap.add_argument("--cache-dir", default=_common.default_cache_dir(), help="decoded-data cache")
@@ -191,12 +225,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["search", "baseline"], default=None, help="run one arm only")
     ap.add_argument("--plot", type=Path, default=_common.REPO / "docs" / "img" / "cpu-budget.png",
                     help="the plot of PrivateTest against the budget (with both arms; default %(default)s)")
+    ap.add_argument("--record", type=Path, default=_common.REPO / "docs" / "img" / "cpu-budget.json",
+                    help="the JSON record of every budget measured (both arms), which the plot draws "
+                         "(default %(default)s)")
+    ap.add_argument("--replot", action="store_true", help="redraw the plot from the record; run nothing")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (stores, logs)")
     args = ap.parse_args(argv)
+    if args.replot:
+        plot(json.loads(args.record.read_text()), args.plot)
+        print(f"plot: {args.plot}")
+        return 0
+    if args.minutes is None:
+        ap.error("--minutes is required (or --replot)")
     if args.keep:
         _common.keep_tmp()
-    print(f"machine: {platform.node()} {platform.machine()} {_cpu_model()}, {os.cpu_count()} CPUs, load "
-          f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    machine = (f"{platform.machine()} {_cpu_model()}, {os.cpu_count()} CPUs; python {platform.python_version()}")
+    print(f"machine: {platform.node()} {machine}, load {os.getloadavg()[0]:.1f}; "
+          f"{time.strftime('%Y-%m-%d %H:%M %Z')}")
+    entries: dict[str, dict[str, Any]] = {}
     results: dict[float, list[Arm]] = {}
     for minutes in args.minutes:
         arms: list[Arm] = []
@@ -208,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(arm, args.data, args.cache_dir)
         results[minutes] = arms
         report(minutes, arms)
+        if args.only is None:
+            entries = record(args.record, minutes, arms, machine)
         print(f"load average now {os.getloadavg()[0]:.1f}", flush=True)
     print("\n| budget | arm | wall s | epochs | images seen | PublicTest | PrivateTest | PrivateTest macro-F1 | ratio | "
           "faces/s | params | detail |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -217,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {minutes:g} min | {a.name} | {a.wall_s:.0f} | {a.epochs} | {a.images:,} | {a.public:.4f} | "
                   f"{a.private:.4f} | {a.private_f1:.4f} | {ratio if i == 0 else ''} | {_num(a.faces_per_second)} | "
                   f"{_num(a.params)} | {a.detail} |")
-    if args.only is None:
-        plot(results, args.plot)
-        print(f"plot: {args.plot}")
+    if entries:
+        plot(entries, args.plot)
+        print(f"plot: {args.plot} (record: {args.record})")
     return 0
 
 
