@@ -165,15 +165,14 @@ def record(path: Path, minutes: float, arms: list[Arm], machine: str) -> dict[st
     """Adds this budget's two arms to the JSON record at ``path`` (one entry per budget, replaced when measured again;
     written atomically) and returns the whole record: the plot shows every budget measured so far, each with the
     date and machine of its run (both arms of a budget always ran back to back on one machine)."""
+    from fer_experiments.io import atomic_write_text
+
     entries: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
     entries[f"{minutes:g}"] = {
         "minutes": minutes, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine,
         "arms": [{"name": a.name, "private": a.private, "public": a.public, "wall_s": round(a.wall_s),
                   "epochs": a.epochs, "images": a.images, "detail": a.detail} for a in arms]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(sorted(entries.items(), key=lambda kv: float(kv[0]))), indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(dict(sorted(entries.items(), key=lambda kv: float(kv[0]))), indent=1) + "\n")
     return entries
 
 
@@ -207,11 +206,11 @@ def plot(entries: dict[str, dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    from fer_experiments.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
