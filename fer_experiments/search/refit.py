@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from fer_experiments.config import DataConfig
-from fer_experiments.search.run import SearchRun, top_trials
+from fer_experiments.search.run import SearchRun, refit_ranking
 from fer_experiments.search.trial import gpu_label, tracked_trial
 from fer_experiments.tracking import tags
 
@@ -36,7 +36,10 @@ def refit(run: SearchRun) -> None:
 
     plan, cfg, out = run.refit_plan, run.cfg, run.outcome
     assert plan is not None
-    top = top_trials(run)
+    ranked, reason = refit_ranking(cfg.tracking_uri, cfg.study, run.engine.name, run.space)
+    top = ranked[:plan["top_k"]]
+    if reason:
+        run.progress.note(f"refit: {reason}; trial {top[0].number}, the best known configuration, is refit")
     existing = find_runs(cfg.tracking_uri, None, filter_string=tags.study_filter(
         cfg.study, kind=tags.KIND_REFIT, engine=run.engine.name))
     done = {r.tags.get(tags.REFIT_OF) for r in existing if r.status == "FINISHED"}
@@ -74,6 +77,8 @@ def refit(run: SearchRun) -> None:
                                      kind=tags.KIND_REFIT) | {
             tags.REFIT_OF: record.run_id, tags.HOST: socket.gethostname(), tags.PID: os.getpid(),
             tags.GPU: gpu_label(cfg)} | warm_tags
+        if reason and record.run_id == top[0].run_id:
+            refit_tags[tags.REFIT_CHOICE] = reason
         result = tracked_trial(tracking_uri=cfg.tracking_uri, experiment=run.experiment,
                                parent_run_id=run.parent.run_id, number=record.number, tags=refit_tags, data=data,
                                values=values, epochs=epochs, objective=objective,

@@ -253,6 +253,9 @@ class SearchRun:
     #: Under ``refit.warm_start``: the trained weights of this command's best COMPLETE trials, by run id, with their
     #: objective value (at most ``refit.top_k`` kept): what a refit continues.
     trained: dict[str, tuple[float, list[Any]]] = field(default_factory=dict)
+    #: Run ids of ``start_from`` trials whose weights stay in ``trained`` whatever their value: the ranking may
+    #: refit the first start point above a trial of higher value (``search.ranking``).
+    pinned: set[str] = field(default_factory=set)
 
     @property
     def experiment(self) -> str:
@@ -358,7 +361,7 @@ class SearchRun:
         if done.result is not None:
             self.logging_seconds.append(max(0.0, time.time() - started - done.result.wall_seconds))
         self._account(done)
-        self._keep_weights(done)
+        self._keep_weights(done, pin=bool((extra_tags or {}).get(tags.START_FROM)))
         if self.budget_deadline is not None and self.refit_plan is not None:
             self.refit_need = estimate_refit_seconds(self)
         return done
@@ -390,13 +393,17 @@ class SearchRun:
                            + (f": not trained ({'; '.join(broken)})" if broken else ""))
         return cost.figures(), "; ".join(broken) or None, over
 
-    def _keep_weights(self, done: TrialRun) -> None:
-        """Keep a COMPLETE trial's trained weights in memory when a warm refit may continue them (the top-K only)."""
+    def _keep_weights(self, done: TrialRun, pin: bool = False) -> None:
+        """Keep a COMPLETE trial's trained weights in memory when a warm refit may continue them (the top-K, and
+        with ``pin`` a start point's whatever its value)."""
         plan = self.refit_plan
         if plan is None or not plan.get("warm_start") or done.result is None:
             return
         self.trained[done.run_id] = (done.result.objective_value, done.result.model.get_weights())
-        for run_id in sorted(self.trained, key=lambda r: -self.trained[r][0])[plan["top_k"]:]:
+        if pin:
+            self.pinned.add(done.run_id)
+        ranked = sorted((r for r in self.trained if r not in self.pinned), key=lambda r: -self.trained[r][0])
+        for run_id in ranked[plan["top_k"]:]:
             del self.trained[run_id]
 
     def _account(self, done: TrialRun) -> None:
@@ -423,15 +430,35 @@ REFIT_OVERHEAD = 20.0
 
 
 def top_trials(run: SearchRun) -> list["tags.TrialRecord"]:
-    """The study's top-K COMPLETE trials (refits excluded) by the objective, ties to the earlier trial."""
-    from fer_experiments.tracking import find_trial_records
-
+    """The study's top-K COMPLETE trials (refits excluded) in the order a refit takes them (``refit_ranking``)."""
     assert run.refit_plan is not None
-    records = [r for r in find_trial_records(run.cfg.tracking_uri, run.cfg.study, engine=run.engine.name,
-                                             state="COMPLETE", kinds=(tags.KIND_TRIAL,))
+    return refit_ranking(run.cfg.tracking_uri, run.cfg.study, run.engine.name, run.space)[0][:run.refit_plan["top_k"]]
+
+
+def refit_ranking(uri: str, study: str, engine: str, space: "SearchSpace"
+                  ) -> tuple[list["tags.TrialRecord"], str | None]:
+    """The study's COMPLETE trials (refits excluded) by the objective, ties to the earlier trial, and None; in a space
+    of equal time slices (``trial_budget``) with ``start_from``, ``search.ranking.refit_order`` instead (the first
+    start point stays above a trial that beats it at equal time but not at equal images), with its reason."""
+    from fer_experiments.search.ranking import SliceCurve, passes_from_history, refit_order
+    from fer_experiments.tracking import find_trial_records, get_run
+    from fer_experiments.tracking.runs import metric_history
+
+    records = [r for r in find_trial_records(uri, study, engine=engine, state="COMPLETE", kinds=(tags.KIND_TRIAL,))
                if r.objective_value is not None]
     records.sort(key=lambda r: (-(r.objective_value or 0.0), r.number))
-    return records[:run.refit_plan["top_k"]]
+    if space.trial_budget is None or not space.start_from or space.cost_objective is not None:
+        return records, None
+    curves = {}
+    for r in records:
+        info = get_run(uri, r.run_id)
+        n_train = int(float(info.params.get(tags.PARAM_N_TRAIN, 0) or 0))
+        seen = int(info.metrics.get(tags.TRAIN_IMAGES_SEEN, 0))
+        passes = passes_from_history(metric_history(uri, r.run_id, space.objective), n_train, seen)
+        curves[r.number] = (r, SliceCurve(r.number, float(r.objective_value or 0.0), passes,
+                                          info.tags.get(tags.START_FROM)))
+    ranking = refit_order([c for _, c in curves.values()], [name for name, _ in space.start_from])
+    return [curves[c.number][0] for c in ranking.order], ranking.reason
 
 
 def refit_rows(run: SearchRun) -> int:

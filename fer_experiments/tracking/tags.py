@@ -44,6 +44,9 @@ REFIT_OF = "fer.refit_of"
 WARM_START_OF = "fer.warm_start_of"
 WARM_START_TRIAL = "fer.warm_start_trial"
 WARM_START_EPOCH = "fer.warm_start_epoch"
+#: On a refit run: why it refits this trial rather than the one with the best value (``search.ranking``: the study's
+#: first start point is kept unless a trial also beats it at equal Training images); absent when the value decided.
+REFIT_CHOICE = "fer.refit_choice"
 #: A trial that runs one of its space's ``start_from`` points (a preset's name or the parameter set's name).
 START_FROM = "fer.start_from"
 #: Why a trial never trained: the serving limits of its space's ``constraints:`` it breaks, with the measured figures.
@@ -153,8 +156,7 @@ BEST_VALUE = "best_value"
 TRAIN_IMAGES_PER_SECOND = "train_images_per_second"
 TRAIN_IMAGES_SEEN = "train_images_seen"
 TRAIN_SECONDS = "train_seconds"
-#: Params of a training run: its Training rows, epochs, and (a refit) the trial run it retrains.
-PARAM_N_TRAIN = "n_train"
+#: Params of a training run: its epochs and (a refit) the trial run it retrains (its Training rows: PARAM_N_TRAIN).
 PARAM_EPOCHS = "epochs"
 PARAM_REFIT_OF = "refit_of"
 #: Size and serving speed of a logged model: weights, and faces/s classified one at a time (predict_on_batch).

@@ -52,6 +52,13 @@ def test_start_points_first_equal_slices_and_a_warm_refit(tiny_real_csv: Path, t
     assert len(refits) == 1
     refit = refits[0]
     best = max(trials, key=lambda r: (float(r.tags[tags.OBJECTIVE_VALUE]), -int(r.tags[tags.TRIAL_NUMBER])))
+    if tags.REFIT_CHOICE in refit.tags:
+        # The best value came from a trial that led the first start point at equal time only: that start point
+        # is refit instead, and the refit run and the terminal say why (search.ranking; tests/unit/test_ranking.py).
+        assert refit.tags[tags.REFIT_CHOICE].startswith(f"trial {best.tags[tags.TRIAL_NUMBER]} led trial 0 (start "
+                                                        "point mini-xception) at equal time")
+        assert refit.tags[tags.REFIT_CHOICE] in proc.stdout
+        best = trials[0]
     # The refit says which trial and which epoch it continues ...
     assert refit.tags[tags.WARM_START_OF] == best.run_id == refit.tags[tags.REFIT_OF]
     assert refit.tags[tags.WARM_START_TRIAL] == best.tags[tags.TRIAL_NUMBER]
