@@ -92,8 +92,12 @@ def refit_order(trials: Sequence[SliceCurve], start_points: Sequence[str]) -> Ra
         return Ranking(tuple(by_value))
     rest = [t for t in by_value if t.value <= incumbent.value and t is not incumbent]
     order = (*kept, incumbent, *sorted(demoted + rest, key=lambda t: (-t.value, t.number)))
-    first = demoted[0]
+    first = by_value[0]
+    if first not in demoted:  # the best value also led at equal images: the rule changed nothing at the top
+        return Ranking(order)
+    chosen = order[0]
     reason = (f"trial {first.number} led trial {incumbent.number} (start point {incumbent.start_from}) at equal "
               f"time ({first.value:.4f} against {incumbent.value:.4f}) but not at equal images "
-              f"({first.best_until(incumbent.images):.4f} by {incumbent.images:,} images)")
+              f"({first.best_until(incumbent.images):.4f} by {incumbent.images:,} images); trial {chosen.number}"
+              + (" (the best known configuration)" if chosen is incumbent else " (it led at both)") + " is refit")
     return Ranking(order, reason)

@@ -39,7 +39,7 @@ def refit(run: SearchRun) -> None:
     ranked, reason = refit_ranking(cfg.tracking_uri, cfg.study, run.engine.name, run.space)
     top = ranked[:plan["top_k"]]
     if reason:
-        run.progress.note(f"refit: {reason}; trial {top[0].number}, the best known configuration, is refit")
+        run.progress.note(f"refit: {reason}")
     existing = find_runs(cfg.tracking_uri, None, filter_string=tags.study_filter(
         cfg.study, kind=tags.KIND_REFIT, engine=run.engine.name))
     done = {r.tags.get(tags.REFIT_OF) for r in existing if r.status == "FINISHED"}

@@ -251,7 +251,7 @@ class SearchRun:
     #: Seconds of training each trial gets (the space's ``trial_budget``), None: bounded by epochs only.
     trial_seconds: float | None = None
     #: Under ``refit.warm_start``: the trained weights of this command's best COMPLETE trials, by run id, with their
-    #: objective value (at most ``refit.top_k`` kept): what a refit continues.
+    #: objective value (the ``refit.top_k`` best, and the ``pinned`` start points): what a refit continues.
     trained: dict[str, tuple[float, list[Any]]] = field(default_factory=dict)
     #: Run ids of ``start_from`` trials whose weights stay in ``trained`` whatever their value: the ranking may
     #: refit the first start point above a trial of higher value (``search.ranking``).

@@ -27,7 +27,8 @@ def test_a_faster_network_that_only_leads_at_equal_time_goes_below_the_first_sta
     ranking = refit_order([WIDE, NARROW, SAMPLED], ["mini-xception-wide", "mini-xception"])
     assert [t.number for t in ranking.order] == [0, 1, 2]
     assert ranking.reason == ("trial 1 led trial 0 (start point mini-xception-wide) at equal time (0.5127 against "
-                              "0.4907) but not at equal images (0.4391 by 43,429 images)")
+                              "0.4907) but not at equal images (0.4391 by 43,429 images); trial 0 (the best known "
+                              "configuration) is refit")
 
 
 def test_a_network_that_leads_at_equal_time_and_at_equal_images_is_refit() -> None:
@@ -44,6 +45,10 @@ def test_a_slower_network_that_leads_at_equal_time_has_won_on_fewer_images() -> 
     # The narrow net goes below the incumbent; the slow one stays above it.
     assert [t.number for t in ranking.order] == [3, 0, 1]
     assert ranking.reason is not None and ranking.reason.startswith("trial 1 led trial 0")
+    assert ranking.reason.endswith("; trial 3 (it led at both) is refit")
+    # When the best value is also the one that led at equal images, nothing at the top changed: no reason.
+    ranking = refit_order([WIDE, NARROW, _curve(4, [(30_000, 0.6)])], ["mini-xception-wide"])
+    assert [t.number for t in ranking.order] == [4, 0, 1] and ranking.reason is None
 
 
 def test_without_a_start_point_trial_the_value_decides() -> None:
