@@ -12,6 +12,7 @@ accuracies, their ratio, wall times, epochs and images seen.
 
     python bench/cpu_budget.py --minutes 60 [--data PATH] [--space cpu-hour] [--baseline mini-xception-wide]
     python bench/cpu_budget.py --minutes 10 --space edge --only search   # the edge space's model and its speed
+    python bench/cpu_budget.py --minutes 10,20 --engine keras-tuner --only search   # the same lifecycle, kt's tuner
     python bench/cpu_budget.py --replot     # redraw docs/img/cpu-budget.png from the record, run nothing
 
 Every budget measured with both arms is kept in a JSON record (``--record``, default ``docs/img/cpu-budget.json``;
@@ -69,17 +70,17 @@ def _cli(args: list[str], cwd: Path, log: Path) -> tuple[int, float]:
     return proc.returncode, time.monotonic() - started
 
 
-def search_arm(data: str, cache: str, space: str, minutes: float) -> Arm:
-    work = _common.TMP / f"search-{minutes:g}m"
+def search_arm(data: str, cache: str, space: str, minutes: float, engine: list[str]) -> Arm:
+    work = _common.TMP / f"search-{minutes:g}m{'-'.join(['', *engine[1::2]])}"
     work.mkdir()
     log = work / "search.log"
-    rc, wall = _cli(["search", "--data", data, "--cache-dir", cache, "--space", space, "--study", "cpu-budget",
-                     "--budget", f"{minutes:g}m"], work, log)
+    rc, wall = _cli(["search", *engine, "--data", data, "--cache-dir", cache, "--space", space, "--study",
+                     "cpu-budget", "--budget", f"{minutes:g}m"], work, log)
     print(log.read_text()[-3000:])
     if rc != 0:
         raise SystemExit(f"fer-exp search exited {rc} (log: {log})")
     uri = f"sqlite:///{work}/mlruns/mlflow.db"
-    arm = Arm("fer-exp search --budget", wall, "models:/fer-cnn@challenger", uri)
+    arm = Arm(" ".join(["fer-exp search --budget", *engine]), wall, "models:/fer-cnn@challenger", uri)
     from fer_experiments.tracking import find_runs, tags
 
     trials = refits = 0
@@ -221,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=_common.default_cache_dir(), help="decoded-data cache")
     ap.add_argument("--space", default="cpu-hour", help="search space of arm 1 (default %(default)s)")
     ap.add_argument("--baseline", default="mini-xception-wide", help="preset of arm 2 (default %(default)s)")
+    ap.add_argument("--engine", choices=["optuna", "keras-tuner"], default="optuna",
+                    help="engine of arm 1 (default %(default)s; keras-tuner's budgets are not recorded for the plot)")
+    ap.add_argument("--tuner", default="bayesian", help="keras-tuner's tuner with --engine keras-tuner (default "
+                                                        "%(default)s: it runs the start points first, Hyperband does not)")
     ap.add_argument("--only", choices=["search", "baseline"], default=None, help="run one arm only")
     ap.add_argument("--plot", type=Path, default=_common.REPO / "docs" / "img" / "cpu-budget.png",
                     help="the plot of PrivateTest against the budget (with both arms; default %(default)s)")
@@ -246,14 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     for minutes in args.minutes:
         arms: list[Arm] = []
         if args.only in (None, "search"):
-            arms.append(search_arm(args.data, args.cache_dir, args.space, minutes))
+            engine = ["--engine", "keras-tuner", "--tuner", args.tuner] if args.engine == "keras-tuner" else []
+            arms.append(search_arm(args.data, args.cache_dir, args.space, minutes, engine))
         if args.only in (None, "baseline"):
             arms.append(baseline_arm(args.data, args.cache_dir, args.baseline, minutes))
         for arm in arms:
             evaluate(arm, args.data, args.cache_dir)
         results[minutes] = arms
         report(minutes, arms)
-        if args.only is None:
+        if args.only is None and args.engine == "optuna":
             entries = record(args.record, minutes, arms, machine)
         print(f"load average now {os.getloadavg()[0]:.1f}", flush=True)
     print("\n| budget | arm | wall s | epochs | images seen | PublicTest | PrivateTest | PrivateTest macro-F1 | ratio | "

@@ -78,6 +78,17 @@ def leads_at_equal_data(challenger: SliceCurve, incumbent: SliceCurve) -> bool:
     return challenger.value > incumbent.value and challenger.best_until(incumbent.images) > incumbent.value
 
 
+def out_of_the_running(passes: Sequence[tuple[int, float]], incumbent: SliceCurve) -> bool:
+    """True once a challenger's PublicTest passes so far have reached the incumbent's images without beating its
+    value: it can no longer lead at equal images, so with ``refit.top_k: 1`` no refit will take it, and the rest of
+    its slice would be paid out of the refit's time (a faster network gets there mid-slice: at 60 minutes the narrow
+    net passed the wide one's 45,669 images at 137 s of its 216)."""
+    if not passes or passes[-1][0] < incumbent.images:
+        return False
+    curve = SliceCurve(-1, max(v for _, v in passes), tuple(passes))
+    return curve.best_until(incumbent.images) <= incumbent.value
+
+
 def refit_order(trials: Sequence[SliceCurve], start_points: Sequence[str]) -> Ranking:
     """Trials by value (ties to the earlier trial), except that a trial ranked above the incumbent (the first start
     point's trial) which does not also lead it at equal images goes below it."""

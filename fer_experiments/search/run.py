@@ -20,6 +20,7 @@ from fer_experiments.tracking import tags
 
 if TYPE_CHECKING:
     from fer_experiments.data import TrainingData
+    from fer_experiments.search.ranking import SliceCurve
     from fer_experiments.spaces import SearchSpace
     from fer_experiments.tracking import TrackedRun
     from fer_experiments.training.trainer import EpochObserver
@@ -325,6 +326,8 @@ class SearchRun:
         def show_batch(epoch: int, step: int, steps: int) -> None:
             self.progress.batch(number, epoch, epochs, step, steps)
 
+        guard = refit_guard(self.cfg.tracking_uri, self.cfg.study, self.engine.name, self.space, self.refit_plan,
+                            (extra_tags or {}).get(tags.START_FROM), len(self.data.train.y))
         run_tags = tags.trial_tags(study=self.cfg.study, engine=self.engine.name, number=number) | {
             tags.HOST: socket.gethostname(), tags.GPU: gpu_label(self.cfg)} | (extra_tags or {})
         self.running_trial = number
@@ -348,7 +351,7 @@ class SearchRun:
                              values=values, epochs=epochs, objective=objective,
                              extra_params={tags.PARAM_SPACE: self.space.name,
                                            tags.PARAM_ENGINE: self.engine.name},
-                             observers=[show, *observers], stop_exceptions=stop_exceptions, on_run=on_run,
+                             observers=[show, *observers, *guard], stop_exceptions=stop_exceptions, on_run=on_run,
                              on_phase=self.outcome.add_time,
                              on_end=self.interrupts.hold if hold_interrupts else None,
                              on_batch=show_batch if self.progress.tty else None, cost=cost, skip=skip)
@@ -440,25 +443,76 @@ def refit_ranking(uri: str, study: str, engine: str, space: "SearchSpace"
     """The study's COMPLETE trials (refits excluded) by the objective, ties to the earlier trial, and None; in a space
     of equal time slices (``trial_budget``) with ``start_from``, ``search.ranking.refit_order`` instead (the first
     start point stays above a trial that beats it at equal time but not at equal images), with its reason."""
-    from fer_experiments.search.ranking import SliceCurve, passes_from_history, refit_order
-    from fer_experiments.tracking import find_trial_records, get_run
-    from fer_experiments.tracking.runs import metric_history
+    from fer_experiments.search.ranking import refit_order
+
+    if not ranks_at_equal_images(space):
+        return _complete_trials(uri, study, engine), None
+    curves = {c.number: (r, c) for r, c in slice_curves(uri, study, engine, space)}
+    ranking = refit_order([c for _, c in curves.values()], [name for name, _ in space.start_from])
+    return [curves[c.number][0] for c in ranking.order], ranking.reason
+
+
+def refit_guard(uri: str, study: str, engine: str, space: "SearchSpace", plan: dict[str, Any] | None,
+                start_from: str | None, n_train: int) -> list["EpochObserver"]:
+    """Where the refit follows the equal-images ranking and takes one trial: an observer that stops a challenger
+    of the incumbent once it is out of the running (``search.ranking.out_of_the_running``), so the rest of its
+    slice goes to the refit. No observer for the incumbent itself, before it has a COMPLETE trial, or elsewhere."""
+    from fer_experiments.search.ranking import incumbent_of, out_of_the_running
+    from fer_experiments.search.trial import OutOfTheRunning
+
+    if plan is None or plan["top_k"] != 1 or not ranks_at_equal_images(space):
+        return []
+    incumbent = incumbent_of([c for _, c in slice_curves(uri, study, engine, space)],
+                             [name for name, _ in space.start_from])
+    if incumbent is None or start_from == incumbent.start_from:
+        return []
+    objective, passes = space.objective, []
+
+    def guard(epoch: int, metrics: dict[str, float]) -> None:
+        # Every pass but a time-cut last one is a whole epoch. A cut one ends the slice anyway, and its overcount
+        # never stops a trial the ranking would refit: out_of_the_running then judges the trial's final value.
+        passes.append((epoch * n_train, float(metrics[objective])))
+        if out_of_the_running(passes, incumbent):
+            best = max(v for _, v in passes)
+            raise OutOfTheRunning(
+                f"out of the running at epoch {epoch}: {objective} {best:.4f} by {passes[-1][0]:,} images, not above "
+                f"trial {incumbent.number}'s {incumbent.value:.4f} by {incumbent.images:,} (start point "
+                f"{incumbent.start_from}), so no refit can take it", value=best)
+
+    return [guard]
+
+
+def ranks_at_equal_images(space: "SearchSpace") -> bool:
+    """Whether ``space``'s trials are equal time slices led by start points, with one objective: where the refit
+    follows ``search.ranking.refit_order``."""
+    return space.trial_budget is not None and bool(space.start_from) and space.cost_objective is None
+
+
+def _complete_trials(uri: str, study: str, engine: str) -> list["tags.TrialRecord"]:
+    """The study's COMPLETE trials (refits excluded) by the objective, ties to the earlier trial."""
+    from fer_experiments.tracking import find_trial_records
 
     records = [r for r in find_trial_records(uri, study, engine=engine, state="COMPLETE", kinds=(tags.KIND_TRIAL,))
                if r.objective_value is not None]
-    records.sort(key=lambda r: (-(r.objective_value or 0.0), r.number))
-    if space.trial_budget is None or not space.start_from or space.cost_objective is not None:
-        return records, None
-    curves = {}
-    for r in records:
+    return sorted(records, key=lambda r: (-(r.objective_value or 0.0), r.number))
+
+
+def slice_curves(uri: str, study: str, engine: str, space: "SearchSpace"
+                 ) -> list[tuple["tags.TrialRecord", "SliceCurve"]]:
+    """Each COMPLETE trial with its ``SliceCurve``, read from its MLflow run (per-epoch objective, ``n_train``,
+    ``train_images_seen``, ``fer.start_from``)."""
+    from fer_experiments.search.ranking import SliceCurve, passes_from_history
+    from fer_experiments.tracking import get_run
+    from fer_experiments.tracking.runs import metric_history
+
+    out = []
+    for r in _complete_trials(uri, study, engine):
         info = get_run(uri, r.run_id)
         n_train = int(float(info.params.get(tags.PARAM_N_TRAIN, 0) or 0))
         seen = int(info.metrics.get(tags.TRAIN_IMAGES_SEEN, 0))
         passes = passes_from_history(metric_history(uri, r.run_id, space.objective), n_train, seen)
-        curves[r.number] = (r, SliceCurve(r.number, float(r.objective_value or 0.0), passes,
-                                          info.tags.get(tags.START_FROM)))
-    ranking = refit_order([c for _, c in curves.values()], [name for name, _ in space.start_from])
-    return [curves[c.number][0] for c in ranking.order], ranking.reason
+        out.append((r, SliceCurve(r.number, float(r.objective_value or 0.0), passes, info.tags.get(tags.START_FROM))))
+    return out
 
 
 def refit_rows(run: SearchRun) -> int:

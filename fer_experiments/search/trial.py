@@ -24,6 +24,15 @@ class ConstraintViolated(Exception):
     where it has one, e.g. Optuna's ``TrialPruned``)."""
 
 
+class OutOfTheRunning(Exception):
+    """A challenger stopped because no refit can take it any more (``search.ranking.out_of_the_running``): a
+    normal end, PRUNED like an engine's own stop; ``value`` is the best objective it reached."""
+
+    def __init__(self, message: str, value: float) -> None:
+        super().__init__(message)
+        self.value = value
+
+
 @dataclass
 class TrialRun:
     """How one trial's training ended: COMPLETE (``result``), FAIL (``failure``) or stopped on purpose by the
@@ -65,7 +74,7 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
     """One trial as a child MLflow run of the study's parent run.
 
     The run ends FINISHED (trial_state COMPLETE; or trial_state PRUNED, tagged with the epoch reached, when an
-    observer raises one of ``stop_exceptions``) or FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
+    observer raises one of ``stop_exceptions`` or ``OutOfTheRunning``) or FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
     combination or any other error of this trial alone). Ctrl-C/SIGTERM propagate after tagging the run FAIL; the
     run then ends KILLED. ``on_phase(phase, seconds)`` receives the trial's ``trial_setup``, ``training`` and
     ``tracking`` wall times.
@@ -111,7 +120,7 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
                                               extra_params={names.TRIAL_NUMBER: number} | extra_params,
                                               observers=[count, *observers], on_batch=on_batch,
                                               initial_weights=initial_weights)
-        except stop_exceptions as exc:
+        except (*stop_exceptions, OutOfTheRunning) as exc:
             # Pruned = stopped on purpose, a normal end: FINISHED with trial_state PRUNED (as Optuna's and Ray Tune's
             # MLflow integrations do). KILLED is kept for interruptions, so the UI's red cross means "interrupted".
             run.set_tags({names.TRIAL_STATE: "PRUNED", names.PRUNED_AT_EPOCH: reached["epoch"]} | (

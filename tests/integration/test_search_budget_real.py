@@ -51,7 +51,14 @@ def test_start_points_first_equal_slices_and_a_warm_refit(tiny_real_csv: Path, t
     refits = find_runs(uri, None, filter_string=tags.study_filter("w", kind=tags.KIND_REFIT))
     assert len(refits) == 1
     refit = refits[0]
-    best = max(trials, key=lambda r: (float(r.tags[tags.OBJECTIVE_VALUE]), -int(r.tags[tags.TRIAL_NUMBER])))
+    # A challenger that passed trial 0's images without beating it stops there, PRUNED (no refit could take it).
+    complete = [t for t in trials if t.tags[tags.TRIAL_STATE] == "COMPLETE"]
+    for t in trials:
+        assert t.tags[tags.TRIAL_STATE] in {"COMPLETE", "PRUNED"}
+        if t.tags[tags.TRIAL_STATE] == "PRUNED":
+            assert t.tags[tags.PRUNE_REASON].startswith(f"out of the running at epoch {t.tags[tags.PRUNED_AT_EPOCH]}:")
+            assert "not above trial 0's" in t.tags[tags.PRUNE_REASON] and t.tags[tags.TRIAL_NUMBER] != "0"
+    best = max(complete, key=lambda r: (float(r.tags[tags.OBJECTIVE_VALUE]), -int(r.tags[tags.TRIAL_NUMBER])))
     if tags.REFIT_CHOICE in refit.tags:
         # The best value came from a trial that led the first start point at equal time only: that start point
         # is refit instead, and the refit run and the terminal say why (search.ranking; tests/unit/test_ranking.py).
@@ -66,6 +73,41 @@ def test_start_points_first_equal_slices_and_a_warm_refit(tiny_real_csv: Path, t
     assert "continuing trial" in proc.stdout
     # ... and, its start counted as epoch 0, never ends below that trial on PublicTest.
     assert float(refit.tags[tags.OBJECTIVE_VALUE]) >= float(best.tags[tags.OBJECTIVE_VALUE])
+
+
+@pytest.mark.parametrize("engine", [[], ["--engine", "keras-tuner", "--tuner", "random"]], ids=["optuna", "kt"])
+def test_a_challenger_out_of_the_running_stops_and_the_incumbent_is_refit(tiny_real_csv: Path, tmp_path: Path,
+                                                                          engine: list[str]) -> None:
+    import optuna
+
+    from fer_experiments.tracking import find_runs, tags
+
+    # The same network twice, two whole epochs each (the slice is long enough): on the CPU the second start point
+    # repeats the first one's curve, so by the first's selected pass it has seen as many images without beating it.
+    same = {"block": "separable", "filters": 16, "learning_rate": 2.0e-3}
+    space = _space(tmp_path / "space.yaml", max_epochs=2, trial_budget=600,
+                   start_from=[{"name": "first", "params": same}, {"name": "again", "params": same}],
+                   refit={"top_k": 1, "epochs": 1, "warm_start": True})
+    proc = invoke_cli("search", *engine, "--data", str(tiny_real_csv), "--space", str(space), "--study", "o",
+                      "--n-trials", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    first, again = sorted(find_runs(uri, None, filter_string=tags.study_filter("o", kind=tags.KIND_TRIAL)),
+                          key=lambda r: int(r.tags[tags.TRIAL_NUMBER]))
+    assert first.tags[tags.TRIAL_STATE] == "COMPLETE"
+    best_epoch = int(first.metrics["best_epoch"])
+    assert again.tags[tags.TRIAL_STATE] == "PRUNED" and again.tags[tags.PRUNED_AT_EPOCH] == str(best_epoch)
+    assert again.tags[tags.PRUNE_REASON] == (
+        f"out of the running at epoch {best_epoch}: val_accuracy {float(first.tags[tags.OBJECTIVE_VALUE]):.4f} by "
+        f"{600 * best_epoch:,} images, not above trial 0's {float(first.tags[tags.OBJECTIVE_VALUE]):.4f} by "
+        f"{600 * best_epoch:,} (start point first), so no refit can take it")
+    # Optuna records it PRUNED too (keras-tuner has no such state: it scores the value reached); the refit
+    # continues the incumbent.
+    if not engine:
+        study = optuna.load_study(study_name="o", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
+    [refit] = find_runs(uri, None, filter_string=tags.study_filter("o", kind=tags.KIND_REFIT))
+    assert refit.tags[tags.WARM_START_OF] == first.run_id
 
 
 def test_a_wrong_start_point_is_refused_with_the_valid_names(tiny_real_csv: Path, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fer_experiments.search.ranking import SliceCurve, passes_from_history, refit_order
+from fer_experiments.search.ranking import SliceCurve, out_of_the_running, passes_from_history, refit_order
 from fer_experiments.spaces import SearchSpace
 
 N_TRAIN = 28_709
@@ -66,6 +66,21 @@ def test_ties_keep_the_earlier_trial_and_the_best_pass_is_the_first_that_reached
     assert a.best_until(150) == 0.5 and NARROW.best_until(10**9) == 0.5127
 
 
+def test_a_challenger_is_out_of_the_running_once_it_passed_the_incumbents_images_without_beating_it() -> None:
+    # The narrow net of that run: its epoch-2 pass (57,418 images) is past the wide net's 43,429 and not above its
+    # 0.4907, so it can no longer lead at equal images: the rest of its slice would be lost to the refit.
+    assert not out_of_the_running([], WIDE)
+    assert not out_of_the_running(NARROW.passes[:1], WIDE)  # 28,709 images: not there yet
+    assert out_of_the_running(NARROW.passes[:2], WIDE)
+    # A network that beat the incumbent by then stays in: it may still lead at both.
+    assert not out_of_the_running([(28_709, 0.45), (57_418, 0.4908)], WIDE)
+    # Equal is not above (as in refit_order), and a pass before the incumbent's images counts as well.
+    assert out_of_the_running([(28_709, 0.4907), (57_418, 0.30)], WIDE)
+    assert not out_of_the_running([(28_709, 0.4950), (57_418, 0.30)], WIDE)
+    # A slower network that never reaches the incumbent's images is judged at the end of its slice (refit_order).
+    assert not out_of_the_running([(20_000, 0.10), (40_000, 0.20)], WIDE)
+
+
 def test_passes_from_the_per_epoch_history_count_a_cut_last_epoch() -> None:
     # Step 0 (a continued training's starting point) is not a pass of this training's own.
     assert passes_from_history([(0, 0.2), (1, 0.4), (2, 0.45)], N_TRAIN, 43_429) == (
@@ -82,10 +97,22 @@ def _space(**extra: object) -> SearchSpace:
 
 def test_refit_ranking_reads_the_curves_from_the_store(prepared_stores: dict[str, str]) -> None:
     from fer_experiments.search.run import refit_ranking
-    from fer_experiments.tracking import start_run, tags
 
     uri = prepared_stores["tracking_uri"]
-    for curve in (WIDE, NARROW, SAMPLED):
+    _log_curves(uri, (WIDE, NARROW, SAMPLED))
+    ranked, reason = refit_ranking(uri, "s", "optuna", _space())
+    assert [r.number for r in ranked] == [0, 1, 2]
+    assert reason is not None and "(0.4391 by 43,429 images)" in reason
+    # Spaces without equal time slices (or without start points) rank by value alone, as before.
+    ranked, reason = refit_ranking(uri, "s", "optuna", _space(trial_budget=None))
+    assert [r.number for r in ranked] == [1, 0, 2] and reason is None
+    assert [r.number for r in refit_ranking(uri, "s", "optuna", _space(start_from=[]))[0]] == [1, 0, 2]
+
+
+def _log_curves(uri: str, curves: tuple[SliceCurve, ...]) -> None:
+    from fer_experiments.tracking import start_run, tags
+
+    for curve in curves:
         run_tags = tags.trial_tags(study="s", engine="optuna", number=curve.number) | {
             tags.TRIAL_STATE: "COMPLETE", tags.OBJECTIVE_VALUE: curve.value} | (
             {tags.START_FROM: curve.start_from} if curve.start_from else {})
@@ -94,13 +121,31 @@ def test_refit_ranking_reads_the_curves_from_the_store(prepared_stores: dict[str
             for epoch, (_, value) in enumerate(curve.passes, start=1):
                 run.log_metrics({"val_accuracy": value}, step=epoch)
             run.log_metrics({tags.TRAIN_IMAGES_SEEN: curve.passes[-1][0]})
-    ranked, reason = refit_ranking(uri, "s", "optuna", _space())
-    assert [r.number for r in ranked] == [0, 1, 2]
-    assert reason is not None and "(0.4391 by 43,429 images)" in reason
-    # Spaces without equal time slices (or without start points) rank by value alone, as before.
-    ranked, reason = refit_ranking(uri, "s", "optuna", _space(trial_budget=None))
-    assert [r.number for r in ranked] == [1, 0, 2] and reason is None
-    assert [r.number for r in refit_ranking(uri, "s", "optuna", _space(start_from=[]))[0]] == [1, 0, 2]
+
+
+def test_refit_guard_stops_a_challenger_that_no_refit_can_take(prepared_stores: dict[str, str]) -> None:
+    from fer_experiments.search.run import refit_guard
+    from fer_experiments.search.trial import OutOfTheRunning
+
+    uri, plan = prepared_stores["tracking_uri"], {"top_k": 1, "warm_start": True}
+    # Before the incumbent has a COMPLETE trial there is nothing to be out of the running of.
+    assert refit_guard(uri, "s", "optuna", _space(), plan, "mini-xception", N_TRAIN) == []
+    _log_curves(uri, (WIDE,))
+    [guard] = refit_guard(uri, "s", "optuna", _space(), plan, "mini-xception", N_TRAIN)
+    guard(1, {"val_accuracy": 0.3810})  # 28,709 images: below the wide net's 43,429, goes on
+    with pytest.raises(OutOfTheRunning) as stopped:
+        guard(2, {"val_accuracy": 0.4391})
+    assert stopped.value.value == 0.4391
+    assert str(stopped.value) == ("out of the running at epoch 2: val_accuracy 0.4391 by 57,418 images, not above "
+                                  "trial 0's 0.4907 by 43,429 (start point mini-xception-wide), so no refit can "
+                                  "take it")
+    # A sampled configuration is a challenger too; the incumbent itself, a refit of two trials (the second may be a
+    # demoted one) and a space ranked by value alone get no guard.
+    assert len(refit_guard(uri, "s", "optuna", _space(), plan, None, N_TRAIN)) == 1
+    assert refit_guard(uri, "s", "optuna", _space(), plan, "mini-xception-wide", N_TRAIN) == []
+    assert refit_guard(uri, "s", "optuna", _space(), {"top_k": 2}, "mini-xception", N_TRAIN) == []
+    assert refit_guard(uri, "s", "optuna", _space(trial_budget=None), plan, "mini-xception", N_TRAIN) == []
+    assert refit_guard(uri, "s", "optuna", _space(), None, "mini-xception", N_TRAIN) == []
 
 
 @pytest.mark.parametrize("value", [0.4907, 0.49])

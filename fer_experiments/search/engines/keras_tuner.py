@@ -17,6 +17,7 @@ import keras_tuner
 from fer_experiments.config import SearchConfig
 from fer_experiments.errors import ConfigError, FatalError
 from fer_experiments.search.run import SearchRun, StudySettings, no_lock
+from fer_experiments.search.trial import OutOfTheRunning
 from fer_experiments.tracking import tags
 
 if TYPE_CHECKING:
@@ -189,6 +190,9 @@ class KerasTunerEngine:
             # keras-tuner has no pruned state: a configuration past the serving limits scores the worst value, so
             # its tuners learn to avoid it without counting it as a failure.
             return {run.space.objective: 0.0}
+        if isinstance(done.stopped, OutOfTheRunning):
+            # keras-tuner has no pruned state either: the trial scores the best value it reached.
+            return {run.space.objective: done.stopped.value}
         if done.result is None:
             raise keras_tuner.errors.FailedTrialError(f"trial {done.number}: {done.failure}")
         return {run.space.objective: done.result.objective_value}

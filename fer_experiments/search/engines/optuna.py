@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from fer_experiments.config import SearchConfig
 from fer_experiments.errors import ConfigError, TrialFailed
 from fer_experiments.search.run import SearchRun, StudySettings
+from fer_experiments.search.trial import OutOfTheRunning
 from fer_experiments.search.reconcile import fail_stale, reconcile
 from fer_experiments.search.study import (
     TrialGate,
@@ -178,6 +179,8 @@ class _Objective:
                 trial.set_constraint(key, amount)
         if done.skipped is not None:
             trial.set_user_attr(tags.ATTR_FAIL_REASON, f"not trained: {done.skipped}")
+        if isinstance(done.stopped, OutOfTheRunning):
+            raise optuna.TrialPruned(str(done.stopped))
         if done.stopped is not None:
             raise done.stopped
         if done.failure is not None:
