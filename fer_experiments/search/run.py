@@ -466,7 +466,8 @@ def refit_guard(uri: str, study: str, engine: str, space: "SearchSpace", plan: d
                              [name for name, _ in space.start_from])
     if incumbent is None or start_from == incumbent.start_from:
         return []
-    objective, passes = space.objective, []
+    objective = space.objective
+    passes: list[tuple[int, float]] = []
 
     def guard(epoch: int, metrics: dict[str, float]) -> None:
         # Every pass but a time-cut last one is a whole epoch. A cut one ends the slice anyway, and its overcount

@@ -15,7 +15,6 @@ from optuna.trial import TrialState
 from fer_experiments.config import SearchConfig
 from fer_experiments.errors import ConfigError, TrialFailed
 from fer_experiments.search.run import SearchRun, StudySettings
-from fer_experiments.search.trial import OutOfTheRunning
 from fer_experiments.search.reconcile import fail_stale, reconcile
 from fer_experiments.search.study import (
     TrialGate,
@@ -26,6 +25,7 @@ from fer_experiments.search.study import (
     sole_sqlite_writer,
     storage_lock,
 )
+from fer_experiments.search.trial import OutOfTheRunning
 from fer_experiments.tracking import tags
 
 if TYPE_CHECKING:
