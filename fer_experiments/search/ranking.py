@@ -7,8 +7,10 @@ images, trailed it at equal images (0.439), and its refit ended 3.3 points below
 
 So the study's first start point (the space's best known configuration: the *incumbent*) keeps its place above a
 trial with a higher value unless that trial also leads it at equal data: its best PublicTest over the passes it made
-until it had seen as many Training images as the incumbent had at its selected pass. A faster network must win at
-equal time *and* at equal images; a slower one that wins at equal time has already won on fewer images. The test
+by the time it had seen as many Training images as the incumbent had at its selected pass (a pass made later, on
+more images, is no evidence: at 20 minutes the narrow net's first pass came at 28,709 images against the wide net's
+16,064, led it there, and its refit lost). A faster network must win at equal time *and* at equal images; a slower
+one that wins at equal time has already won on fewer images. The test
 is conservative on purpose (a faster network's passes at equal images come mid-schedule, before its learning rate
 decays): without evidence on both counts the search continues what is known to work, and never loses to it by
 refitting a network that only starts faster. Pure functions: the tracking side builds the ``SliceCurve``s.
@@ -38,15 +40,11 @@ class SliceCurve:
         best = [n for n, v in self.passes if v >= self.value]
         return best[0] if best else (self.passes[-1][0] if self.passes else 0)
 
-    def best_until(self, images: int) -> float:
-        """The best objective over the passes made until this trial had seen at least ``images`` images (all of them
-        when it saw fewer in total)."""
-        best = float("-inf")
-        for seen, value in self.passes:
-            best = max(best, value)
-            if seen >= images:
-                break
-        return best if self.passes else self.value
+    def best_within(self, images: int) -> float:
+        """The best objective over the passes made by the time this trial had seen ``images`` Training images
+        (-inf when its first pass came later: no evidence at that many images)."""
+        within = [value for seen, value in self.passes if seen <= images]
+        return max(within) if within else (float("-inf") if self.passes else self.value)
 
 
 @dataclass(frozen=True)
@@ -75,18 +73,17 @@ def incumbent_of(trials: Sequence[SliceCurve], start_points: Sequence[str]) -> S
 
 def leads_at_equal_data(challenger: SliceCurve, incumbent: SliceCurve) -> bool:
     """True when ``challenger`` beats ``incumbent`` at equal time (its value) and at equal Training images."""
-    return challenger.value > incumbent.value and challenger.best_until(incumbent.images) > incumbent.value
+    return challenger.value > incumbent.value and challenger.best_within(incumbent.images) > incumbent.value
 
 
 def out_of_the_running(passes: Sequence[tuple[int, float]], incumbent: SliceCurve) -> bool:
-    """True once a challenger's PublicTest passes so far have reached the incumbent's images without beating its
-    value: it can no longer lead at equal images, so with ``refit.top_k: 1`` no refit will take it, and the rest of
-    its slice would be paid out of the refit's time (a faster network gets there mid-slice: at 60 minutes the narrow
-    net passed the wide one's 45,669 images at 137 s of its 216)."""
+    """True once a challenger's PublicTest passes have gone past the incumbent's images with none made by then above
+    its value: it can no longer lead at equal images, so with ``refit.top_k: 1`` no refit will take it, and the rest
+    of its slice would be paid out of the refit's time (a faster network gets there mid-slice: at 60 minutes the
+    narrow net passed the wide one's 45,669 images at 137 s of its 216)."""
     if not passes or passes[-1][0] < incumbent.images:
         return False
-    curve = SliceCurve(-1, max(v for _, v in passes), tuple(passes))
-    return curve.best_until(incumbent.images) <= incumbent.value
+    return SliceCurve(-1, max(v for _, v in passes), tuple(passes)).best_within(incumbent.images) <= incumbent.value
 
 
 def refit_order(trials: Sequence[SliceCurve], start_points: Sequence[str]) -> Ranking:
@@ -109,6 +106,10 @@ def refit_order(trials: Sequence[SliceCurve], start_points: Sequence[str]) -> Ra
     chosen = order[0]
     reason = (f"trial {first.number} led trial {incumbent.number} (start point {incumbent.start_from}) at equal "
               f"time ({first.value:.4f} against {incumbent.value:.4f}) but not at equal images "
-              f"({first.best_until(incumbent.images):.4f} by {incumbent.images:,} images); trial {chosen.number}"
+              f"({_shown(first.best_within(incumbent.images))} by {incumbent.images:,} images); trial {chosen.number}"
               + (" (the best known configuration)" if chosen is incumbent else " (it led at both)") + " is refit")
     return Ranking(order, reason)
+
+
+def _shown(value: float) -> str:
+    return f"{value:.4f}" if value != float("-inf") else "no pass"

@@ -474,11 +474,13 @@ def refit_guard(uri: str, study: str, engine: str, space: "SearchSpace", plan: d
         # never stops a trial the ranking would refit: out_of_the_running then judges the trial's final value.
         passes.append((epoch * n_train, float(metrics[objective])))
         if out_of_the_running(passes, incumbent):
-            best = max(v for _, v in passes)
+            within = [v for seen, v in passes if seen <= incumbent.images]
+            by_then = (f"its best {objective} by {incumbent.images:,} images, {max(within):.4f}, is" if within else
+                       f"its first pass came after {incumbent.images:,} images, so it is")
             raise OutOfTheRunning(
-                f"out of the running at epoch {epoch}: {objective} {best:.4f} by {passes[-1][0]:,} images, not above "
-                f"trial {incumbent.number}'s {incumbent.value:.4f} by {incumbent.images:,} (start point "
-                f"{incumbent.start_from}), so no refit can take it", value=best)
+                f"out of the running at epoch {epoch} ({passes[-1][0]:,} images): {by_then} not above trial "
+                f"{incumbent.number}'s {incumbent.value:.4f} (start point {incumbent.start_from}), so no refit can "
+                "take it", value=max(v for _, v in passes))
 
     return [guard]
 

@@ -56,7 +56,7 @@ def test_start_points_first_equal_slices_and_a_warm_refit(tiny_real_csv: Path, t
     for t in trials:
         assert t.tags[tags.TRIAL_STATE] in {"COMPLETE", "PRUNED"}
         if t.tags[tags.TRIAL_STATE] == "PRUNED":
-            assert t.tags[tags.PRUNE_REASON].startswith(f"out of the running at epoch {t.tags[tags.PRUNED_AT_EPOCH]}:")
+            assert t.tags[tags.PRUNE_REASON].startswith(f"out of the running at epoch {t.tags[tags.PRUNED_AT_EPOCH]} (")
             assert "not above trial 0's" in t.tags[tags.PRUNE_REASON] and t.tags[tags.TRIAL_NUMBER] != "0"
     best = max(complete, key=lambda r: (float(r.tags[tags.OBJECTIVE_VALUE]), -int(r.tags[tags.TRIAL_NUMBER])))
     if tags.REFIT_CHOICE in refit.tags:
@@ -97,10 +97,11 @@ def test_a_challenger_out_of_the_running_stops_and_the_incumbent_is_refit(tiny_r
     assert first.tags[tags.TRIAL_STATE] == "COMPLETE"
     best_epoch = int(first.metrics["best_epoch"])
     assert again.tags[tags.TRIAL_STATE] == "PRUNED" and again.tags[tags.PRUNED_AT_EPOCH] == str(best_epoch)
+    value = float(first.tags[tags.OBJECTIVE_VALUE])
     assert again.tags[tags.PRUNE_REASON] == (
-        f"out of the running at epoch {best_epoch}: val_accuracy {float(first.tags[tags.OBJECTIVE_VALUE]):.4f} by "
-        f"{600 * best_epoch:,} images, not above trial 0's {float(first.tags[tags.OBJECTIVE_VALUE]):.4f} by "
-        f"{600 * best_epoch:,} (start point first), so no refit can take it")
+        f"out of the running at epoch {best_epoch} ({600 * best_epoch:,} images): its best val_accuracy by "
+        f"{600 * best_epoch:,} images, {value:.4f}, is not above trial 0's {value:.4f} (start point first), so no "
+        "refit can take it")
     # Optuna records it PRUNED too (keras-tuner has no such state: it scores the value reached); the refit
     # continues the incumbent.
     if not engine:

@@ -28,20 +28,32 @@ def test_a_faster_network_that_only_leads_at_equal_time_goes_below_the_first_sta
     ranking = refit_order([WIDE, NARROW, SAMPLED], ["mini-xception-wide", "mini-xception"])
     assert [t.number for t in ranking.order] == [0, 1, 2]
     assert ranking.reason == ("trial 1 led trial 0 (start point mini-xception-wide) at equal time (0.5127 against "
-                              "0.4907) but not at equal images (0.4391 by 43,429 images); trial 0 (the best known "
+                              "0.4907) but not at equal images (0.3810 by 43,429 images); trial 0 (the best known "
                               "configuration) is refit")
 
 
 def test_a_network_that_leads_at_equal_time_and_at_equal_images_is_refit() -> None:
-    better = _curve(1, [(28_709, 0.4500), (57_418, 0.5010), (97_455, 0.5300)], "mini-xception")
+    better = _curve(1, [(28_709, 0.4950), (57_418, 0.5010), (97_455, 0.5300)], "mini-xception")
     ranking = refit_order([WIDE, better, SAMPLED], ["mini-xception-wide", "mini-xception"])
     assert [t.number for t in ranking.order] == [1, 0, 2]
     assert ranking.reason is None
 
 
+def test_a_lead_made_only_on_more_images_is_no_evidence() -> None:
+    # The 20-minute run of 2026-12-07 (docs/results.md): 75 s slices; the wide net saw 16,064 images, the narrow one
+    # made its first pass at 28,709 and led there. Its refit (the rule then took a pass past the incumbent's images)
+    # ended below the baseline. Now no pass by 16,064 images: the wide net is refit.
+    wide = _curve(0, [(16_064, 0.4135)], "mini-xception-wide")
+    narrow = _curve(1, [(28_709, 0.4221), (31_333, 0.4230)], "mini-xception")
+    ranking = refit_order([wide, narrow], ["mini-xception-wide", "mini-xception"])
+    assert [t.number for t in ranking.order] == [0, 1]
+    assert ranking.reason is not None and "but not at equal images (no pass by 16,064 images)" in ranking.reason
+    assert out_of_the_running(narrow.passes[:1], wide)
+
+
 def test_a_slower_network_that_leads_at_equal_time_has_won_on_fewer_images() -> None:
     slow = _curve(3, [(30_000, 0.5000)])
-    assert WIDE.images == 43_429 and slow.best_until(WIDE.images) == 0.5000
+    assert WIDE.images == 43_429 and slow.best_within(WIDE.images) == 0.5000
     ranking = refit_order([WIDE, NARROW, slow], ["mini-xception-wide"])
     # The narrow net goes below the incumbent; the slow one stays above it.
     assert [t.number for t in ranking.order] == [3, 0, 1]
@@ -63,7 +75,7 @@ def test_ties_keep_the_earlier_trial_and_the_best_pass_is_the_first_that_reached
     a, b = _curve(0, [(100, 0.5), (200, 0.5)], "x"), _curve(1, [(100, 0.5)])
     assert [t.number for t in refit_order([b, a], ["x"]).order] == [0, 1]
     assert a.images == 100
-    assert a.best_until(150) == 0.5 and NARROW.best_until(10**9) == 0.5127
+    assert a.best_within(150) == 0.5 and NARROW.best_within(10**9) == 0.5127 and NARROW.best_within(20_000) == float("-inf")
 
 
 def test_a_challenger_is_out_of_the_running_once_it_passed_the_incumbents_images_without_beating_it() -> None:
@@ -72,8 +84,10 @@ def test_a_challenger_is_out_of_the_running_once_it_passed_the_incumbents_images
     assert not out_of_the_running([], WIDE)
     assert not out_of_the_running(NARROW.passes[:1], WIDE)  # 28,709 images: not there yet
     assert out_of_the_running(NARROW.passes[:2], WIDE)
-    # A network that beat the incumbent by then stays in: it may still lead at both.
-    assert not out_of_the_running([(28_709, 0.45), (57_418, 0.4908)], WIDE)
+    # A network that beat the incumbent by then stays in: it may still lead at both. A lead made on more images is
+    # no evidence.
+    assert not out_of_the_running([(28_709, 0.4908), (57_418, 0.30)], WIDE)
+    assert out_of_the_running([(28_709, 0.45), (57_418, 0.4908)], WIDE)
     # Equal is not above (as in refit_order), and a pass before the incumbent's images counts as well.
     assert out_of_the_running([(28_709, 0.4907), (57_418, 0.30)], WIDE)
     assert not out_of_the_running([(28_709, 0.4950), (57_418, 0.30)], WIDE)
@@ -102,7 +116,7 @@ def test_refit_ranking_reads_the_curves_from_the_store(prepared_stores: dict[str
     _log_curves(uri, (WIDE, NARROW, SAMPLED))
     ranked, reason = refit_ranking(uri, "s", "optuna", _space())
     assert [r.number for r in ranked] == [0, 1, 2]
-    assert reason is not None and "(0.4391 by 43,429 images)" in reason
+    assert reason is not None and "(0.3810 by 43,429 images)" in reason
     # Spaces without equal time slices (or without start points) rank by value alone, as before.
     ranked, reason = refit_ranking(uri, "s", "optuna", _space(trial_budget=None))
     assert [r.number for r in ranked] == [1, 0, 2] and reason is None
@@ -136,9 +150,9 @@ def test_refit_guard_stops_a_challenger_that_no_refit_can_take(prepared_stores: 
     with pytest.raises(OutOfTheRunning) as stopped:
         guard(2, {"val_accuracy": 0.4391})
     assert stopped.value.value == 0.4391
-    assert str(stopped.value) == ("out of the running at epoch 2: val_accuracy 0.4391 by 57,418 images, not above "
-                                  "trial 0's 0.4907 by 43,429 (start point mini-xception-wide), so no refit can "
-                                  "take it")
+    assert str(stopped.value) == ("out of the running at epoch 2 (57,418 images): its best val_accuracy by 43,429 "
+                                  "images, 0.3810, is not above trial 0's 0.4907 (start point mini-xception-wide), "
+                                  "so no refit can take it")
     # A sampled configuration is a challenger too; the incumbent itself, a refit of two trials (the second may be a
     # demoted one) and a space ranked by value alone get no guard.
     assert len(refit_guard(uri, "s", "optuna", _space(), plan, None, N_TRAIN)) == 1
