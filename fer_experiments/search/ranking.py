@@ -41,10 +41,14 @@ class SliceCurve:
         return best[0] if best else (self.passes[-1][0] if self.passes else 0)
 
     def best_within(self, images: int) -> float:
-        """The best objective over the passes made by the time this trial had seen ``images`` Training images
-        (-inf when its first pass came later: no evidence at that many images)."""
-        within = [value for seen, value in self.passes if seen <= images]
-        return max(within) if within else (float("-inf") if self.passes else self.value)
+        """``best_within(self.passes, images)``; its value when it has no passes at all."""
+        return best_within(self.passes, images) if self.passes else self.value
+
+
+def best_within(passes: Sequence[tuple[int, float]], images: int) -> float:
+    """The best objective over the ``(images seen, objective)`` passes made by the time ``images`` Training images
+    had been seen (-inf when the first pass came later: no evidence at that many images)."""
+    return max((value for seen, value in passes if seen <= images), default=float("-inf"))
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ def out_of_the_running(passes: Sequence[tuple[int, float]], incumbent: SliceCurv
     narrow net passed the wide one's 45,669 images at 137 s of its 216)."""
     if not passes or passes[-1][0] < incumbent.images:
         return False
-    return SliceCurve(-1, max(v for _, v in passes), tuple(passes)).best_within(incumbent.images) <= incumbent.value
+    return best_within(passes, incumbent.images) <= incumbent.value
 
 
 def refit_order(trials: Sequence[SliceCurve], start_points: Sequence[str]) -> Ranking:

@@ -457,7 +457,7 @@ def refit_guard(uri: str, study: str, engine: str, space: "SearchSpace", plan: d
     """Where the refit follows the equal-images ranking and takes one trial: an observer that stops a challenger
     of the incumbent once it is out of the running (``search.ranking.out_of_the_running``), so the rest of its
     slice goes to the refit. No observer for the incumbent itself, before it has a COMPLETE trial, or elsewhere."""
-    from fer_experiments.search.ranking import incumbent_of, out_of_the_running
+    from fer_experiments.search.ranking import best_within, incumbent_of, out_of_the_running
     from fer_experiments.search.trial import OutOfTheRunning
 
     if plan is None or plan["top_k"] != 1 or not ranks_at_equal_images(space):
@@ -474,9 +474,9 @@ def refit_guard(uri: str, study: str, engine: str, space: "SearchSpace", plan: d
         # never stops a trial the ranking would refit: out_of_the_running then judges the trial's final value.
         passes.append((epoch * n_train, float(metrics[objective])))
         if out_of_the_running(passes, incumbent):
-            within = [v for seen, v in passes if seen <= incumbent.images]
-            by_then = (f"its best {objective} by {incumbent.images:,} images, {max(within):.4f}, is" if within else
-                       f"its first pass came after {incumbent.images:,} images, so it is")
+            within = best_within(passes, incumbent.images)
+            by_then = (f"its best {objective} by {incumbent.images:,} images, {within:.4f}, is" if passes[0][0] <=
+                       incumbent.images else f"its first pass came after {incumbent.images:,} images, so it is")
             raise OutOfTheRunning(
                 f"out of the running at epoch {epoch} ({passes[-1][0]:,} images): {by_then} not above trial "
                 f"{incumbent.number}'s {incumbent.value:.4f} (start point {incumbent.start_from}), so no refit can "

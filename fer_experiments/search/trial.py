@@ -74,10 +74,10 @@ def tracked_trial(*, tracking_uri: str, experiment: str, parent_run_id: str, num
     """One trial as a child MLflow run of the study's parent run.
 
     The run ends FINISHED (trial_state COMPLETE; or trial_state PRUNED, tagged with the epoch reached, when an
-    observer raises one of ``stop_exceptions`` or ``OutOfTheRunning``) or FAILED (FAIL, with the reason: NaN loss, out of memory, an invalid
-    combination or any other error of this trial alone). Ctrl-C/SIGTERM propagate after tagging the run FAIL; the
-    run then ends KILLED. ``on_phase(phase, seconds)`` receives the trial's ``trial_setup``, ``training`` and
-    ``tracking`` wall times.
+    observer raises one of ``stop_exceptions`` or ``OutOfTheRunning``) or FAILED (FAIL, with the reason: NaN loss,
+    out of memory, an invalid combination or any other error of this trial alone). Ctrl-C/SIGTERM propagate after
+    tagging the run FAIL; the run then ends KILLED. ``on_phase(phase, seconds)`` receives the trial's
+    ``trial_setup``, ``training`` and ``tracking`` wall times.
     """
     from fer_experiments.errors import TrialFailed
     from fer_experiments.models.labels import run_name as describe_run
