@@ -114,9 +114,14 @@ def test_keras_runtime_gives_the_same_answer(server: dict) -> None:
 
 
 def test_micro_batched_answers_equal_unbatched_ones(server: dict) -> None:
+    """24 concurrent requests get the sequential answers, to the last digit, and at least two of them share a call.
+
+    Whether two requests land in one 20 ms window depends on the client getting them out fast enough; on a loaded
+    or paused machine one burst can arrive a request per window, so the burst is sent up to three times, and every
+    burst must give the sequential answers.
+    """
     url = server["url"] + "/predict?detect=false"
     sequential = [httpx.post(url, content=c, timeout=60).json()["faces"] for c in server["crops"]]
-    batches_before = _metric(server["url"], r"^fer_batches_total (\d+)$")
 
     async def all_at_once() -> list[httpx.Response]:
         limit = asyncio.Semaphore(8)  # --max-uploads 8
@@ -128,12 +133,17 @@ def test_micro_batched_answers_equal_unbatched_ones(server: dict) -> None:
         async with httpx.AsyncClient(timeout=120) as client:
             return await asyncio.gather(*(one(client, c) for c in server["crops"]))
 
-    answers = asyncio.run(all_at_once())
-    assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
-    concurrent = [r.json()["faces"] for r in answers]
-    assert concurrent == sequential  # identical JSON, to the last digit
-    batches = _metric(server["url"], r"^fer_batches_total (\d+)$") - batches_before
-    assert 1 <= batches < len(server["crops"])  # at least two requests shared a call
+    calls_per_burst = []
+    for _ in range(3):
+        batches_before = _metric(server["url"], r"^fer_batches_total (\d+)$")
+        answers = asyncio.run(all_at_once())
+        assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
+        assert [r.json()["faces"] for r in answers] == sequential  # identical JSON, to the last digit
+        calls_per_burst.append(_metric(server["url"], r"^fer_batches_total (\d+)$") - batches_before)
+        assert 1 <= calls_per_burst[-1] <= len(server["crops"])
+        if calls_per_burst[-1] < len(server["crops"]):
+            break
+    assert calls_per_burst[-1] < len(server["crops"]), calls_per_burst  # at least two requests shared a call
 
 
 def test_every_error_has_the_json_shape(server: dict) -> None:
