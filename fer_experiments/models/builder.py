@@ -42,8 +42,11 @@ def build_network(params: ModelParams, *, name: str = "fer_cnn") -> "keras.Model
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype="float32", name="pixels")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if params.input_window:
-        # Behind the training graph's random shift (augment_crop) the centre is a random window of the image.
-        x = layers.CenterCrop(params.input_window, params.input_window, name="input_window")(x)
+        # Behind the training graph's random shift (augment_crop) the centre is a random window of the image. A plain
+        # static slice: keras.layers.CenterCrop exports to ONNX with a resize fallback that served 2.5x slower.
+        top = (IMAGE_SIZE - params.input_window) // 2
+        bottom = IMAGE_SIZE - params.input_window - top
+        x = layers.Cropping2D(((top, bottom), (top, bottom)), name="input_window")(x)
 
     for s in range(2 if params.stem_filters else 0):
         x = layers.Conv2D(params.stem_filters, 3, padding="same", kernel_regularizer=reg,

@@ -48,7 +48,7 @@ def estimate_training_memory(model: ModelParams, train: TrainParams) -> MemoryEs
     # BatchNorm right before the activation replaces the layer's bias (as in the builder).
     bn_before = model.batchnorm in ("before_activation", "dense_only")
     conv_bias, dense_bias = not (bn_conv and bn_before), not (bn_dense and bn_before)
-    size, channels = IMAGE_SIZE, 1
+    size, channels = model.input_window or IMAGE_SIZE, 1  # the convolutions see the central window only
     weights = 0
     # Per image: the input (and one copy per augmentation layer and the rescaled copy).
     augment_layers = sum([train.augment_flip, train.augment_rotation > 0, train.augment_translation > 0,

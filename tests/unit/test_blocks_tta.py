@@ -36,7 +36,8 @@ def _of(model: keras.Model, kind: type) -> list:
 
 
 # ------------------------------------------------------------------------------------------------- params
-@pytest.mark.parametrize(("field", "value"), [("block", "dense"), ("tta", "rotate"), ("stem_filters", -1)])
+@pytest.mark.parametrize(("field", "value"), [("block", "dense"), ("tta", "rotate"), ("stem_filters", -1),
+                                             ("input_window", 23), ("input_window", IMAGE_SIZE)])
 def test_bad_model_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         ModelParams(**{field: value})
@@ -164,6 +165,41 @@ def test_augmentation_wraps_the_network_sharing_weights() -> None:
     assert with_augmentation(network, TrainParams()) is network
     x = _images()
     np.testing.assert_allclose(np.asarray(fitted(x, training=False)), np.asarray(network(x, training=False)), rtol=1e-6)
+
+
+def test_input_window_classifies_the_centre_only() -> None:
+    """A network with ``input_window`` takes whole 48x48 images, convolves their central window, and so ignores the
+    border; its maps (and its training memory) are the window's size."""
+    from fer_experiments.models.memory import estimate_training_memory
+
+    windowed = dataclasses.replace(SMALL, input_window=40)
+    network = build_network(windowed)
+    assert network.input_shape == (None, IMAGE_SIZE, IMAGE_SIZE, 1)
+    assert network.get_layer("input_window").output.shape == (None, 40, 40, 1)
+    assert network.count_params() == build_network(SMALL).count_params()
+    x = _images(3)
+    other_border = x.copy()
+    other_border[:, :4], other_border[:, -4:], other_border[:, :, :4], other_border[:, :, -4:] = 0, 255, 7, 99
+    np.testing.assert_allclose(np.asarray(network(other_border, training=False)),
+                               np.asarray(network(x, training=False)), rtol=1e-6)
+    assert with_tta(network, "flip").predict(x, verbose=0).shape == (3, NUM_CLASSES)
+    train = TrainParams(batch_size=64)
+    assert estimate_training_memory(windowed, train).activations < estimate_training_memory(SMALL, train).activations
+
+
+def test_shift_then_centre_window_is_a_random_window_of_the_image() -> None:
+    """``augment_crop`` = (48 - window) / 2 in front of the centre window: every training window lies inside the
+    image (no reflected pixel) and several positions occur."""
+    x = np.arange(IMAGE_SIZE * IMAGE_SIZE, dtype="float32").reshape(1, IMAGE_SIZE, IMAGE_SIZE, 1).repeat(64, axis=0)
+    shifted = crop_layer_class()(4, seed=3)(x, training=True)
+    windows = np.asarray(build_network(dataclasses.replace(SMALL, input_window=40)).get_layer("input_window")(shifted))
+    offsets = set()
+    for w in windows:
+        top, left = divmod(int(w[0, 0, 0]), IMAGE_SIZE)
+        assert 0 <= top <= 8 and 0 <= left <= 8
+        np.testing.assert_array_equal(w, x[0, top:top + 40, left:left + 40])
+        offsets.add((top, left))
+    assert len(offsets) > 5
 
 
 def test_flip_tta_is_symmetric_and_shares_weights() -> None:

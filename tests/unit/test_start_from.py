@@ -4,6 +4,7 @@ that continues given weights, and a cosine schedule sized in steps to a time bud
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -72,12 +73,14 @@ def test_shipped_cpu_hour_starts_from_the_best_known_networks_exactly() -> None:
 
     space = load_space(resolve_space_path("cpu-hour"))
     names = [name for name, _ in space.start_points()]
-    assert names[0] == "mini-xception-wide"
+    assert names == ["mini-xception-wide-window40", "mini-xception-wide", "mini-xception"]
     fixed = {p.name: p.value for p in space.params if p.kind == "fixed"}
     for name, values in space.start_points():
         model, train = split_params(fixed | values)
-        preset = get_preset(name)
-        assert model == preset.model
+        # The first one is mini-xception-wide itself on the central 40x40 window (its augment_crop 4 = (48 - 40) / 2).
+        preset = get_preset(name.removesuffix("-window40"))
+        window = 40 if name.endswith("-window40") else 0
+        assert model == dataclasses.replace(preset.model, input_window=window)
         assert train == type(train)(**{**preset.train.__dict__, "epochs": train.epochs})
     assert space.refit is not None and space.refit["warm_start"] and space.train_limit is None
     assert space.trial_seconds(3600) == pytest.approx(0.06 * 3600)
