@@ -146,8 +146,20 @@ def _ensemble():
     return keras.Model(inputs, layers.Average()([m(inputs) for m in members]))
 
 
+def _window():
+    """mini-Xception's separable blocks on the central 40x40 window (``input_window``, cpu-hour's first start point),
+    with flip TTA: the static crop must export as a slice."""
+    from fer_experiments.models.builder import build_network, with_tta
+    from fer_experiments.params import ModelParams
+
+    return with_tta(build_network(ModelParams(conv_blocks=2, convs_per_block=2, filters=8, stem_filters=4,
+                                              batchnorm="before_activation", dense_layers=0, head="global_avg",
+                                              block="separable", input_window=40)), "flip")
+
+
 BUILDERS: dict[str, Callable] = {"plain": _plain, "batchnorm": _batchnorm, "residual": _residual,
-                                 "separable": _separable, "flip-tta": _flip_tta, "ensemble": _ensemble}
+                                 "separable": _separable, "flip-tta": _flip_tta, "ensemble": _ensemble,
+                                 "window": _window}
 
 
 @pytest.fixture(scope="module")
